@@ -135,10 +135,14 @@ _Reader = Callable[[Path], _RawCollection]
 # ----------------------------------------------------------------------------------------------------- file helpers
 
 
-def _read_bytes(path: Path) -> bytes:
+def _require(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Expected data file {str(path)!r} does not exist.")
-    return path.read_bytes()
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
+    return _require(path).read_bytes()
 
 
 def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
@@ -204,6 +208,12 @@ def _prefixed_label_file(path: Path, num_classes: int, encoding: str = "utf-8") 
     return texts, _check_ids(labels, num_classes, path)
 
 
+def _sentence_label_tsv(path: Path, num_classes: int, quoting: int) -> _Split:
+    """A TSV file with header `sentence\tlabel` and integer labels."""
+    rows = _read_rows(path, delimiter="\t", quoting=quoting, header=True)
+    return [row[0] for row in rows], _check_ids([int(row[1]) for row in rows], num_classes, path)
+
+
 def _seq_label_dir(folder: Path) -> tuple[list[str], list[str]]:
     """A DNNC style split folder: parallel `seq.in` (texts) and `label` (class names) line files."""
     texts, label_names = _read_lines(folder / "seq.in"), _read_lines(folder / "label")
@@ -267,10 +277,8 @@ def _read_hwu64(root: Path) -> _RawCollection:
 def _read_sst2(root: Path) -> _RawCollection:
     folder = root / "sst2"
     names = BINARY_SENTIMENT_NAMES
-    dev_path = folder / "dev.tsv"
     # GLUE's tsv files are not quoted: a `"` inside a sentence is literal text.
-    dev = _read_rows(dev_path, delimiter="\t", quoting=csv.QUOTE_NONE, header=True)
-    validation = ([row[0] for row in dev], _check_ids([int(row[1]) for row in dev], len(names), dev_path))
+    validation = _sentence_label_tsv(folder / "dev.tsv", len(names), csv.QUOTE_NONE)
     return _RawCollection(
         names,
         {
@@ -281,17 +289,19 @@ def _read_sst2(root: Path) -> _RawCollection:
     )
 
 
-def _prefixed_label_splits(
-    folder: Path, files: Mapping[str, str], names: Sequence[str], encoding: str = "utf-8"
+def _read_prefixed_label_collection(
+    root: Path, *, folder: str, files: Mapping[str, str], names: Sequence[str], encoding: str = "utf-8"
 ) -> _RawCollection:
+    """A collection made of `<label> <sentence>` files, `files` mapping split names to file names in `folder`."""
     return _RawCollection(
-        names, {split: _prefixed_label_file(folder / file, len(names), encoding) for split, file in files.items()}
+        names,
+        {split: _prefixed_label_file(root / folder / file, len(names), encoding) for split, file in files.items()},
     )
 
 
 def _read_sst5(root: Path) -> _RawCollection:
     files = {_SPLIT_NAMES[split]: f"stsa.fine.{split}" for split in ("train", "dev", "test")}
-    return _prefixed_label_splits(root / "sst5", files, SST5_NAMES)
+    return _read_prefixed_label_collection(root, folder="sst5", files=files, names=SST5_NAMES)
 
 
 def _read_sst5_polarity(root: Path) -> _RawCollection:
@@ -306,14 +316,13 @@ def _read_sst5_polarity(root: Path) -> _RawCollection:
 
 def _read_amazon(domain: str, root: Path) -> _RawCollection:
     folder = root / "amazon_multidomain" / domain
-    splits = {}
-    for split in ("train", "dev"):
-        path = folder / f"{split}.tsv"
-        # Default quoting on purpose: reviews are quoted and hold newlines and tabs.
-        rows = _read_rows(path, delimiter="\t", header=True)
-        labels = [int(row[1]) for row in rows]
-        splits[_SPLIT_NAMES[split]] = ([row[0] for row in rows], _check_ids(labels, 2, path))
-    return _RawCollection(BINARY_SENTIMENT_NAMES, splits)
+    names = BINARY_SENTIMENT_NAMES
+    # Default quoting on purpose: reviews are quoted and hold newlines and tabs.
+    splits = {
+        _SPLIT_NAMES[split]: _sentence_label_tsv(folder / f"{split}.tsv", len(names), csv.QUOTE_MINIMAL)
+        for split in ("train", "dev")
+    }
+    return _RawCollection(names, splits)
 
 
 def _read_imdb(root: Path) -> _RawCollection:
@@ -321,8 +330,7 @@ def _read_imdb(root: Path) -> _RawCollection:
     names = BINARY_SENTIMENT_NAMES
     folder_label = {"neg": 0, "pos": 1}
     texts, labels = [], []
-    _read_bytes(path)  # a clear FileNotFoundError if the archive is missing
-    with tarfile.open(path, mode="r:gz") as archive:
+    with tarfile.open(_require(path), mode="r:gz") as archive:
         for member in archive:
             parts = member.name.split("/")  # aclImdb/test/<pos|neg>/<id>_<rating>.txt
             if not member.isfile() or len(parts) != 4 or parts[2] not in folder_label:
@@ -373,14 +381,26 @@ _READERS: dict[str, _Reader] = {
     "sst2": _read_sst2,
     "sst5": _read_sst5,
     "sst5_polarity": _read_sst5_polarity,
-    "mr": lambda root: _prefixed_label_splits(
-        root / "mr", {"train": "rt-polarity.all"}, BINARY_SENTIMENT_NAMES, "latin-1"
+    "mr": functools.partial(
+        _read_prefixed_label_collection,
+        folder="mr",
+        files={"train": "rt-polarity.all"},
+        names=BINARY_SENTIMENT_NAMES,
+        encoding="latin-1",
     ),
-    "subj": lambda root: _prefixed_label_splits(
-        root / "subj", {"train": "subj.all"}, ("subjective", "objective"), "latin-1"
+    "subj": functools.partial(
+        _read_prefixed_label_collection,
+        folder="subj",
+        files={"train": "subj.all"},
+        names=("subjective", "objective"),
+        encoding="latin-1",
     ),
-    "trec": lambda root: _prefixed_label_splits(
-        root / "trec", {"train": "TREC.train.all", "test": "TREC.test.all"}, TREC_NAMES, "latin-1"
+    "trec": functools.partial(
+        _read_prefixed_label_collection,
+        folder="trec",
+        files={"train": "TREC.train.all", "test": "TREC.test.all"},
+        names=TREC_NAMES,
+        encoding="latin-1",
     ),
     **{f"amazon_{domain}": functools.partial(_read_amazon, domain) for domain in AMAZON_DOMAINS},
     "airline": functools.partial(_read_amazon, "airline"),

@@ -282,7 +282,13 @@ def build_episodes(
             text_column=text_column,
             label_column=label_column,
         )
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except datasets.exceptions.DatasetGenerationError as err:
+            # Validation runs inside the generator (so the source is read once); surface its message as is.
+            if isinstance(err.__cause__, ValueError | TypeError):
+                raise err.__cause__ from None
+            raise
         # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
         return builder.as_dataset(split="train", in_memory=cache_dir is None)
 

@@ -22,7 +22,7 @@ class MetaTrainingArguments(TrainingArguments):
           other value is an error),
         - `remove_unused_columns=False` (episode columns are not model inputs),
         - `learning_rate=1e-3`, `gradient_accumulation_steps=4`, `num_train_epochs=1`, `logging_steps=10`,
-          `warmup_steps=0.05` (5% warm-up), `save_strategy="no"`.
+          `save_strategy="no"`.
 
     Example:
         ```python
@@ -63,7 +63,6 @@ class MetaTrainingArguments(TrainingArguments):
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Episodes per meta-step and process."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training episodes."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X meta-steps."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (a float < 1 is a ratio)."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy: 'no', 'steps' or 'epoch'."})
 
     def __post_init__(self):

@@ -44,10 +44,12 @@ def lora_target_modules(model_type: str) -> list[str]:
 
 
 def default_lora_config(model_type: str, r: int = 8, alpha: int = 16) -> LoraConfig:
-    """The LoRA set-up hf_meta meta-learns by default: query/value of every layer, Gaussian A *and* B.
+    """The LoRA set-up hf_meta meta-learns by default: rank 8 on the query/value projections of every layer.
 
-    peft's default `lora_B = 0` makes the first inner gradient of `lora_A` zero; a Gaussian init gives both
-    matrices a signal from the first inner step, and meta-training then learns where they should start.
+    `lora_B` starts at zero, so a fresh adapter is exactly the pretrained encoder (the "fresh LoRA" baseline), and
+    the first inner step can only move `lora_B` (the gradient of `lora_A` is zero while `lora_B` is). Meta-training
+    learns a non-zero `lora_B` and both matrices then adapt from the first step. `lora_A` is Gaussian (std 1/r)
+    rather than Kaiming-uniform, and dropout is off so the inner loop is deterministic.
     """
     return LoraConfig(
         r=r,

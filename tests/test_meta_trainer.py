@@ -1,0 +1,128 @@
+"""MetaTrainer on tiny in-test encoders: what moves, what must not, save/reload, architectures."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_encoder
+from peft import LoraConfig, get_peft_model
+
+from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta.adaptation import ADAPTATION_CONFIG_NAME, AdaptationConfig
+
+
+@pytest.fixture(scope="module")
+def episodes(toy_dataset):
+    return build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=12, seed=0)
+
+
+def make_trainer(tmp_path, episodes, tokenizer, kind="bert", **overrides):
+    args = dict(output_dir=str(tmp_path / "out"), max_steps=3, gradient_accumulation_steps=2, inner_steps=2,
+                learning_rate=1e-2, report_to="none", disable_tqdm=True, seed=0)
+    args.update(overrides)
+    return MetaTrainer(model=tiny_encoder(kind), args=MetaTrainingArguments(**args), train_dataset=episodes,
+                       eval_dataset=episodes.select(range(4)), processing_class=tokenizer)
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "reptile"])
+def test_training_moves_only_lora_and_keeps_base_bit_identical(tmp_path, episodes, tokenizer, algorithm):
+    trainer = make_trainer(tmp_path, episodes, tokenizer, algorithm=algorithm)
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    lora = {name for name in before if "lora_" in name}
+    assert changed == lora and lora
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in lora)  # bit-identical base
+    assert trainer.state.global_step == 3
+
+
+def test_evaluate_reports_accuracy_ci_loss_and_leaves_meta_parameters(tmp_path, episodes, tokenizer):
+    trainer = make_trainer(tmp_path, episodes, tokenizer)
+    before = snapshot(trainer.model)
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert metrics["eval_accuracy_ci95"] >= 0 and metrics["eval_loss"] > 0
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_save_and_reload_gives_same_accuracy(tmp_path, episodes, tokenizer):
+    trainer = make_trainer(tmp_path, episodes, tokenizer)
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").is_file()
+    assert AdaptationConfig.from_pretrained(out) == trainer.adaptation_config
+    expected = trainer.evaluate()["eval_accuracy"]
+
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(tiny_encoder("bert"), out, is_trainable=True)
+    args = MetaTrainingArguments(output_dir=str(tmp_path / "re"), inner_steps=2, report_to="none", disable_tqdm=True)
+    again = MetaTrainer(model=reloaded, args=args, eval_dataset=episodes.select(range(4)), processing_class=tokenizer)
+    assert again.evaluate()["eval_accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_inner_loop_settings_change_the_result(tmp_path, episodes, tokenizer):
+    trainer = make_trainer(tmp_path, episodes, tokenizer)
+    a = trainer.evaluate()["eval_loss"]
+    trainer.adaptation_config.inner_steps = 0
+    assert trainer.evaluate()["eval_loss"] != pytest.approx(a)
+
+
+@pytest.mark.parametrize("kind, target", [("roberta", "query"), ("distilbert", "q_lin")])
+def test_other_architectures_get_default_lora_targets_and_train(tmp_path, episodes, tokenizer, kind, target):
+    trainer = make_trainer(tmp_path, episodes, tokenizer, kind=kind, max_steps=1)
+    assert target in trainer.model.peft_config["default"].target_modules
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if "lora_" in n)
+
+
+def test_accepts_lora_config_or_peft_model(tmp_path, episodes, tokenizer):
+    config = LoraConfig(r=4, target_modules=["query"], init_lora_weights="gaussian")
+    args = MetaTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    from_config = MetaTrainer(model=tiny_encoder(), args=args, peft_config=config, processing_class=tokenizer)
+    assert from_config.model.peft_config["default"].r == 4
+    wrapped = get_peft_model(tiny_encoder(), LoraConfig(r=2, target_modules=["value"]))
+    from_peft = MetaTrainer(model=wrapped, args=args, processing_class=tokenizer)
+    assert from_peft.model is wrapped
+    with pytest.raises(ValueError, match="already a `PeftModel`"):
+        MetaTrainer(model=wrapped, args=args, peft_config=config, processing_class=tokenizer)
+
+
+def test_saved_adapter_config_names_hub_id(tmp_path, episodes, tokenizer):
+    trainer = make_trainer(tmp_path, episodes, tokenizer, base_model_id="org/tiny-encoder", max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "org/tiny-encoder"
+    assert json.loads((tmp_path / "out" / ADAPTATION_CONFIG_NAME).read_text())["base_model"] == "org/tiny-encoder"
+    assert not list(tmp_path.glob(".out.staging-*"))  # staging folder cleaned up
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(per_device_train_batch_size=4), "`per_device_train_batch_size` must be 1"),
+        (dict(algorithm="maml2"), "`algorithm` must be one of"),
+        (dict(inner_learning_rate=-1.0), "`inner_learning_rate` must be"),
+        (dict(head_init="random"), "`head_init` must be"),
+        (dict(algorithm="reptile", inner_steps=0), "`inner_steps` must be >= 1 for Reptile"),
+    ],
+)
+def test_argument_validation(tmp_path, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        MetaTrainingArguments(output_dir=str(tmp_path), **kwargs)
+    assert message in str(err.value)
+
+
+def test_rejects_non_episode_dataset(tmp_path, toy_dataset, tokenizer):
+    args = MetaTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(ValueError, match="lacks the episode column"):
+        MetaTrainer(model=tiny_encoder(), args=args, train_dataset=toy_dataset, processing_class=tokenizer)
