@@ -1,6 +1,7 @@
 """hf_meta: meta-learned LoRA initialisations for few-shot text classification."""
 
 from .adaptation import AdaptationConfig, EpisodeCollator
+from .classifier import FewShotClassifier
 from .collections import load_collection
 from .episodes import EpisodeBuilder, EpisodeConfig, build_episodes, split_classes
 from .meta_trainer import MetaTrainer
@@ -14,6 +15,7 @@ __all__ = [
     "EpisodeBuilder",
     "EpisodeCollator",
     "EpisodeConfig",
+    "FewShotClassifier",
     "MetaTrainer",
     "MetaTrainingArguments",
     "build_episodes",
