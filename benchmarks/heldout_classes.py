@@ -62,8 +62,13 @@ def main(argv=None):
     source = load_collection(args.source, args.data_dir)
     train_classes, _, _ = load_class_split(args.source, args.class_split, args.data_dir)
     train_episodes = build_episodes(
-        source["train"], classes=train_classes, n_way=tuple(args.train_n_way), k_shot=tuple(args.train_k_shot),
-        num_query=5, num_episodes=args.meta_episodes, seed=args.seed,
+        source["train"],
+        classes=train_classes,
+        n_way=tuple(args.train_n_way),
+        k_shot=tuple(args.train_k_shot),
+        num_query=5,
+        num_episodes=args.meta_episodes,
+        seed=args.seed,
     )
     eval_sets = {}
     for target in args.targets:
@@ -71,16 +76,29 @@ def main(argv=None):
         _, _, test_classes = load_class_split(target, args.class_split, args.data_dir)
         for shots in args.shots:
             eval_sets[f"{target}_5way_{shots}shot"] = build_episodes(
-                test_split, classes=test_classes, n_way=5, k_shot=shots, num_query=5,
-                num_episodes=args.eval_episodes, seed=1000 + args.seed,
+                test_split,
+                classes=test_classes,
+                n_way=5,
+                k_shot=shots,
+                num_query=5,
+                num_episodes=args.eval_episodes,
+                seed=1000 + args.seed,
             )
 
     training_args = MetaTrainingArguments(
-        output_dir="outputs/heldout_classes", algorithm=args.algorithm, max_steps=args.meta_episodes // 4,
-        gradient_accumulation_steps=4, logging_steps=10, report_to="none", seed=args.seed, base_model_id=args.model,
+        output_dir="outputs/heldout_classes",
+        algorithm=args.algorithm,
+        max_steps=args.meta_episodes // 4,
+        gradient_accumulation_steps=4,
+        logging_steps=10,
+        report_to="none",
+        seed=args.seed,
+        base_model_id=args.model,
     )
     trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(path), args=training_args, train_dataset=train_episodes,
+        model=AutoModel.from_pretrained(path),
+        args=training_args,
+        train_dataset=train_episodes,
         processing_class=tokenizer,
     )
     fresh = trainer.adaptation_config
@@ -90,8 +108,15 @@ def main(argv=None):
         trainer.adaptation_config = dataclasses.replace(fresh, inner_steps=inner_steps)
         for name, episodes in eval_sets.items():
             metrics = trainer.evaluate(episodes, metric_key_prefix="eval")
-            rows.append({"setting": name, "method": method, "accuracy": metrics["eval_accuracy"],
-                         "ci95": metrics["eval_accuracy_ci95"], "episodes": len(episodes)})
+            rows.append(
+                {
+                    "setting": name,
+                    "method": method,
+                    "accuracy": metrics["eval_accuracy"],
+                    "ci95": metrics["eval_accuracy_ci95"],
+                    "episodes": len(episodes),
+                }
+            )
         trainer.adaptation_config = fresh
 
     evaluate("frozen_proto", 0)

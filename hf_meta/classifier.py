@@ -146,6 +146,16 @@ class FewShotClassifier:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         return torch.cat(chunks).numpy()
 
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's)."""
+        texts = _check_texts(texts, "texts", allow_empty_list=True)
+        chunks = [
+            self.encoder(self.meta_weights, **self._tokenize(texts[start : start + self.batch_size]))
+            for start in range(0, len(texts), self.batch_size)
+        ]
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.model.config.hidden_size), np.float32)
+
     def predict(self, texts: Sequence[str]) -> list:
         """Predicted labels, in the label space given to `fit`."""
         return [self.classes_[i] for i in self.predict_proba(texts).argmax(-1)]
@@ -199,7 +209,9 @@ class FewShotClassifier:
             classes = json.load(f)["classes"]
         head = load_file(str(folder / HEAD_FILE))["weight"]
         if head.shape[0] != len(classes):
-            raise ValueError(f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes.")
+            raise ValueError(
+                f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes."
+            )
         self.weights = {**self.meta_weights, HEAD: head}
         self.classes_ = classes
 
@@ -220,8 +232,17 @@ def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
         return Path(
             snapshot_download(
                 path_or_repo_id,
-                allow_patterns=[*ADAPTER_FILES, ADAPTATION_CONFIG_NAME, HEAD_FILE, LABELS_FILE, "tokenizer*",
-                                "vocab*", "special_tokens_map.json", "*.model", "merges.txt"],
+                allow_patterns=[
+                    *ADAPTER_FILES,
+                    ADAPTATION_CONFIG_NAME,
+                    HEAD_FILE,
+                    LABELS_FILE,
+                    "tokenizer*",
+                    "vocab*",
+                    "special_tokens_map.json",
+                    "*.model",
+                    "merges.txt",
+                ],
                 **hub_kwargs,
             )
         )

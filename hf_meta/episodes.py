@@ -40,7 +40,9 @@ def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:
         raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
     low, high = (value, value) if isinstance(value, int) else tuple(value)
     if not (isinstance(low, int) and isinstance(high, int)) or low < 1 or high < low:
-        raise ValueError(f"`{name}` must be a positive int or a `(low, high)` range with 1 <= low <= high, got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be a positive int or a `(low, high)` range with 1 <= low <= high, got {value!r}."
+        )
     return low, high
 
 
@@ -268,7 +270,11 @@ def build_episodes(
         "text_column": text_column,
         "label_column": label_column,
     }
-    with tempfile.TemporaryDirectory(prefix="hf_meta_episodes_") if cache_dir is None else contextlib.nullcontext(cache_dir) as d:
+    with (
+        tempfile.TemporaryDirectory(prefix="hf_meta_episodes_")
+        if cache_dir is None
+        else contextlib.nullcontext(cache_dir) as d
+    ):
         builder = EpisodeBuilder(
             cache_dir=d,
             config_id="episodes-" + Hasher.hash(params),
@@ -291,4 +297,3 @@ def build_episodes(
             raise
         # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
         return builder.as_dataset(split="train", in_memory=cache_dir is None)
-

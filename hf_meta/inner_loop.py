@@ -21,9 +21,7 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
     return (one_hot.T @ embeddings) / counts[:, None]
 
 
-def initial_head(
-    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: str
-) -> torch.Tensor:
+def initial_head(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: str) -> torch.Tensor:
     """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros.
 
     On L2-normalised embeddings the Proto-MAML head `W_k = 2 c_k, b_k = -||c_k||^2` ranks classes like the cosine

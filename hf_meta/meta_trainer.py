@@ -13,10 +13,12 @@ from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
 from .adaptation import AdaptationConfig, EpisodeCollator, episode_accuracy, episode_meta_gradient
+from .collections import HUB_REPO_IDS
 from .episodes import EPISODE_FEATURES
 from .io_utils import atomic_directory
 from .meta_training_args import MetaTrainingArguments
 from .metrics import mean_ci95
+from .model_card import PLOT_FILE, render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
 
 logger = logging.get_logger(__name__)
@@ -92,6 +94,10 @@ class MetaTrainer(Trainer):
         )
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
         self._query_accuracies: list[float] = []
+        # What the model card reports; recipes fill these with the collections and the measured results table.
+        self.card_collections: list[str] = []
+        self.card_results: list[dict] = []
+        self.card_results_description: str = ""
 
     # ---- Training -------------------------------------------------------------------------------------------
 
@@ -153,6 +159,7 @@ class MetaTrainer(Trainer):
         """
         logger.info(f"***** Running {description} on {len(dataloader)} episodes *****")
         self.model.eval()
+        self.callback_handler.eval_dataloader = dataloader  # sizes the Trainer's evaluation progress bar
         results = []
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
@@ -184,6 +191,43 @@ class MetaTrainer(Trainer):
             self.adaptation_config.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
 
+    def create_model_card(self, model_name: str | None = None, tags: str | list[str] | None = None, **kwargs) -> None:
+        """Write `README.md`: our template with `base_model`, `library_name: peft`, settings and measured results.
+
+        Called by `Trainer.push_to_hub` after saving (peft writes a generic card on save; this one replaces it).
+        """
+        if not self.is_world_process_zero():
+            return
+        results = list(self.card_results)
+        last_eval = next((log for log in reversed(self.state.log_history) if "eval_accuracy" in log), None)
+        if not results and last_eval is not None:
+            results = [
+                {
+                    "dataset": "evaluation episodes",
+                    "shots": "episodic",
+                    "method": f"hf_meta_{self.args.algorithm}",
+                    "accuracy": last_eval["eval_accuracy"],
+                    "ci95": last_eval.get("eval_accuracy_ci95"),
+                }
+            ]
+        max_steps = self.state.max_steps or self.args.max_steps
+        card = render_model_card(
+            adaptation_config=self.adaptation_config,
+            algorithm=self.args.algorithm,
+            collections=[HUB_REPO_IDS.get(name, name) for name in self.card_collections],
+            results=results,
+            results_description=self.card_results_description,
+            repo_id=self.hub_model_id if getattr(self, "hub_model_id", None) else self.args.hub_model_id,
+            model_name=model_name,
+            training=(
+                f"{max_steps} meta-steps of {self.args.gradient_accumulation_steps * self.args.world_size} "
+                f"episodes, outer learning rate {self.args.learning_rate}"
+            ),
+            plot_file=PLOT_FILE if os.path.isfile(os.path.join(self.args.output_dir, PLOT_FILE)) else None,
+            extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
 
 def _check_episode_dataset(name: str, dataset) -> None:
     if dataset is None:
@@ -196,5 +240,3 @@ def _check_episode_dataset(name: str, dataset) -> None:
             f"`{name}` lacks the episode column(s) {missing} (columns: {dataset.column_names}); build it with "
             "`hf_meta.build_episodes(...)`."
         )
-
-

@@ -77,7 +77,9 @@ class MetaTrainingArguments(TrainingArguments):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"`algorithm` must be one of {ALGORITHMS}, got {self.algorithm!r}.")
         if self.algorithm == "reptile" and self.inner_steps < 1:
-            raise ValueError(f"`inner_steps` must be >= 1 for Reptile (theta - phi_T is 0 otherwise), got {self.inner_steps}.")
+            raise ValueError(
+                f"`inner_steps` must be >= 1 for Reptile (theta - phi_T is 0 otherwise), got {self.inner_steps}."
+            )
         self.adaptation_config()  # validates the inner-loop and head settings with one set of messages
         super().__post_init__()
 

@@ -143,7 +143,11 @@ class FunctionalEncoder:
 
     def __call__(self, weights: Weights, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         outputs = functional_call(
-            self.model, weights, args=(), kwargs={"input_ids": input_ids, "attention_mask": attention_mask}, strict=False
+            self.model,
+            weights,
+            args=(),
+            kwargs={"input_ids": input_ids, "attention_mask": attention_mask},
+            strict=False,
         )
         hidden = outputs[0]
         if self.pooling == "mean":

@@ -21,10 +21,18 @@ def meta_adapter(tmp_path_factory, toy_dataset, tokenizer):
     from transformers import AutoModel
 
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=8, seed=0)
-    args = MetaTrainingArguments(output_dir=str(root / "adapter"), max_steps=2, gradient_accumulation_steps=2,
-                                 inner_steps=3, inner_learning_rate=0.5, report_to="none", disable_tqdm=True)
-    trainer = MetaTrainer(model=AutoModel.from_pretrained(base_dir), args=args, train_dataset=episodes,
-                          processing_class=tokenizer)
+    args = MetaTrainingArguments(
+        output_dir=str(root / "adapter"),
+        max_steps=2,
+        gradient_accumulation_steps=2,
+        inner_steps=3,
+        inner_learning_rate=0.5,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = MetaTrainer(
+        model=AutoModel.from_pretrained(base_dir), args=args, train_dataset=episodes, processing_class=tokenizer
+    )
     trainer.train()
     trainer.save_model()
     return root / "adapter", base_dir

@@ -75,7 +75,9 @@ def test_first_loss_is_reused_for_step_zero():
 def test_prototype_head_is_normalised_class_mean():
     emb = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1])
-    torch.testing.assert_close(class_means(emb, labels, 2), torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        class_means(emb, labels, 2), torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    )
     head = initial_head(emb, labels, 2, "prototypes")
     torch.testing.assert_close(head, torch.eye(2, dtype=torch.float64))
     torch.testing.assert_close(head_logits(emb, head, 10.0), 10.0 * emb)

@@ -17,11 +17,24 @@ def episodes(toy_dataset):
 
 
 def make_trainer(tmp_path, episodes, tokenizer, kind="bert", **overrides):
-    args = dict(output_dir=str(tmp_path / "out"), max_steps=3, gradient_accumulation_steps=2, inner_steps=2,
-                learning_rate=1e-2, report_to="none", disable_tqdm=True, seed=0)
+    args = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        gradient_accumulation_steps=2,
+        inner_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
     args.update(overrides)
-    return MetaTrainer(model=tiny_encoder(kind), args=MetaTrainingArguments(**args), train_dataset=episodes,
-                       eval_dataset=episodes.select(range(4)), processing_class=tokenizer)
+    return MetaTrainer(
+        model=tiny_encoder(kind),
+        args=MetaTrainingArguments(**args),
+        train_dataset=episodes,
+        eval_dataset=episodes.select(range(4)),
+        processing_class=tokenizer,
+    )
 
 
 def snapshot(model):

@@ -1,0 +1,105 @@
+"""Model cards for meta-initialised adapters, rendered from the Jinja template in `model_cards/`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .adaptation import AdaptationConfig
+
+TEMPLATE_NAME = "hf_meta_adapter.md"
+PLOT_FILE = "accuracy_vs_shots.png"
+ALGORITHM_NAMES = {"fomaml": "first-order MAML", "reptile": "Reptile"}
+TAGS = ["hf_meta", "few-shot", "meta-learning", "lora", "peft", "text-classification"]
+
+
+def template_path() -> str:
+    """The card template: `hf_meta.model_cards` in an installed wheel, the top-level `model_cards/` in a checkout."""
+    try:
+        return str(resources.files("hf_meta.model_cards").joinpath(TEMPLATE_NAME))
+    except ModuleNotFoundError:  # a source checkout (or editable install): the folder sits beside the package
+        return str(Path(__file__).resolve().parents[1] / "model_cards" / TEMPLATE_NAME)
+
+
+def render_model_card(
+    *,
+    adaptation_config: AdaptationConfig,
+    algorithm: str,
+    collections: Sequence[str] = (),
+    results: Sequence[dict] = (),
+    results_description: str = "",
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    training: str = "",
+    plot_file: str | None = None,
+    extra_tags: Sequence[str] = (),
+) -> ModelCard:
+    """Fill the template with the adapter's settings and measured results.
+
+    Args:
+        results: rows with `dataset`, `shots`, `method`, `accuracy` and `ci95` (fractions, not percents).
+        plot_file: an image beside the card (e.g. accuracy against shots), linked from the results section.
+    """
+    base_model = adaptation_config.base_model
+    if not base_model or os.path.isdir(base_model):
+        raise ValueError(
+            f"The card needs the base model's Hub id, got {base_model!r}; pass `base_model_id=` to "
+            "`MetaTrainingArguments`."
+        )
+    tags = list(dict.fromkeys([*TAGS, algorithm, *(["maml"] if algorithm == "fomaml" else []), *extra_tags]))
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="text-classification",
+        datasets=list(collections) or None,
+        tags=tags,
+        model_name=model_name,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path(),
+        model_name=model_name or repo_id or "hf_meta adapter",
+        base_model=base_model,
+        repo_id=repo_id or "path/to/adapter",
+        algorithm_name=ALGORITHM_NAMES.get(algorithm, algorithm),
+        collections=list(collections),
+        training=training,
+        adaptation={k: v for k, v in adaptation_config.to_dict().items() if k != "base_model"},
+        results=[dict(row) for row in results],
+        results_description=results_description,
+        plot_file=plot_file,
+    )
+
+
+def plot_accuracy_vs_shots(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Accuracy against labelled examples per class, one line per method (rows: `shots`, `method`, `accuracy`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for method in dict.fromkeys(row["method"] for row in rows):
+        points = sorted(
+            (row["shots"], 100 * row["accuracy"], 100 * (row.get("ci95") or 0))
+            for row in rows
+            if row["method"] == method
+        )
+        shots, accuracy, ci = zip(*points)
+        ax.errorbar(shots, accuracy, yerr=ci, marker="o", capsize=3, label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(
+        sorted({row["shots"] for row in rows}), labels=[str(s) for s in sorted({row["shots"] for row in rows})]
+    )
+    ax.set_xlabel("labelled examples per class")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
