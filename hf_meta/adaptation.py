@@ -164,7 +164,7 @@ def split_episode(batch: dict[str, torch.Tensor], part: str) -> dict[str, torch.
 
 def task_logits(encoder: FunctionalEncoder, weights: Weights, batch: dict[str, torch.Tensor], scale: float):
     lora = {name: w for name, w in weights.items() if name != HEAD}
-    return head_logits(encoder(lora, batch["input_ids"], batch["attention_mask"]), weights[HEAD], scale)
+    return head_logits(encoder(lora, batch), weights[HEAD], scale)
 
 
 def adapt(
@@ -183,9 +183,10 @@ def adapt(
         The adapted fast weights (LoRA tensors and the head under `HEAD`) and the support loss before each step.
     """
     labels = support["labels"]
+    support = encoder.cache_frozen_layers(support)
     lora = detached_copy(init)
     with torch.enable_grad():
-        embeddings = encoder(lora, support["input_ids"], support["attention_mask"])
+        embeddings = encoder(lora, support)
         head = initial_head(embeddings, labels, num_classes, config.head_init).requires_grad_(True)
         weights = {**lora, HEAD: head}
         first_loss = F.cross_entropy(head_logits(embeddings, head, config.logit_scale), labels)

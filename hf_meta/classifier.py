@@ -151,7 +151,7 @@ class FewShotClassifier:
         """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's)."""
         texts = _check_texts(texts, "texts", allow_empty_list=True)
         chunks = [
-            self.encoder(self.meta_weights, **self._tokenize(texts[start : start + self.batch_size]))
+            self.encoder(self.meta_weights, self._tokenize(texts[start : start + self.batch_size]))
             for start in range(0, len(texts), self.batch_size)
         ]
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.model.config.hidden_size), np.float32)

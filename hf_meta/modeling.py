@@ -121,11 +121,40 @@ def meta_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+FROZEN_STATES = "frozen_states"  # batch key of the cached output of the frozen lower layers
+
+
+class _StopForward(Exception):
+    def __init__(self, output):
+        self.output = output
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a frozen lower layer: returns the cached output of the top frozen layer, ignoring its input."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+def transformer_layers(model: PeftModel) -> torch.nn.ModuleList | None:
+    """The stack of transformer blocks (`encoder.layer`, `transformer.layer`, ...): the longest `ModuleList`."""
+    lists = [m for m in model.get_base_model().modules() if isinstance(m, torch.nn.ModuleList)]
+    return max(lists, key=len, default=None)
+
+
 class FunctionalEncoder:
     """Sentence embeddings from a LoRA-wrapped encoder evaluated at given fast LoRA weights.
 
     The base model is shared, never copied: `torch.func.functional_call` swaps the LoRA tensors in for one
     forward pass only.
+
+    When LoRA only touches the top layers (peft's `layers_to_transform`), the layers below never change during
+    adaptation, so [`cache_frozen_layers`] runs them once per batch and every inner step replays their output
+    instead of recomputing it.
 
     Args:
         model: the `PeftModel` around a transformers encoder.
@@ -140,15 +169,52 @@ class FunctionalEncoder:
         self.model = model
         self.pooling = pooling
         self.normalize = normalize
+        self.layers = transformer_layers(model)
+        self.frozen_depth = self._frozen_depth()
 
-    def __call__(self, weights: Weights, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        outputs = functional_call(
-            self.model,
-            weights,
-            args=(),
-            kwargs={"input_ids": input_ids, "attention_mask": attention_mask},
-            strict=False,
-        )
+    def _frozen_depth(self) -> int:
+        """How many bottom layers hold no trainable (LoRA) parameter."""
+        if self.layers is None:
+            return 0
+        for depth, layer in enumerate(self.layers):
+            if any(p.requires_grad for p in layer.parameters()):
+                return depth
+        return 0  # no LoRA in any layer: nothing to gain, keep the plain path
+
+    @torch.no_grad()
+    def cache_frozen_layers(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`batch` plus the output of the frozen lower layers (unchanged when every layer carries LoRA)."""
+        if self.frozen_depth == 0 or FROZEN_STATES in batch:
+            return batch
+        top_frozen = self.layers[self.frozen_depth - 1]
+
+        def stop(module, args, output):
+            raise _StopForward(output)
+
+        handle = top_frozen.register_forward_hook(stop)
+        try:
+            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        except _StopForward as stopped:
+            return {**batch, FROZEN_STATES: stopped.output}
+        finally:
+            handle.remove()
+        raise RuntimeError("The frozen layers were never reached in the forward pass.")
+
+    def __call__(self, weights: Weights, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        attention_mask = batch["attention_mask"]
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": attention_mask}
+        cached = batch.get(FROZEN_STATES)
+        if cached is None:
+            outputs = functional_call(self.model, weights, args=(), kwargs=kwargs, strict=False)
+        else:
+            originals = [self.layers[i] for i in range(self.frozen_depth)]
+            try:
+                for i in range(self.frozen_depth):
+                    self.layers[i] = _Replay(cached)
+                outputs = functional_call(self.model, weights, args=(), kwargs=kwargs, strict=False)
+            finally:
+                for i, layer in enumerate(originals):
+                    self.layers[i] = layer
         hidden = outputs[0]
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -1,0 +1,50 @@
+"""The functional encoder: the frozen-layer cache gives the same embeddings and gradients as the full forward."""
+
+import pytest
+import torch
+from conftest import tiny_encoder
+from peft import LoraConfig, get_peft_model
+
+from hf_meta.modeling import FROZEN_STATES, FunctionalEncoder, _Replay, lora_target_modules, meta_parameters
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+def test_frozen_layer_cache_matches_full_forward(kind, tokenizer):
+    base = tiny_encoder(kind, vocab_size=tokenizer.vocab_size)
+    config = LoraConfig(
+        r=4,
+        target_modules=lora_target_modules(base.config.model_type),
+        layers_to_transform=[1],
+        init_lora_weights="gaussian",
+    )
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():  # a non-zero lora_B so the adapter changes the output
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    encoder = FunctionalEncoder(model)
+    assert encoder.frozen_depth == 1
+    batch = dict(tokenizer(["refund not showing up", "card arrived?"], padding=True, return_tensors="pt"))
+    cached = encoder.cache_frozen_layers(batch)
+    assert FROZEN_STATES in cached
+
+    weights = {n: p.detach().clone().requires_grad_() for n, p in meta_parameters(model).items()}
+    full, fast = encoder(weights, batch), encoder(weights, cached)
+    torch.testing.assert_close(fast, full)
+    grads_full = torch.autograd.grad(full.sum(), list(weights.values()))
+    grads_fast = torch.autograd.grad(encoder(weights, cached).sum(), list(weights.values()))
+    for a, b in zip(grads_full, grads_fast):
+        torch.testing.assert_close(a, b)
+    assert not any(isinstance(layer, _Replay) for layer in encoder.layers)  # the real layers are back
+
+
+def test_no_cache_when_every_layer_has_lora(tokenizer):
+    model = get_peft_model(tiny_encoder(), LoraConfig(r=2, target_modules=["query", "value"]))
+    encoder = FunctionalEncoder(model)
+    batch = dict(tokenizer(["hello"], return_tensors="pt"))
+    assert encoder.frozen_depth == 0 and encoder.cache_frozen_layers(batch) is batch
+
+
+def test_unknown_architecture_asks_for_target_modules():
+    with pytest.raises(ValueError, match="target_modules"):
+        lora_target_modules("my-new-arch")
