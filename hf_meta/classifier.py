@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging
@@ -81,6 +82,7 @@ class FewShotClassifier:
             raise FileNotFoundError(
                 f"{weights_file} is missing: hf_meta only loads adapters stored as safetensors (never pickle)."
             )
+        _check_safetensors(weights_file)
         adaptation_config = AdaptationConfig.from_pretrained(folder)
         with open(folder / "adapter_config.json", encoding="utf-8") as f:
             named_base = json.load(f).get("base_model_name_or_path")
@@ -214,6 +216,17 @@ class FewShotClassifier:
             )
         self.weights = {**self.meta_weights, HEAD: head}
         self.classes_ = classes
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read the header of a safetensors file so a truncated or forged file fails here, naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+    except Exception as err:  # safetensors raises its own error types for every malformed header
+        raise ValueError(f"{path} is not a valid safetensors file ({err}); re-download or re-save it.") from None
+    if not names or not all("lora_" in name for name in names):
+        raise ValueError(f"{path} holds no LoRA weights ({names[:3]}); is it an hf_meta / peft LoRA adapter?")
 
 
 def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:

@@ -54,16 +54,39 @@ def class_names_of(dataset: datasets.Dataset, label_column: str = "label") -> li
     if isinstance(feature, datasets.ClassLabel):
         present = set(values)
         return [name for index, name in enumerate(feature.names) if index in present]
-    return sorted({str(value) for value in values})
+    return sorted(set(_label_names(dataset, label_column)))
 
 
 def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
-    """Every example's label as a class name (ClassLabel ids are mapped to their names)."""
+    """Every example's label as a class name (ClassLabel ids are mapped to their names), validated."""
     feature = dataset.features[label_column]
     values = dataset[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return [feature.names[value] for value in values]
+    kinds = set()
+    for i, value in enumerate(values):
+        if value is None or isinstance(value, float | bool) or not isinstance(value, str | int):
+            raise TypeError(
+                f"Label column `{label_column}` row {i} holds {value!r} ({type(value).__name__}); labels must be "
+                "ints, strings or a `ClassLabel`: cast them, e.g. `dataset.cast_column(label_column, ClassLabel(...))`."
+            )
+        kinds.add(type(value))
+    if len(kinds) > 1:
+        raise TypeError(f"Label column `{label_column}` mixes ints and strings; use one type for every label.")
     return [str(value) for value in values]
+
+
+def _check_texts(texts: list, text_column: str) -> None:
+    for i, text in enumerate(texts):
+        if isinstance(text, bytes):
+            raise TypeError(
+                f"Text column `{text_column}` row {i} holds bytes; decode them first, e.g. "
+                "`raw.decode('utf-8', errors='replace')`, or read the file with its encoding (latin-1, cp1252)."
+            )
+        if not isinstance(text, str):
+            raise TypeError(f"Text column `{text_column}` row {i} holds {text!r} ({type(text).__name__}), not a str.")
+        if not text.strip():
+            raise ValueError(f"Text column `{text_column}` row {i} is empty; drop empty rows with `dataset.filter`.")
 
 
 def _check_columns(dataset: datasets.Dataset, columns: Sequence[str]) -> None:
@@ -181,6 +204,7 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     dataset = config.source
     _check_columns(dataset, [config.text_column, config.label_column])
     texts = dataset[config.text_column]
+    _check_texts(texts, config.text_column)
     labels = _label_names(dataset, config.label_column)
     available = class_names_of(dataset, config.label_column)
     pool = list(available) if config.classes is None else list(dict.fromkeys(str(c) for c in config.classes))
@@ -200,7 +224,15 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
         raise ValueError(
             f"`n_way` ({config.n_way}) exceeds the {len(pool)} classes available; lower it or pass more `classes`."
         )
+    if len(pool) < 2:
+        raise ValueError(f"Episodes need at least 2 classes, got {len(pool)} ({pool}); add classes to `classes`.")
     need = k_high + config.num_query
+    duplicated = len(texts) - len(set(texts))
+    if duplicated:
+        logger.warning(
+            f"{duplicated} text(s) of the dataset appear more than once: an episode may hold the same text in its "
+            "support and query sets. Deduplicate the dataset to avoid it."
+        )
     for name, members in indices.items():
         if len(members) < need:
             raise ValueError(
