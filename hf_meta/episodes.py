@@ -68,7 +68,7 @@ def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
         if value is None or isinstance(value, float | bool) or not isinstance(value, str | int):
             raise TypeError(
                 f"Label column `{label_column}` row {i} holds {value!r} ({type(value).__name__}); labels must be "
-                "ints, strings or a `ClassLabel`: cast them, e.g. `dataset.cast_column(label_column, ClassLabel(...))`."
+                "ints, strings or a `ClassLabel`; cast them, e.g. `dataset.cast_column(column, ClassLabel(...))`."
             )
         kinds.add(type(value))
     if len(kinds) > 1:

@@ -25,10 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-
-from hf_meta import build_episodes, load_collection
-from hf_meta.evaluation import FewShotTask, first_shots
+from hf_meta.protocols import intent_episodes, intent_tasks
 from hf_meta.recipe_runner import meta_train_and_compare, parse_recipe_arguments
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -58,40 +55,6 @@ class IntentRecipeArguments:
             raise ValueError(f"`target` {self.target!r} is also in `sources`; meta-train on the other collections.")
 
 
-def meta_training_episodes(recipe: IntentRecipeArguments, num_episodes: int, seed: int) -> datasets.Dataset:
-    """Episodes from every source's training split, shuffled together so each meta-batch mixes collections."""
-    per_source = -(-num_episodes // len(recipe.sources))
-    parts = [
-        build_episodes(
-            load_collection(source, recipe.data_dir)["train"],
-            n_way=tuple(recipe.n_way),
-            k_shot=tuple(recipe.k_shot),
-            num_query=recipe.num_query,
-            num_episodes=per_source,
-            seed=seed + i,
-        )
-        for i, source in enumerate(recipe.sources)
-    ]
-    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices().select(range(num_episodes))
-
-
-def target_tasks(recipe: IntentRecipeArguments, seed: int) -> list[FewShotTask]:
-    """The target's published K-shot files (1, 2 and 5 shots nested in train_5; 10 is train_10) and test set."""
-    target = load_collection(recipe.target, recipe.data_dir)
-    names = target["test"].features["label"].names
-    test_texts, test_labels = target["test"]["text"], [names[i] for i in target["test"]["label"]]
-    tasks = []
-    for shots in sorted({recipe.shots, *recipe.plot_shots}):
-        split = "train_10" if shots > 5 else "train_5"
-        if not 1 <= shots <= 10 or split not in target:
-            raise ValueError(
-                f"`shots` and `plot_shots` must be 1-10 (a `{split}` file of {recipe.target}), got {shots}."
-            )
-        texts, labels = first_shots(target[split]["text"], [names[i] for i in target[split]["label"]], shots)
-        tasks.append(FewShotTask(recipe.target, shots, seed, texts, labels, test_texts, test_labels))
-    return tasks
-
-
 def main() -> None:
     recipe, args = parse_recipe_arguments(
         IntentRecipeArguments, output_dir="outputs/fewshot_intent", max_steps=50, logging_steps=5
@@ -99,8 +62,16 @@ def main() -> None:
     meta_train_and_compare(
         model_name_or_path=recipe.model_name_or_path,
         args=args,
-        make_episodes=lambda n: meta_training_episodes(recipe, n, args.seed),
-        tasks=target_tasks(recipe, args.seed),
+        make_episodes=lambda n: intent_episodes(
+            recipe.sources,
+            recipe.data_dir,
+            n,
+            n_way=tuple(recipe.n_way),
+            k_shot=tuple(recipe.k_shot),
+            num_query=recipe.num_query,
+            seed=args.seed,
+        ),
+        tasks=intent_tasks(recipe.target, [recipe.shots, *recipe.plot_shots], recipe.data_dir, args.seed),
         sources=recipe.sources,
         headline_shots=recipe.shots,
         description=(

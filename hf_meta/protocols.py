@@ -1,0 +1,96 @@
+"""Meta-training episodes and target tasks of the evaluation protocols (DESIGN.md §3), shared by the recipes and
+`benchmarks/accuracy.py` so that both measure exactly the same thing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import datasets
+
+from .collections import load_collection, remove_overlap
+from .episodes import IntOrRange, build_episodes
+from .evaluation import FewShotTask, first_shots, sample_shots
+
+INTENT_COLLECTIONS = ("banking77", "clinc150", "hwu64")
+SENTIMENT_SOURCES = ("mr", "amazon_books", "amazon_dvd", "amazon_electronics", "amazon_kitchen", "airline", "imdb")
+
+
+def mixed_episodes(
+    pools: Sequence[datasets.Dataset],
+    num_episodes: int,
+    *,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+) -> datasets.Dataset:
+    """`num_episodes` episodes drawn evenly from several collections and shuffled so each meta-batch mixes them."""
+    per_pool = -(-num_episodes // len(pools))
+    parts = [
+        build_episodes(pool, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=per_pool, seed=seed + i)
+        for i, pool in enumerate(pools)
+    ]
+    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices().select(range(num_episodes))
+
+
+def intent_episodes(
+    sources: Sequence[str],
+    data_dir: str,
+    num_episodes: int,
+    *,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+) -> datasets.Dataset:
+    """Episodes from the training splits of intent collections (protocol A meta-training)."""
+    pools = [load_collection(source, data_dir)["train"] for source in sources]
+    return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
+
+
+def intent_tasks(target: str, shots: Sequence[int], data_dir: str, seed: int = 0) -> list[FewShotTask]:
+    """Protocol A: every intent of `target`, its published K-shot file (1, 2, 5 nested in `train_5`; 10 is
+    `train_10`), scored on the full test set."""
+    collection = load_collection(target, data_dir)
+    names = collection["test"].features["label"].names
+    test_texts, test_labels = collection["test"]["text"], [names[i] for i in collection["test"]["label"]]
+    tasks = []
+    for k in sorted(set(shots)):
+        split = "train_10" if k > 5 else "train_5"
+        if not 1 <= k <= 10 or split not in collection:
+            raise ValueError(f"`shots` must be 1-10 (the `{split}` file of {target}), got {k}.")
+        texts, labels = first_shots(collection[split]["text"], [names[i] for i in collection[split]["label"]], k)
+        tasks.append(FewShotTask(target, k, seed, texts, labels, test_texts, test_labels))
+    return tasks
+
+
+def sentiment_episodes(
+    sources: Sequence[str], data_dir: str, num_episodes: int, *, k_shot: int, num_query: int, seed: int
+) -> datasets.Dataset:
+    """2-way episodes from sentiment collections with every SST-2 sentence removed (protocol C meta-training).
+
+    SST was built from the MR sentences: 731 of the 872 SST-2 dev sentences are in MR, so without this filter
+    meta-training would see the test set.
+    """
+    if any(source.startswith("sst") for source in sources):
+        raise ValueError(f"`sources` {list(sources)} holds an SST collection: it contains the target's sentences.")
+    sst2 = load_collection("sst2", data_dir)
+    target_texts = [text for split in sst2.values() for text in split["text"]]
+    pools = []
+    for source in sources:
+        collection = load_collection(source, data_dir)
+        pools.append(remove_overlap(datasets.concatenate_datasets(list(collection.values())), target_texts))
+    return mixed_episodes(pools, num_episodes, n_way=2, k_shot=k_shot, num_query=num_query, seed=seed)
+
+
+def sst2_tasks(shots: Sequence[int], seeds: Sequence[int], data_dir: str) -> list[FewShotTask]:
+    """Protocol C (SetFit's): `shots` sentences per class from the sentence-level SST-2 training file for each
+    seed, scored on the GLUE dev set (872 sentences)."""
+    sst2 = load_collection("sst2", data_dir)
+    names = sst2["validation"].features["label"].names
+    test_texts, test_labels = sst2["validation"]["text"], [names[i] for i in sst2["validation"]["label"]]
+    return [
+        FewShotTask("sst2", k, seed, *sample_shots(sst2["train"], k, seed), test_texts, test_labels)
+        for k in sorted(set(shots))
+        for seed in seeds
+    ]
