@@ -4,16 +4,16 @@ import os
 import sys
 from pathlib import Path
 
+import datasets
 import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta.modeling import meta_parameters
+
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import WORDS, tiny_encoder  # noqa: E402
-
-import datasets  # noqa: E402
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes  # noqa: E402
-from hf_meta.modeling import meta_parameters  # noqa: E402
 
 
 def main(output: str, tokenizer_path: str, accumulation: int) -> None:

@@ -5,10 +5,10 @@ import sys
 import zipfile
 
 import pytest
+import transformers.trainer
 import yaml
 from conftest import tiny_encoder
 
-import transformers.trainer
 from hf_meta import AdaptationConfig, FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
 from hf_meta.model_card import PLOT_FILE, plot_accuracy_vs_shots, render_model_card
 
