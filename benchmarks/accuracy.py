@@ -41,8 +41,7 @@ from transformers import AutoModel, AutoTokenizer, set_seed
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
 from hf_meta.baselines import logistic_regression, nearest_prototype
 from hf_meta.collections import load_class_split
-from hf_meta.evaluation import compare_methods
-from hf_meta.metrics import mean_ci95
+from hf_meta.evaluation import compare_methods, summarize
 from hf_meta.modeling import resolve_model_path
 from hf_meta.protocols import (
     INTENT_COLLECTIONS,
@@ -181,25 +180,7 @@ def protocol_c(args) -> list[dict]:
 
 def aggregate(rows: list[dict]) -> list[dict]:
     """One row per (protocol, dataset, shots, method): mean and 95% CI over seeds (A, C) or episodes (B)."""
-    groups: dict[tuple, list[float]] = {}
-    for row in rows:
-        key = (row["protocol"], row["dataset"], row["shots"], row["method"])
-        groups.setdefault(key, []).extend(row.get("episode_accuracies") or [row["accuracy"]])
-    table = []
-    for (protocol, dataset, shots, method), values in groups.items():
-        accuracy, ci95 = mean_ci95(values)
-        table.append(
-            {
-                "protocol": protocol,
-                "dataset": dataset,
-                "shots": shots,
-                "method": method,
-                "accuracy": accuracy,
-                "ci95": None if np.isnan(ci95) else ci95,
-                "runs": len(values),
-            }
-        )
-    return table
+    return summarize(rows, keys=("protocol", "dataset", "shots", "method"))
 
 
 def main(argv=None):

@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+C_GRID = (0.1, 1.0, 10.0, 100.0)
 
 
 def logistic_regression(
     train_embeddings: np.ndarray, train_labels: Sequence, test_embeddings: np.ndarray, seed: int = 0
 ) -> np.ndarray:
-    """Predictions of a logistic regression fitted on frozen embeddings (scikit-learn defaults, as in SetFit's
-    baselines)."""
-    model = LogisticRegression(max_iter=2000, random_state=seed)
-    model.fit(train_embeddings, np.asarray(train_labels))
+    """Predictions of a logistic regression fitted on frozen embeddings.
+
+    The inverse regularisation `C` is chosen by stratified cross-validation on the labelled examples only (never
+    the test set): on L2-normalised embeddings scikit-learn's default `C=1` underfits badly (BANKING77 5-shot:
+    75.0% with `C=1`). With a single example per class there is nothing to cross-validate and `C=1` is used.
+    """
+    labels = np.asarray(train_labels)
+    folds = min(5, int(np.unique(labels, return_counts=True)[1].min()))
+    if folds >= 2:
+        model = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, max_iter=2000, random_state=seed)
+    else:
+        model = LogisticRegression(max_iter=2000, random_state=seed)
+    model.fit(train_embeddings, labels)
     return model.predict(test_embeddings)
 
 

@@ -53,7 +53,9 @@ class FewShotClassifier:
         self.tokenizer = tokenizer
         self.adaptation_config = adaptation_config
         self.batch_size = batch_size
-        self.encoder = FunctionalEncoder(model, adaptation_config.pooling, adaptation_config.normalize_embeddings)
+        self.encoder = FunctionalEncoder(
+            model, adaptation_config.pooling, adaptation_config.normalize_embeddings, chunk_size=batch_size
+        )
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
@@ -140,23 +142,19 @@ class FewShotClassifier:
         if self.weights is None:
             raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
         texts = _check_texts(texts, "texts", allow_empty_list=True)
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self._tokenize(texts[start : start + self.batch_size])
-            chunks.append(predict_logits(self.encoder, self.weights, batch, self.adaptation_config).softmax(-1))
-        if not chunks:
+        if not texts:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        return torch.cat(chunks).numpy()
+        # One tokenisation; the encoder runs it in length-sorted chunks of `batch_size`.
+        logits = predict_logits(self.encoder, self.weights, self._tokenize(texts), self.adaptation_config)
+        return logits.softmax(-1).numpy()
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's)."""
         texts = _check_texts(texts, "texts", allow_empty_list=True)
-        chunks = [
-            self.encoder(self.meta_weights, self._tokenize(texts[start : start + self.batch_size]))
-            for start in range(0, len(texts), self.batch_size)
-        ]
-        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.model.config.hidden_size), np.float32)
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), np.float32)
+        return self.encoder(self.meta_weights, self._tokenize(texts)).numpy()
 
     def predict(self, texts: Sequence[str]) -> list:
         """Predicted labels, in the label space given to `fit`."""
@@ -174,12 +172,12 @@ class FewShotClassifier:
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         limit = self.adaptation_config.max_length
-        encoded = self.tokenizer(texts, padding=True, truncation=False, return_length=True)
-        longest = max(encoded["length"], default=0)
-        if longest > limit:
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+        too_long = [n for n in lengths if n > limit]
+        if too_long:
             warnings.warn(
-                f"{sum(n > limit for n in encoded['length'])} text(s) are longer than `max_length` ({limit} "
-                f"tokens, longest {longest}) and are truncated.",
+                f"{len(too_long)} text(s) are longer than `max_length` ({limit} tokens, longest {max(too_long)}) and "
+                "are truncated; raise `max_length` in the adaptation settings to keep more.",
                 stacklevel=3,
             )
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")

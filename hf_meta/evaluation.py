@@ -108,24 +108,21 @@ def _row(task: FewShotTask, method: str, accuracy: float, seconds: float) -> dic
     }
 
 
-def summarize(rows: Sequence[dict]) -> list[dict]:
-    """Mean accuracy and 95% CI over seeds for each (dataset, shots, method), in first-seen order."""
+def summarize(rows: Sequence[dict], keys: Sequence[str] = ("dataset", "shots", "method")) -> list[dict]:
+    """Mean accuracy and 95% CI per group of `keys`, in first-seen order.
+
+    A row counts once with its `accuracy`, or once per episode when it carries `episode_accuracies`.
+    """
     groups: dict[tuple, list[float]] = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["shots"], row["method"]), []).append(row["accuracy"])
-    summary = []
-    for (dataset, shots, method), values in groups.items():
-        accuracy, ci95 = mean_ci95(values)
-        summary.append(
-            {
-                "dataset": dataset,
-                "shots": shots,
-                "method": method,
-                "accuracy": accuracy,
-                "ci95": None if np.isnan(ci95) else ci95,
-                "runs": len(values),
-            }
+        groups.setdefault(tuple(row[key] for key in keys), []).extend(
+            row.get("episode_accuracies") or [row["accuracy"]]
         )
+    summary = []
+    for group, values in groups.items():
+        accuracy, ci95 = mean_ci95(values)
+        ci95 = None if np.isnan(ci95) else ci95
+        summary.append({**dict(zip(keys, group)), "accuracy": accuracy, "ci95": ci95, "runs": len(values)})
     return summary
 
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 
 import datasets
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, set_seed
-from transformers.utils import logging
 
 from .classifier import FewShotClassifier
 from .evaluation import FewShotTask, compare_methods, format_table, summarize
@@ -44,7 +43,6 @@ def meta_train_and_compare(
     evaluates, writes `results.json`, the plot and the model card to `args.output_dir`, and pushes to the Hub when
     `--push_to_hub` is set. Other processes return `None`.
     """
-    logging.set_verbosity_info() if args.should_log else logging.set_verbosity_warning()
     set_seed(args.seed)
     model_path = resolve_model_path(model_name_or_path)
     if args.base_model_id is None and not os.path.isdir(model_name_or_path):

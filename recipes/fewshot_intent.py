@@ -57,7 +57,7 @@ class IntentRecipeArguments:
 
 def main() -> None:
     recipe, args = parse_recipe_arguments(
-        IntentRecipeArguments, output_dir="outputs/fewshot_intent", max_steps=50, logging_steps=5
+        IntentRecipeArguments, output_dir="outputs/fewshot_intent", max_steps=40, logging_steps=5
     )
     meta_train_and_compare(
         model_name_or_path=recipe.model_name_or_path,

@@ -48,3 +48,17 @@ def test_no_cache_when_every_layer_has_lora(tokenizer):
 def test_unknown_architecture_asks_for_target_modules():
     with pytest.raises(ValueError, match="target_modules"):
         lora_target_modules("my-new-arch")
+
+
+def test_length_sorted_chunks_match_one_padded_batch(tokenizer):
+    model = get_peft_model(tiny_encoder(), LoraConfig(r=2, target_modules=["query", "value"])).eval()
+    texts = ["short", "a much longer sentence about a card that never arrived at all", "mid length text", "x y"]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    weights = {n: p.detach().requires_grad_() for n, p in meta_parameters(model).items()}
+    whole = FunctionalEncoder(model, chunk_size=64)(weights, batch)
+    chunked = FunctionalEncoder(model, chunk_size=2)(weights, batch)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    grad_whole = torch.autograd.grad(whole.pow(2).sum(), list(weights.values()), allow_unused=True)
+    grad_chunked = torch.autograd.grad(chunked.pow(2).sum(), list(weights.values()), allow_unused=True)
+    for a, b in zip(grad_whole, grad_chunked):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
