@@ -14,7 +14,7 @@ with the same inner loop. Prints the table and writes `results.json`, the model 
 
     # scaled up for a GPU, another target, pushed to the Hub
     accelerate launch recipes/fewshot_intent.py --target hwu64 --sources banking77 clinc150 --max_steps 1000 \\
-        --n_way 20 40 --plot_shots 1 2 5 10 --push_to_hub --hub_model_id me/hf-meta-minilm-intents
+        --n_way 20 40 --push_to_hub --hub_model_id me/hf-meta-minilm-intents
 
     # all arguments from one file
     accelerate launch recipes/fewshot_intent.py recipes/fewshot_intent.yaml
@@ -44,7 +44,7 @@ class IntentRecipeArguments:
     )
     shots: int = field(default=5, metadata={"help": "Labelled examples per intent for the headline rows (1-10)."})
     plot_shots: list[int] = field(
-        default_factory=list, metadata={"help": "More shot counts for the accuracy-vs-shots plot, e.g. 1 2 5 10."}
+        default_factory=lambda: [1, 2, 5, 10], metadata={"help": "Shot counts of the accuracy-vs-shots plot."}
     )
     n_way: list[int] = field(default_factory=lambda: [10, 20], metadata={"help": "Episode ways (low high)."})
     k_shot: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "Episode shots (low high)."})
@@ -57,7 +57,7 @@ class IntentRecipeArguments:
 
 def main() -> None:
     recipe, args = parse_recipe_arguments(
-        IntentRecipeArguments, output_dir="outputs/fewshot_intent", max_steps=40, logging_steps=5
+        IntentRecipeArguments, output_dir="outputs/fewshot_intent", max_steps=30, logging_steps=5
     )
     meta_train_and_compare(
         model_name_or_path=recipe.model_name_or_path,
