@@ -1,5 +1,6 @@
 """Model card rendering, wheel packaging of the template, and push_to_hub at the huggingface_hub API boundary."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -56,7 +57,7 @@ def test_plot_is_written(tmp_path):
     assert (tmp_path / PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_wheel_ships_the_card_template(tmp_path):
+def test_wheel_ships_the_card_template_and_renders_from_it(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
         check=True,
@@ -64,6 +65,20 @@ def test_wheel_ships_the_card_template(tmp_path):
     )
     (wheel,) = tmp_path.glob("hf_meta-*.whl")
     assert "hf_meta/model_cards/hf_meta_adapter.md" in zipfile.ZipFile(wheel).namelist()
+    # Import hf_meta from the unpacked wheel (not the checkout) and render a card from the packaged template.
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    script = (
+        "import hf_meta.model_card as m, hf_meta;"
+        f"assert hf_meta.__file__.startswith({str(site)!r}), hf_meta.__file__;"
+        f"assert m.template_path().startswith({str(site)!r}), m.template_path();"
+        "from hf_meta import AdaptationConfig;"
+        "card = m.render_model_card(adaptation_config=AdaptationConfig(base_model='org/enc'), algorithm='fomaml');"
+        "assert 'library_name: peft' in str(card)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script], check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}
+    )
 
 
 def _root():
