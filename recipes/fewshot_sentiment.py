@@ -43,7 +43,7 @@ class SentimentRecipeArguments:
 
 def main() -> None:
     recipe, args = parse_recipe_arguments(
-        SentimentRecipeArguments, output_dir="outputs/fewshot_sentiment", max_steps=100, logging_steps=5
+        SentimentRecipeArguments, output_dir="outputs/fewshot_sentiment", max_steps=40, logging_steps=5
     )
     meta_train_and_compare(
         model_name_or_path=recipe.model_name_or_path,
