@@ -273,6 +273,8 @@ def _check_texts(texts: Sequence[str], name: str, allow_empty_list: bool = False
     if not texts and not allow_empty_list:
         raise ValueError(f"`{name}` is empty; give at least one text per class.")
     for i, text in enumerate(texts):
+        if isinstance(text, bytes):
+            raise TypeError(f"`{name}[{i}]` is bytes; decode it first, e.g. `raw.decode('utf-8', errors='replace')`.")
         if not isinstance(text, str):
             raise TypeError(f"`{name}[{i}]` must be a str, got {type(text).__name__} ({text!r}); convert or drop it.")
         if not text.strip():

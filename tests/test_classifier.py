@@ -106,6 +106,7 @@ def test_plain_encoder_gives_fresh_lora(meta_adapter):
         (["a b"], ["x"], ValueError, "at least 2 classes"),
         (["a b", None], ["x", "y"], TypeError, "`texts[1]` must be a str"),
         (["a b", "  "], ["x", "y"], ValueError, "`texts[1]` is empty"),
+        (["a b", b"caf\xe9"], ["x", "y"], TypeError, "`texts[1]` is bytes; decode it first"),
         (["a b", "c d"], ["x", 1], TypeError, "mixes strings and ints"),
         (["a b", "c d"], [0.0, 1.0], TypeError, "`labels[0]` must be a str or an int"),
         (["a b", "c d"], ["x", None], TypeError, "`labels[1]` must be a str or an int"),
