@@ -366,6 +366,8 @@ def main(argv=None):
     results["adapt_seconds_77x5"] = results["adapt"]["adapt_seconds_77x5"]
     results["setfit_seconds_77x5"] = results["adapt"]["setfit_seconds_77x5"]
     results["two_process_speedup"] = results["processes"]["two_process_speedup"]
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
 
     print(f"\n{'metric':<34}{'value':>12}")
     for key in (
@@ -378,7 +380,7 @@ def main(argv=None):
         "two_process_speedup",
     ):
         value = results[key]
-        print(f"{key:<34}{value if value is None else f'{value:.3f}':>12}")
+        print(f"{key:<34}{'n/a' if value is None else f'{value:.3f}':>12}")
     print("\nscaling (seconds per meta-training episode):")
     for row in results["scaling"]["scaling"]:
         print(
