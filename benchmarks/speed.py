@@ -386,8 +386,6 @@ def main(argv=None):
         print(
             f"  N={row['n_way']:<3} K={row['k_shot']:<3} tokens={row['tokens']!s:<14} {row['seconds_per_episode']:.3f}"
         )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
