@@ -22,7 +22,7 @@ def logistic_regression(
     labels = np.asarray(train_labels)
     folds = min(5, int(np.unique(labels, return_counts=True)[1].min()))
     if folds >= 2:
-        model = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, max_iter=2000, random_state=seed)
+        model = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="accuracy", max_iter=2000, random_state=seed)
     else:
         model = LogisticRegression(max_iter=2000, random_state=seed)
     model.fit(train_embeddings, labels)
