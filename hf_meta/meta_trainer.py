@@ -8,7 +8,7 @@ import datasets
 import torch
 from peft import LoraConfig, PeftModel
 from torch.utils.data import SequentialSampler
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
@@ -77,6 +77,7 @@ class MetaTrainer(Trainer):
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             for split in dataset.values() if isinstance(dataset, dict) else [dataset]:
                 _check_episode_dataset(name, split)
+        set_seed(args.seed)  # the LoRA init is drawn here, before Trainer seeds: make it depend on `args.seed` only
         model = with_lora(model, peft_config)
         base_model = hub_id_of(model, args.base_model_id)
         for config in model.peft_config.values():
