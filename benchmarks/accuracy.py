@@ -222,7 +222,7 @@ def main(argv=None):
     result = {
         "command": "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "data_dir")},
         "notes": [setfit_note],
         "wall_seconds": time.time() - start,
         "rows": table,

@@ -134,7 +134,7 @@ def main(argv=None):
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "seconds_per_meta_episode": seconds_per_episode,
-        "args": vars(args),
+        "args": {k: v for k, v in vars(args).items() if k not in ("output", "data_dir")},
         "rows": rows,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
