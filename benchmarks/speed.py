@@ -45,10 +45,16 @@ MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # ---- Shared set-up -------------------------------------------------------------------------------------------
 
 
-def load(n_way=5, k_shot=5, num_query=5, num_episodes=8, max_length=64, seed=0, top_layers=None):
+def load_episodes(n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0):
+    from hf_meta import build_episodes, load_collection
+
+    clinc = load_collection("clinc150", DATA_DIR)["train"]
+    return build_episodes(clinc, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=num_episodes, seed=seed)
+
+
+def load(n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0, top_layers=None):
     from transformers import AutoModel, AutoTokenizer
 
-    from hf_meta import build_episodes, load_collection
     from hf_meta.modeling import default_lora_config, resolve_model_path
 
     path = resolve_model_path(MODEL_ID)
@@ -56,14 +62,9 @@ def load(n_way=5, k_shot=5, num_query=5, num_episodes=8, max_length=64, seed=0, 
     model = AutoModel.from_pretrained(path)
     lora = default_lora_config(model.config.model_type)
     if top_layers:
-        lora.layers_to_transform = list(
-            range(model.config.num_hidden_layers - top_layers, model.config.num_hidden_layers)
-        )
-    clinc = load_collection("clinc150", DATA_DIR)["train"]
-    episodes = build_episodes(
-        clinc, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=num_episodes, seed=seed
-    )
-    return model, tokenizer, lora, episodes
+        layers = model.config.num_hidden_layers
+        lora.layers_to_transform = list(range(layers - top_layers, layers))
+    return model, tokenizer, lora, load_episodes(n_way, k_shot, num_query, num_episodes, seed)
 
 
 def make_trainer(model, tokenizer, lora, episodes, output_dir, max_length=64, **kwargs):
@@ -205,7 +206,7 @@ def part_cache(args) -> dict:
             trainer.encoder.frozen_depth = 0  # the plain path: every inner step recomputes the lower layers
         results[name] = statistics.median(trainer_seconds_per_episode(trainer))
         if name != "top2_no_cache":  # same numbers as with the cache, which changes speed only
-            held_out = load(num_episodes=args.accuracy_episodes, seed=7)[3]
+            held_out = load_episodes(num_episodes=args.accuracy_episodes, seed=7)
             trainer.args.max_steps = 0
             results[f"{name}_fresh_adapter_accuracy"] = trainer.evaluate(held_out)["eval_accuracy"]
     results["top_layer_cache_speedup"] = results["top2_no_cache"] / results["top2_cache"]

@@ -25,6 +25,7 @@ from .inner_loop import (
     reptile_meta_gradient,
     sgd_adapt,
 )
+from .io_utils import atomic_write_text
 from .modeling import FunctionalEncoder
 
 ADAPTATION_CONFIG_NAME = "adaptation_config.json"
@@ -86,8 +87,6 @@ class AdaptationConfig:
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `adaptation_config.json` atomically (a crash never leaves a half-written file)."""
-        from .io_utils import atomic_write_text
-
         os.makedirs(save_directory, exist_ok=True)
         atomic_write_text(os.path.join(save_directory, ADAPTATION_CONFIG_NAME), json.dumps(self.to_dict(), indent=2))
 

@@ -49,12 +49,14 @@ def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:
 def class_names_of(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
     """Names of the classes present in `dataset`, in label order for a `ClassLabel` column, sorted otherwise."""
     _check_columns(dataset, [label_column])
-    feature = dataset.features[label_column]
-    values = dataset[label_column]
+    return _present_classes(dataset.features[label_column], _label_names(dataset, label_column))
+
+
+def _present_classes(feature, label_names: list[str]) -> list[str]:
+    present = set(label_names)
     if isinstance(feature, datasets.ClassLabel):
-        present = set(values)
-        return [name for index, name in enumerate(feature.names) if index in present]
-    return sorted(set(_label_names(dataset, label_column)))
+        return [name for name in feature.names if name in present]
+    return sorted(present)
 
 
 def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
@@ -206,7 +208,7 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     texts = dataset[config.text_column]
     _check_texts(texts, config.text_column)
     labels = _label_names(dataset, config.label_column)
-    available = class_names_of(dataset, config.label_column)
+    available = _present_classes(dataset.features[config.label_column], labels)  # one read of the label column
     pool = list(available) if config.classes is None else list(dict.fromkeys(str(c) for c in config.classes))
     unknown = sorted(set(pool) - set(available))
     if unknown:
