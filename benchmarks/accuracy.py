@@ -27,6 +27,7 @@ Writes `benchmarks/results/accuracy.json`: rows {"protocol", "dataset", "shots",
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.baselines import logistic_regression, nearest_prototype
+from hf_meta.baselines import SetFitBaseline, logistic_regression, nearest_prototype
 from hf_meta.collections import load_class_split
 from hf_meta.evaluation import compare_methods, summarize
 from hf_meta.modeling import resolve_model_path
@@ -84,6 +85,13 @@ def adapted_classifier(trainer: MetaTrainer) -> FewShotClassifier:
     return FewShotClassifier(trainer.model, trainer.processing_class, trainer.adaptation_config)
 
 
+def setfit_adapters(args, protocol: str) -> dict:
+    """`{"setfit": SetFitBaseline}` when the extra is installed and this protocol runs it, else nothing."""
+    if args.setfit_note is not None or protocol not in args.setfit_protocols:
+        return {}
+    return {"setfit": SetFitBaseline(args.model, num_iterations=args.setfit_iterations)}
+
+
 def protocol_a(args) -> list[dict]:
     rows = []
     for target in args.targets:
@@ -99,6 +107,8 @@ def protocol_a(args) -> list[dict]:
                 trainer, fresh = meta_train(args, episodes, algorithm, seed, f"outputs/accuracy_A_{target}")
                 adapters[f"hf_meta_{algorithm}"] = adapted_classifier(trainer)
                 frozen = frozen or fresh
+            if seed == args.meta_seeds[0]:  # SetFit does not depend on the meta-training seed: score it once
+                adapters.update(setfit_adapters(args, "A"))
             for row in compare_methods(tasks, {**adapters, "fresh_lora": frozen}, frozen=frozen):
                 rows.append({**row, "protocol": "A", "meta_seed": seed})
     return rows
@@ -150,7 +160,8 @@ def protocol_b(args) -> list[dict]:
                     num_episodes=args.episodes,
                     seed=1000 + split,
                 )
-                scores = episode_scores(frozen, {**adapters, "fresh_lora": frozen}, eval_set)
+                methods = {**adapters, "fresh_lora": frozen, **setfit_adapters(args, "B")}
+                scores = episode_scores(frozen, methods, eval_set)
                 for method, values in scores.items():
                     rows.append(
                         {
@@ -173,9 +184,8 @@ def protocol_c(args) -> list[dict]:
         trainer, fresh = meta_train(args, episodes, algorithm, 0, "outputs/accuracy_C")
         adapters[f"hf_meta_{algorithm}"] = adapted_classifier(trainer)
         frozen = frozen or fresh
-    return [
-        {**row, "protocol": "C"} for row in compare_methods(tasks, {**adapters, "fresh_lora": frozen}, frozen=frozen)
-    ]
+    methods = {**adapters, "fresh_lora": frozen, **setfit_adapters(args, "C")}
+    return [{**row, "protocol": "C"} for row in compare_methods(tasks, methods, frozen=frozen)]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -197,12 +207,20 @@ def main(argv=None):
     parser.add_argument("--class_splits", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--sst2_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--setfit_protocols", nargs="*", default=["A", "B", "C"], choices=["A", "B", "C"])
+    parser.add_argument("--setfit_iterations", type=int, default=20, help="SetFit pairs per example (its default).")
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     parser.add_argument("--output", default=str(HERE / "results" / "accuracy.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.targets, args.algorithms, args.meta_steps, args.meta_seeds = ["banking77"], ["fomaml"], 10, [0]
         args.full_way_shots, args.class_splits, args.episodes = [5], [1], 30
+        args.setfit_protocols = [p for p in args.setfit_protocols if p != "B"]  # 30 SetFit trainings: too slow
+    args.setfit_note = (
+        None
+        if importlib.util.find_spec("setfit")
+        else ("setfit: not installed, skipped (pip install 'hf_meta[setfit]')")
+    )
 
     start = time.time()
     rows = []
@@ -217,13 +235,13 @@ def main(argv=None):
             f"{row['protocol']:<9}{row['dataset']:<11}{row['shots']:>6}  {row['method']:<17}"
             f"{100 * row['accuracy']:>9.2f}{ci:>9}{row['runs']:>6}"
         )
-    setfit_note = "setfit: not installed, skipped (pip install 'hf_meta[setfit]')"
-    print(f"\n{setfit_note}\nwall time: {time.time() - start:.0f} s")
+    notes = [args.setfit_note or f"setfit: run on protocol(s) {args.setfit_protocols}"]
+    print("\n" + "\n".join(notes) + f"\nwall time: {time.time() - start:.0f} s")
     result = {
         "command": "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "data_dir")},
-        "notes": [setfit_note],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "data_dir", "setfit_note")},
+        "notes": notes,
         "wall_seconds": time.time() - start,
         "rows": table,
     }

@@ -20,6 +20,7 @@ from .inner_loop import (
     Weights,
     detached_copy,
     first_order_meta_gradient,
+    fit_head,
     head_logits,
     initial_head,
     reptile_meta_gradient,
@@ -42,6 +43,10 @@ class AdaptationConfig:
         normalize_embeddings: L2-normalise sentence embeddings (cosine head).
         head_init: per-task head from the support `"prototypes"` or `"zero"`.
         logit_scale: temperature of the cosine head (logits = scale * e @ W.T).
+        head_fit_steps: L-BFGS iterations that fit the head to the support embeddings before the first inner step
+            (a logistic regression pulled towards the prototypes; see [`fit_head`]); 0 starts from the prototypes.
+        head_l2: strength of that pull towards the prototypes (0.03 was the best of 0.003-0.1 on HWU64's
+            validation split, 5 shots, fresh adapter).
         inner_steps: SGD steps on the support loss.
         inner_learning_rate: SGD step size of the inner loop.
         max_length: tokenisation length (longer texts are truncated).
@@ -52,6 +57,8 @@ class AdaptationConfig:
     normalize_embeddings: bool = True
     head_init: str = "prototypes"
     logit_scale: float = 20.0
+    head_fit_steps: int = 100
+    head_l2: float = 0.03
     inner_steps: int = 5
     inner_learning_rate: float = 0.05
     max_length: int = 64
@@ -63,6 +70,8 @@ class AdaptationConfig:
             "head_init": self.head_init in ("prototypes", "zero"),
             "normalize_embeddings": isinstance(self.normalize_embeddings, bool),
             "logit_scale": _is_number(self.logit_scale) and 0 < self.logit_scale < 1e4,
+            "head_fit_steps": _is_int(self.head_fit_steps) and 0 <= self.head_fit_steps <= 10_000,
+            "head_l2": _is_number(self.head_l2) and 0 <= self.head_l2 < 1e4,
             "inner_steps": _is_int(self.inner_steps) and 0 <= self.inner_steps <= 10_000,
             "inner_learning_rate": _is_number(self.inner_learning_rate) and 0 < self.inner_learning_rate < 1e3,
             "max_length": _is_int(self.max_length) and 1 <= self.max_length <= 100_000,
@@ -73,6 +82,8 @@ class AdaptationConfig:
             "head_init": "'prototypes' or 'zero'",
             "normalize_embeddings": "a bool",
             "logit_scale": "a number in (0, 1e4)",
+            "head_fit_steps": "an int in [0, 10000]",
+            "head_l2": "a number in [0, 1e4)",
             "inner_steps": "an int in [0, 10000]",
             "inner_learning_rate": "a number in (0, 1e3)",
             "max_length": "an int in [1, 100000]",
@@ -175,7 +186,7 @@ def adapt(
 ) -> tuple[Weights, list[float]]:
     """Run the inner loop on a support set from the LoRA weights `init`.
 
-    The first support forward pass both builds the prototype head and gives the first step's loss, so the loop
+    The first support forward pass both builds the (fitted) head and gives the first step's loss, so the loop
     costs exactly `inner_steps` forward and backward passes.
 
     Returns:
@@ -186,8 +197,12 @@ def adapt(
     lora = detached_copy(init)
     with torch.enable_grad():
         embeddings = encoder(lora, support)
-        head = initial_head(embeddings, labels, num_classes, config.head_init).requires_grad_(True)
-        weights = {**lora, HEAD: head}
+        head = initial_head(embeddings, labels, num_classes, config.head_init)
+        if config.head_fit_steps:
+            # The prototype head plus a few SGD steps stays far from the best linear head on many-way tasks
+            # (BANKING77 5-shot: 78.4% against 80.9% for a fitted logistic regression on the same embeddings).
+            head = fit_head(embeddings, labels, head, config.logit_scale, config.head_l2, config.head_fit_steps)
+        weights = {**lora, HEAD: head.requires_grad_(True)}
         first_loss = F.cross_entropy(head_logits(embeddings, head, config.logit_scale), labels)
 
         def support_loss(w: Weights) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,3 +38,56 @@ def nearest_prototype(train_embeddings: np.ndarray, train_labels: Sequence, test
     prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
     test = test_embeddings / np.linalg.norm(test_embeddings, axis=1, keepdims=True)
     return classes[(test @ prototypes.T).argmax(1)]
+
+
+class SetFitBaseline:
+    """SetFit (Tunstall et al. 2022) on the same backbone, behind the `fit` / `predict` interface of
+    [`FewShotClassifier`] so that [`compare_methods`] scores it on the same shots. Needs the `setfit` extra.
+
+    Each `fit` starts again from the pretrained sentence encoder: contrastive fine-tuning of the whole body on
+    `num_iterations` positive and negative pairs per example, then a logistic-regression head (SetFit's defaults).
+
+    Example:
+        ```python
+        >>> clf = SetFitBaseline("sentence-transformers/all-MiniLM-L6-v2").fit(texts, labels)
+        >>> clf.predict(["my card still hasn't arrived"])
+        ```
+    """
+
+    def __init__(self, model_name_or_path: str, num_iterations: int = 20, batch_size: int = 16, seed: int = 0):
+        try:
+            import setfit  # noqa: F401
+        except ImportError as err:
+            raise ImportError("The SetFit baseline needs the optional extra: pip install 'hf_meta[setfit]'.") from err
+        self.model_name_or_path = model_name_or_path
+        self.num_iterations = num_iterations
+        self.batch_size = batch_size
+        self.seed = seed
+        self.model = None
+
+    def fit(self, texts: Sequence[str], labels: Sequence) -> SetFitBaseline:
+        from datasets import Dataset
+        from setfit import SetFitModel, Trainer, TrainingArguments
+
+        from .modeling import resolve_model_path
+
+        self.model = SetFitModel.from_pretrained(resolve_model_path(self.model_name_or_path))
+        data = Dataset.from_dict({"text": list(texts), "label": list(labels)})
+        with tempfile.TemporaryDirectory() as output_dir:  # SetFit writes checkpoints we do not keep
+            args = TrainingArguments(
+                output_dir=output_dir,
+                batch_size=self.batch_size,
+                num_epochs=1,
+                num_iterations=self.num_iterations,
+                seed=self.seed,
+                report_to="none",
+                show_progress_bar=False,
+                save_strategy="no",
+            )
+            Trainer(model=self.model, args=args, train_dataset=data).train()
+        return self
+
+    def predict(self, texts: Sequence[str]) -> list:
+        if self.model is None:
+            raise RuntimeError("This SetFitBaseline is not fitted yet; call `fit(texts, labels)` first.")
+        return self.model.predict(list(texts), batch_size=64, as_numpy=True).tolist()

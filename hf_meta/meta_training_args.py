@@ -44,6 +44,11 @@ class MetaTrainingArguments(TrainingArguments):
         default="prototypes",
         metadata={"help": "Per-episode head: 'prototypes' (Proto-MAML) or 'zero'.", "choices": ("prototypes", "zero")},
     )
+    head_fit_steps: int = field(
+        default=100,
+        metadata={"help": "L-BFGS iterations fitting the head to the support embeddings before the inner loop."},
+    )
+    head_l2: float = field(default=0.03, metadata={"help": "Pull of the fitted head towards the prototypes."})
     pooling: str = field(
         default="mean", metadata={"help": "Sentence pooling: 'mean' or 'cls'.", "choices": ("mean", "cls")}
     )
@@ -89,6 +94,8 @@ class MetaTrainingArguments(TrainingArguments):
             pooling=self.pooling,
             normalize_embeddings=self.normalize_embeddings,
             head_init=self.head_init,
+            head_fit_steps=self.head_fit_steps,
+            head_l2=self.head_l2,
             logit_scale=self.logit_scale,
             inner_steps=self.inner_steps,
             inner_learning_rate=self.inner_learning_rate,

@@ -183,9 +183,25 @@ class FunctionalEncoder:
                 return depth
         return 0  # no LoRA in any layer: nothing to gain, keep the plain path
 
+    def _chunks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Rows sorted by length, cut into chunks of `chunk_size`, each trimmed to its longest text.
+
+        Returns the row order and the chunks; the same batch always gives the same chunks, so cached lower-layer
+        states line up with them.
+        """
+        mask = batch["attention_mask"]
+        if len(mask) <= self.chunk_size:
+            return torch.arange(len(mask)), [{"input_ids": batch["input_ids"], "attention_mask": mask}]
+        order = torch.argsort(mask.sum(1), stable=True)
+        chunks = []
+        for rows in order.split(self.chunk_size):
+            width = int(mask[rows].any(0).nonzero().max()) + 1  # drop trailing all-padding columns
+            chunks.append({"input_ids": batch["input_ids"][rows, :width], "attention_mask": mask[rows, :width]})
+        return order, chunks
+
     @torch.no_grad()
     def cache_frozen_layers(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`batch` plus the output of the frozen lower layers (unchanged when every layer carries LoRA)."""
+        """`batch` plus the output of the frozen lower layers per chunk (unchanged when every layer has LoRA)."""
         if self.frozen_depth == 0 or FROZEN_STATES in batch:
             return batch
         top_frozen = self.layers[self.frozen_depth - 1]
@@ -193,14 +209,19 @@ class FunctionalEncoder:
         def stop(module, args, output):
             raise _StopForward(output)
 
+        states = []
         handle = top_frozen.register_forward_hook(stop)
         try:
-            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        except _StopForward as stopped:
-            return {**batch, FROZEN_STATES: stopped.output}
+            for chunk in self._chunks(batch)[1]:
+                try:
+                    self.model(**chunk)
+                except _StopForward as stopped:
+                    states.append(stopped.output)
+                else:
+                    raise RuntimeError("The frozen layers were never reached in the forward pass.")
         finally:
             handle.remove()
-        raise RuntimeError("The frozen layers were never reached in the forward pass.")
+        return {**batch, FROZEN_STATES: states}
 
     def __call__(self, weights: Weights, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Embeddings of `batch` (`input_ids`, `attention_mask`) at the fast `weights`.
@@ -209,24 +230,16 @@ class FunctionalEncoder:
         (padding is masked out), but a set of short intents padded to its one long outlier no longer costs
         `rows x longest` tokens in every inner step.
         """
-        if FROZEN_STATES in batch or len(batch["input_ids"]) <= self.chunk_size:
-            return self._embed(weights, batch)
-        order = torch.argsort(batch["attention_mask"].sum(1))
-        pieces = []
-        for rows in order.split(self.chunk_size):
-            mask = batch["attention_mask"][rows]
-            width = int(mask.any(0).nonzero().max()) + 1  # drop trailing all-padding columns
-            pieces.append(
-                self._embed(
-                    weights, {"input_ids": batch["input_ids"][rows, :width], "attention_mask": mask[:, :width]}
-                )
-            )
+        order, chunks = self._chunks(batch)
+        cached = batch.get(FROZEN_STATES) or [None] * len(chunks)
+        pieces = [self._embed(weights, chunk, states) for chunk, states in zip(chunks, cached)]
+        if len(pieces) == 1:
+            return pieces[0]
         return torch.cat(pieces)[torch.argsort(order)]
 
-    def _embed(self, weights: Weights, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _embed(self, weights: Weights, batch: dict[str, torch.Tensor], cached: torch.Tensor | None) -> torch.Tensor:
         attention_mask = batch["attention_mask"]
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": attention_mask}
-        cached = batch.get(FROZEN_STATES)
         if cached is None:
             outputs = functional_call(self.model, weights, args=(), kwargs=kwargs, strict=False)
         else:

@@ -72,6 +72,22 @@ def test_fit_does_not_move_the_meta_initialisation(meta_adapter):
     assert any(not (clf.weights[n] == before[n]).all() for n in before)
 
 
+def test_fitted_head_fits_the_support_better_than_prototypes(meta_adapter):
+    """With the encoder held still (`inner_steps=0`), the L-BFGS head lowers the support loss below the prototype
+    head's, and the fitted head differs from the prototypes."""
+    clf = FewShotClassifier.from_pretrained(meta_adapter[0])
+    texts, labels = task()
+
+    def support_loss(**overrides) -> float:
+        clf.fit(texts, labels, inner_steps=0, **overrides)
+        probabilities = clf.predict_proba(texts)
+        return float(-np.log(probabilities[np.arange(len(texts)), [clf.classes_.index(y) for y in labels]]).mean())
+
+    prototypes = support_loss(head_fit_steps=0)
+    fitted = support_loss(head_fit_steps=100, head_l2=0.0)
+    assert fitted < prototypes - 1e-3
+
+
 def test_save_and_reload_adapted_classifier_predicts_the_same(meta_adapter, tmp_path):
     clf = FewShotClassifier.from_pretrained(meta_adapter[0]).fit(*task())
     clf.save_pretrained(tmp_path / "adapted")

@@ -6,6 +6,7 @@ from hf_meta.inner_loop import (
     class_means,
     detached_copy,
     first_order_meta_gradient,
+    fit_head,
     head_logits,
     initial_head,
     reptile_meta_gradient,
@@ -82,3 +83,23 @@ def test_prototype_head_is_normalised_class_mean():
     torch.testing.assert_close(head, torch.eye(2, dtype=torch.float64))
     torch.testing.assert_close(head_logits(emb, head, 10.0), 10.0 * emb)
     assert torch.count_nonzero(initial_head(emb, labels, 2, "zero")) == 0
+
+
+def _head_objective(head, emb, labels, prior, scale, l2):
+    return torch.nn.functional.cross_entropy(head_logits(emb, head, scale), labels) + l2 * (head - prior).pow(2).sum()
+
+
+def test_fitted_head_is_the_regularised_optimum():
+    """The objective is convex in the head: at the L-BFGS solution its gradient vanishes, its value is below the
+    prototype head's, and a strong pull towards the prior returns (nearly) the prior."""
+    generator = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(30, 8, generator=generator, dtype=torch.float64), dim=-1)
+    labels = torch.arange(30) % 3
+    prior = initial_head(emb, labels, 3, "prototypes")
+    head = fit_head(emb, labels, prior, scale=5.0, l2=0.05, steps=200)
+    w = head.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(_head_objective(w, emb, labels, prior, 5.0, 0.05), [w])
+    assert grad.abs().max() < 1e-5
+    assert _head_objective(head, emb, labels, prior, 5.0, 0.05) < _head_objective(prior, emb, labels, prior, 5.0, 0.05)
+    assert not head.requires_grad and not torch.equal(head, prior)
+    torch.testing.assert_close(fit_head(emb, labels, prior, 5.0, 1e4, 200), prior, atol=1e-4, rtol=0)

@@ -53,3 +53,21 @@ def test_meta_train_evaluate_save_and_adapt_on_minilm(tmp_path, data_dir, intent
     test_rows = [r for r in banking["test"] if names[r["label"]] in picked][:40]
     result = clf.evaluate([r["text"] for r in test_rows], [names[r["label"]] for r in test_rows])
     assert result["accuracy"] > 0.5  # chance is 0.25
+
+
+def test_setfit_baseline_on_minilm(intent_data):
+    """The SetFit baseline trains on the shots and answers in the user's label space on unseen test sentences."""
+    pytest.importorskip("setfit")
+    from hf_meta.baselines import SetFitBaseline
+
+    _, banking = intent_data
+    names = banking["test"].features["label"].names
+    picked = ["card_arrival", "exchange_rate", "lost_or_stolen_phone"]
+    rows = [r for r in banking["train_5"] if names[r["label"]] in picked]
+    clf = SetFitBaseline("sentence-transformers/all-MiniLM-L6-v2", num_iterations=2)
+    clf.fit([r["text"] for r in rows], [names[r["label"]] for r in rows])
+    test_rows = [r for r in banking["test"] if names[r["label"]] in picked]
+    predictions = clf.predict([r["text"] for r in test_rows])
+    assert set(predictions) <= set(picked)
+    accuracy = sum(p == names[r["label"]] for p, r in zip(predictions, test_rows)) / len(test_rows)
+    assert accuracy > 0.6  # chance is 1/3

@@ -126,6 +126,8 @@ def test_saved_adapter_config_names_hub_id(tmp_path, episodes, tokenizer):
         (dict(algorithm="maml2"), "`algorithm` must be one of"),
         (dict(inner_learning_rate=-1.0), "`inner_learning_rate` must be"),
         (dict(head_init="random"), "`head_init` must be"),
+        (dict(head_fit_steps=-1), "`head_fit_steps` must be"),
+        (dict(head_l2=float("nan")), "`head_l2` must be"),
         (dict(algorithm="reptile", inner_steps=0), "`inner_steps` must be >= 1 for Reptile"),
     ],
 )

@@ -62,3 +62,29 @@ def test_length_sorted_chunks_match_one_padded_batch(tokenizer):
     grad_chunked = torch.autograd.grad(chunked.pow(2).sum(), list(weights.values()), allow_unused=True)
     for a, b in zip(grad_whole, grad_chunked):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cache_keeps_length_sorted_chunks(tokenizer):
+    """Cached lower-layer states are stored per length-sorted chunk, so the cache never pads short texts to the
+    longest one; embeddings and gradients still match one padded full forward pass."""
+    base = tiny_encoder()
+    config = LoraConfig(r=2, target_modules=["query", "value"], layers_to_transform=[1], init_lora_weights="gaussian")
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    texts = ["short", "a much longer sentence about a card that never arrived at all", "mid length text", "x y", "z"]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    weights = {n: p.detach().clone().requires_grad_() for n, p in meta_parameters(model).items()}
+    whole = FunctionalEncoder(model, chunk_size=64)(weights, batch)
+    encoder = FunctionalEncoder(model, chunk_size=2)
+    cached = encoder.cache_frozen_layers(batch)
+    widths = [states.shape[1] for states in cached[FROZEN_STATES]]
+    assert len(widths) == 3 and min(widths) < batch["input_ids"].shape[1]  # short chunks are trimmed
+    fast = encoder(weights, cached)
+    torch.testing.assert_close(fast, whole, rtol=1e-5, atol=1e-6)
+    grads_whole = torch.autograd.grad(whole.sum(), list(weights.values()))
+    grads_fast = torch.autograd.grad(fast.sum(), list(weights.values()))
+    for a, b in zip(grads_whole, grads_fast):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
