@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +27,9 @@ def logistic_regression(
         model = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="accuracy", max_iter=2000, random_state=seed)
     else:
         model = LogisticRegression(max_iter=2000, random_state=seed)
-    model.fit(train_embeddings, labels)
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces API changes that do not affect this use
+        warnings.simplefilter("ignore", FutureWarning)
+        model.fit(train_embeddings, labels)
     return model.predict(test_embeddings)
 
 
