@@ -9,13 +9,15 @@ subprocess per method, so one method's allocations never count against another's
   re-tokenise every step, `loss.backward()` and `optimizer.step()` on the copy) against `MetaTrainer`.
 - `top_layer_cache_speedup`: LoRA on the top 2 layers, with the frozen-layer cache against without it; beside it
   the all-layers setting, and fresh-adapter accuracy on held-out episodes for both placements.
-- `adapt_seconds_77x5`: `FewShotClassifier.fit` on BANKING77's 385 labelled examples (SetFit beside it if the
-  optional `setfit` extra is installed).
+- `adapt_seconds_77x5`: `FewShotClassifier.fit` on BANKING77's 385 labelled examples with LoRA in every layer, and
+  `adapt_seconds_77x5_top3` with LoRA in the top 3 layers (cache on), each with its test accuracy; SetFit's
+  training time at its defaults beside them if the optional `setfit` extra is installed (about 20 minutes here).
 - `two_process_speedup`: meta-training throughput under `accelerate launch` with 2 processes against 1.
 - scaling: seconds per episode as N, K and the sequence length grow.
 
     python benchmarks/speed.py            # about 15 minutes on 2 CPU cores
     python benchmarks/speed.py --quick    # about 5 minutes
+    python benchmarks/speed.py --parts adapt --no_setfit   # rerun one part, merged into the existing JSON
 
 Results go to `benchmarks/results/speed.json`.
 """
@@ -244,8 +246,8 @@ def part_adapt(args) -> dict:
         result[placement] = {"seconds": statistics.median(times), "runs": times, "test_accuracy": accuracy}
     result["adapt_seconds_77x5"] = result["all_layers"]["seconds"]
     result["setfit_seconds_77x5"] = None
-    if importlib.util.find_spec("setfit") is None:
-        result["setfit_note"] = "setfit not installed (pip install 'hf_meta[setfit]'); skipped"
+    if args.no_setfit or importlib.util.find_spec("setfit") is None:
+        result["setfit_note"] = "skipped (--no_setfit)" if args.no_setfit else "setfit not installed; skipped"
         return result
     from hf_meta.baselines import SetFitBaseline
 
@@ -322,6 +324,9 @@ PARTS = {
 }
 
 
+PART_ORDER = ("overhead", "hf_meta", "naive", "cache", "adapt", "scaling", "processes")
+
+
 def run_in_subprocess(part: str, args) -> dict:
     cmd = [
         sys.executable,
@@ -334,6 +339,7 @@ def run_in_subprocess(part: str, args) -> dict:
         str(args.repeats),
         "--accuracy_episodes",
         str(args.accuracy_episodes),
+        *(["--no_setfit"] if args.no_setfit else []),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
@@ -348,6 +354,14 @@ def main(argv=None):
     parser.add_argument("--episodes", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--accuracy_episodes", type=int, default=None)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PART_ORDER,
+        default=list(PART_ORDER),
+        help="Run only these parts and merge them into an existing --output file.",
+    )
+    parser.add_argument("--no_setfit", action="store_true", help="Skip SetFit's training time (about 20 minutes).")
     parser.add_argument("--output", default=str(HERE / "results" / "speed.json"))
     args = parser.parse_args(argv)
     args.episodes = args.episodes or (4 if args.quick else 10)
@@ -358,15 +372,19 @@ def main(argv=None):
         print(json.dumps(PARTS[args.part](args)))
         return
 
-    results = {
-        "command": "python benchmarks/speed.py" + (" --quick" if args.quick else ""),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "episodes": args.episodes,
-        "repeats": args.repeats,
-    }
-    for part in ("overhead", "hf_meta", "naive", "cache", "adapt", "scaling", "processes"):
+    output = Path(args.output)
+    merge = set(args.parts) != set(PART_ORDER) and output.is_file()
+    results = json.loads(output.read_text()) if merge else {}
+    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    results.update(episodes=args.episodes, repeats=args.repeats)
+    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for part in args.parts:
         print(f"running {part} ...", flush=True)
-        results[part] = run_in_subprocess(part, args)
+        results[part] = {**run_in_subprocess(part, args), "command": command.strip()}
+    results.pop("command", None)  # each part records the command that produced it
+    missing = [part for part in PART_ORDER if part not in results]
+    if missing:
+        raise SystemExit(f"{output} lacks part(s) {missing}; run them with --parts {' '.join(missing)}.")
     results["overhead_ratio"] = results["overhead"]["overhead_ratio"]
     results["naive_speedup"] = results["naive"]["seconds_per_episode"] / results["hf_meta"]["seconds_per_episode"]
     results["naive_peak_rss_ratio"] = results["naive"]["peak_rss_mb"] / results["hf_meta"]["peak_rss_mb"]

@@ -43,8 +43,11 @@ def fit_head(
     towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way
     tasks a fitted linear head beats prototypes by several points.
     """
-    embeddings = embeddings.detach()
-    head = prior.detach().clone().requires_grad_(True)
+    # float64: in float32 the line search ends on rounding noise, so the same task on two machines (or thread
+    # counts) gives heads ~1e-5 apart; in float64 they differ only as much as their inputs do.
+    dtype = embeddings.dtype
+    embeddings, prior = embeddings.detach().double(), prior.detach().double()
+    head = prior.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([head], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
@@ -55,7 +58,7 @@ def fit_head(
 
     with torch.enable_grad():
         optimizer.step(objective)
-    return head.detach()
+    return head.detach().to(dtype)
 
 
 def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:

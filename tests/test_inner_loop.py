@@ -103,3 +103,15 @@ def test_fitted_head_is_the_regularised_optimum():
     assert _head_objective(head, emb, labels, prior, 5.0, 0.05) < _head_objective(prior, emb, labels, prior, 5.0, 0.05)
     assert not head.requires_grad and not torch.equal(head, prior)
     torch.testing.assert_close(fit_head(emb, labels, prior, 5.0, 1e4, 200), prior, atol=1e-4, rtol=0)
+
+
+def test_fitted_head_moves_no_more_than_its_inputs():
+    """Rounding-level changes of the embeddings (another thread count, another machine) give a head that differs at
+    that level too; a float32 line search would stop at a different iteration and differ by ~1e-5."""
+    generator = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(30, 32, generator=generator), dim=-1)
+    labels = torch.arange(30) % 6
+    nudged = emb + 1e-7 * torch.randn(emb.shape, generator=generator)
+    heads = [fit_head(e, labels, initial_head(e, labels, 6, "prototypes"), 20.0, 0.03, 100) for e in (emb, nudged)]
+    assert heads[0].dtype == torch.float32
+    assert (heads[0] - heads[1]).abs().max() < 2e-6
