@@ -34,8 +34,9 @@ class FewShotClassifier:
     """A text classifier adapted from a few labelled examples per class with the meta-learned inner loop.
 
     `fit` runs the adaptation that the adapter was meta-trained for (the settings in `adaptation_config.json`):
-    a cosine head initialised from the class prototypes, then `inner_steps` SGD steps of the LoRA weights and the
-    head on all the labelled examples at once, for any number of classes. The meta-initialised weights are kept,
+    a cosine head started at the class prototypes and fitted to the labelled embeddings (`head_fit_steps`), then
+    `inner_steps` SGD steps of the LoRA weights and the head on all the labelled examples at once, for any number
+    of classes. The meta-initialised weights are kept,
     so `fit` can be called again for another task.
 
     Example:
