@@ -15,9 +15,11 @@ same inner loop from a fresh adapter), `setfit` (only when the optional extra is
 
 Budget of the full run (the defaults): 3 targets x 3 seeds x 2 algorithms of protocol A, 3 datasets x 5 splits x 2
 algorithms of protocol B with 600 episodes per setting, and protocol C: about 60 GPU-minutes on one A100-class GPU,
-or several days on 2 CPU cores. `--quick` (about 10 minutes on 2 CPU cores) runs one small setting per protocol.
+or several days on 2 CPU cores. `--quick` runs one small setting per protocol: about 13 minutes on 2 CPU cores
+without SetFit (`--setfit_protocols`), about 35 with it (SetFit's 963 training steps on BANKING77 take ~18).
 
     python benchmarks/accuracy.py --quick
+    python benchmarks/accuracy.py --quick --setfit_protocols      # no SetFit
     python benchmarks/accuracy.py --protocols A --meta_steps 300
 
 Writes `benchmarks/results/accuracy.json`: rows {"protocol", "dataset", "shots", "method", "accuracy", "ci95",
@@ -207,7 +209,13 @@ def main(argv=None):
     parser.add_argument("--class_splits", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--sst2_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--setfit_protocols", nargs="*", default=["A", "B", "C"], choices=["A", "B", "C"])
+    parser.add_argument(
+        "--setfit_protocols",
+        nargs="*",
+        default=["A", "B", "C"],
+        choices=["A", "B", "C"],
+        help="Protocols on which SetFit runs (none when given no value).",
+    )
     parser.add_argument("--setfit_iterations", type=int, default=20, help="SetFit pairs per example (its default).")
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     parser.add_argument("--output", default=str(HERE / "results" / "accuracy.json"))

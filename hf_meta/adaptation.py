@@ -45,8 +45,8 @@ class AdaptationConfig:
         logit_scale: temperature of the cosine head (logits = scale * e @ W.T).
         head_fit_steps: L-BFGS iterations that fit the head to the support embeddings before the first inner step
             (a logistic regression pulled towards the prototypes; see [`fit_head`]); 0 starts from the prototypes.
-        head_l2: strength of that pull towards the prototypes (0.03 was the best of 0.003-0.1 on HWU64's
-            validation split, 5 shots, fresh adapter).
+        head_l2: strength of that pull towards the prototypes (0.03 was the best of 0.003-0.3 on HWU64's
+            validation split at 5 shots, fresh adapter: `benchmarks/head_l2.py`).
         inner_steps: SGD steps on the support loss.
         inner_learning_rate: SGD step size of the inner loop.
         max_length: tokenisation length (longer texts are truncated).

@@ -36,8 +36,7 @@ class FewShotClassifier:
     `fit` runs the adaptation that the adapter was meta-trained for (the settings in `adaptation_config.json`):
     a cosine head started at the class prototypes and fitted to the labelled embeddings (`head_fit_steps`), then
     `inner_steps` SGD steps of the LoRA weights and the head on all the labelled examples at once, for any number
-    of classes. The meta-initialised weights are kept,
-    so `fit` can be called again for another task.
+    of classes. The meta-initialised weights are kept, so `fit` can be called again for another task.
 
     Example:
         ```python
