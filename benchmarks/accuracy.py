@@ -29,7 +29,6 @@ Writes `benchmarks/results/accuracy.json`: rows {"protocol", "dataset", "shots",
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -42,7 +41,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.baselines import SetFitBaseline, logistic_regression, nearest_prototype
+from hf_meta.baselines import SETFIT_MISSING, SetFitBaseline, logistic_regression, nearest_prototype, setfit_available
 from hf_meta.collections import load_class_split
 from hf_meta.evaluation import compare_methods, summarize
 from hf_meta.modeling import resolve_model_path
@@ -224,11 +223,7 @@ def main(argv=None):
         args.targets, args.algorithms, args.meta_steps, args.meta_seeds = ["banking77"], ["fomaml"], 10, [0]
         args.full_way_shots, args.class_splits, args.episodes = [5], [1], 30
         args.setfit_protocols = [p for p in args.setfit_protocols if p != "B"]  # 30 SetFit trainings: too slow
-    args.setfit_note = (
-        None
-        if importlib.util.find_spec("setfit")
-        else ("setfit: not installed, skipped (pip install 'hf_meta[setfit]')")
-    )
+    args.setfit_note = None if setfit_available() else f"{SETFIT_MISSING}; skipped"
 
     start = time.time()
     rows = []

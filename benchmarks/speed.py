@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import platform
@@ -55,19 +54,30 @@ def load_episodes(n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0):
     return build_episodes(clinc, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=num_episodes, seed=seed)
 
 
-def load(n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0, top_layers=None):
-    from transformers import AutoModel, AutoTokenizer
+def lora_config(model, top_layers=None):
+    """hf_meta's default LoRA for `model`, on every layer or only on the top `top_layers`."""
+    from hf_meta.modeling import default_lora_config
 
-    from hf_meta.modeling import default_lora_config, resolve_model_path
-
-    path = resolve_model_path(MODEL_ID)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path)
     lora = default_lora_config(model.config.model_type)
     if top_layers:
         layers = model.config.num_hidden_layers
         lora.layers_to_transform = list(range(layers - top_layers, layers))
-    return model, tokenizer, lora, load_episodes(n_way, k_shot, num_query, num_episodes, seed)
+    return lora
+
+
+def load(n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0, top_layers=None):
+    from transformers import AutoModel, AutoTokenizer
+
+    from hf_meta.modeling import resolve_model_path
+
+    path = resolve_model_path(MODEL_ID)
+    model = AutoModel.from_pretrained(path)
+    return (
+        model,
+        AutoTokenizer.from_pretrained(path),
+        lora_config(model, top_layers),
+        load_episodes(n_way, k_shot, num_query, num_episodes, seed),
+    )
 
 
 def make_trainer(model, tokenizer, lora, episodes, output_dir, max_length=64, **kwargs):
@@ -118,8 +128,10 @@ def peak_rss_mb() -> float:
 
 def part_overhead(args) -> dict:
     """MetaTrainer seconds per episode against the bare passes, in two alternating rounds."""
+    from transformers import AutoModel
+
     from hf_meta.adaptation import EpisodeCollator, split_episode
-    from hf_meta.modeling import meta_parameters
+    from hf_meta.modeling import meta_parameters, resolve_model_path
 
     def embed(batch):
         hidden = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
@@ -148,8 +160,8 @@ def part_overhead(args) -> dict:
             torch.autograd.grad(loss, params)
             bare.append(time.perf_counter() - start)
     trainer_s, bare_s = statistics.median(per_episode), statistics.median(bare)
-    model, tokenizer, lora, _ = load(num_episodes=1)
-    fitted = make_trainer(model, tokenizer, lora, episodes, "outputs/bench_overhead", head_fit_steps=100)
+    model = AutoModel.from_pretrained(resolve_model_path(MODEL_ID))
+    fitted = make_trainer(model, tokenizer, lora_config(model), episodes, "outputs/bench_overhead", head_fit_steps=100)
     return {
         "trainer_seconds_per_episode_fitted_head": statistics.median(trainer_seconds_per_episode(fitted)),
         "trainer_seconds_per_episode": trainer_s,
@@ -241,12 +253,13 @@ def part_adapt(args) -> dict:
     texts, labels = list(banking["train_5"]["text"]), [names[i] for i in banking["train_5"]["label"]]
     test_texts, test_labels = list(banking["test"]["text"]), np.array([names[i] for i in banking["test"]["label"]])
     path = resolve_model_path(MODEL_ID)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     result = {}
     settings = (("all_layers", None, True), ("top3_layers", 3, True), ("top3_layers_no_cache", 3, False))
     for placement, top_layers, cache in settings:
-        _, _, lora, _ = load(num_episodes=1, top_layers=top_layers)
-        model = with_lora(AutoModel.from_pretrained(path), lora)
-        clf = FewShotClassifier(model, AutoTokenizer.from_pretrained(path), AdaptationConfig(base_model=MODEL_ID))
+        base = AutoModel.from_pretrained(path)
+        model = with_lora(base, lora_config(base, top_layers))
+        clf = FewShotClassifier(model, tokenizer, AdaptationConfig(base_model=MODEL_ID))
         if not cache:
             clf.encoder.frozen_depth = 0  # every inner step recomputes the lower layers
         times = []
@@ -261,10 +274,11 @@ def part_adapt(args) -> dict:
     result["top3_cache_speedup"] = result["top3_layers_no_cache"]["seconds"] / result["top3_layers"]["seconds"]
     result["adapt_seconds_77x5"] = result["all_layers"]["seconds"]
     result["setfit_seconds_77x5"] = None
-    if args.no_setfit or importlib.util.find_spec("setfit") is None:
-        result["setfit_note"] = "skipped (--no_setfit)" if args.no_setfit else "setfit not installed; skipped"
+    from hf_meta.baselines import SETFIT_MISSING, SetFitBaseline, setfit_available
+
+    if args.no_setfit or not setfit_available():
+        result["setfit_note"] = "skipped (--no_setfit)" if args.no_setfit else SETFIT_MISSING
         return result
-    from hf_meta.baselines import SetFitBaseline
 
     start = time.perf_counter()  # one run: SetFit's defaults (20 pairs per example, 1 epoch), model load included
     setfit = SetFitBaseline(MODEL_ID).fit(texts, labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,14 @@ def nearest_prototype(train_embeddings: np.ndarray, train_labels: Sequence, test
     return classes[(test @ prototypes.T).argmax(1)]
 
 
+SETFIT_MISSING = "setfit is not installed: pip install 'hf_meta[setfit]' to run the SetFit baseline"
+
+
+def setfit_available() -> bool:
+    """Whether the optional `setfit` extra is installed (checked without importing it)."""
+    return importlib.util.find_spec("setfit") is not None
+
+
 class SetFitBaseline:
     """SetFit (Tunstall et al. 2022) on the same backbone, behind the `fit` / `predict` interface of
     [`FewShotClassifier`] so that [`compare_methods`] scores it on the same shots. Needs the `setfit` extra.
@@ -58,10 +67,8 @@ class SetFitBaseline:
     """
 
     def __init__(self, model_name_or_path: str, num_iterations: int = 20, batch_size: int = 16, seed: int = 0):
-        try:
-            import setfit  # noqa: F401
-        except ImportError as err:
-            raise ImportError("The SetFit baseline needs the optional extra: pip install 'hf_meta[setfit]'.") from err
+        if not setfit_available():
+            raise ImportError(SETFIT_MISSING)
         self.model_name_or_path = model_name_or_path
         self.num_iterations = num_iterations
         self.batch_size = batch_size

@@ -225,3 +225,17 @@ def test_adapter_on_the_wrong_base_model_is_refused(saved_adapter, tmp_path):
 def test_adapter_weights_are_safetensors(saved_adapter):
     weights = load_file(str(saved_adapter[0] / "adapter_model.safetensors"))
     assert weights and all("lora_" in name for name in weights)
+
+
+def test_setfit_baseline_without_the_extra_names_the_install(monkeypatch):
+    import importlib.util
+
+    from hf_meta import baselines
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "setfit" else real_find_spec(name, *a)
+    )
+    assert not baselines.setfit_available()
+    with pytest.raises(ImportError, match=r"pip install 'hf_meta\[setfit\]'"):
+        baselines.SetFitBaseline("sentence-transformers/all-MiniLM-L6-v2")
