@@ -71,7 +71,7 @@ def meta_train(args, episodes, algorithm: str, seed: int, output_dir: str) -> tu
         logging_steps=max(1, args.meta_steps // 5),
         report_to="none",
         seed=seed,
-        base_model_id=args.model,
+        base_model=args.model,
         disable_tqdm=not args.progress,
     )
     trainer = MetaTrainer(

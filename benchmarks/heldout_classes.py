@@ -93,7 +93,7 @@ def main(argv=None):
         logging_steps=10,
         report_to="none",
         seed=args.seed,
-        base_model_id=args.model,
+        base_model=args.model,
     )
     trainer = MetaTrainer(
         model=AutoModel.from_pretrained(path),

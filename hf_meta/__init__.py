@@ -2,7 +2,7 @@
 
 from .adaptation import AdaptationConfig, EpisodeCollator
 from .classifier import FewShotClassifier
-from .collections import load_collection
+from .data import load_collection
 from .episodes import EpisodeBuilder, EpisodeConfig, build_episodes, split_classes
 from .meta_trainer import MetaTrainer
 from .meta_training_args import MetaTrainingArguments

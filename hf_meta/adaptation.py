@@ -6,16 +6,16 @@ The same functions run during meta-training ([`MetaTrainer`]), evaluation and at
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .choices import Algorithm, HeadInit, Pooling, check_choice
 from .inner_loop import (
     Weights,
     detached_copy,
@@ -31,70 +31,84 @@ from .modeling import FunctionalEncoder
 
 ADAPTATION_CONFIG_NAME = "adaptation_config.json"
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
-ALGORITHMS = ("fomaml", "reptile")
+
+# Numeric settings: (check, what the message says is allowed).
+_NUMERIC_CHECKS = {
+    "logit_scale": (lambda v: _is_number(v) and 0 < v < 1e4, "a number in (0, 1e4)"),
+    "head_fit_steps": (lambda v: _is_int(v) and 0 <= v <= 10_000, "an int in [0, 10000]"),
+    "head_l2": (lambda v: _is_number(v) and 0 <= v < 1e4, "a number in [0, 1e4)"),
+    "inner_steps": (lambda v: _is_int(v) and 0 <= v <= 10_000, "an int in [0, 10000]"),
+    "inner_learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1e3)"),
+    "max_length": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an int in [1, 100000]"),
+}
 
 
 @dataclass
 class AdaptationConfig:
     """How a meta-initialised adapter adapts to a new task; saved as `adaptation_config.json` beside the adapter.
 
-    Args:
-        pooling: `"mean"` or `"cls"` pooling of the last hidden states.
-        normalize_embeddings: L2-normalise sentence embeddings (cosine head).
-        head_init: per-task head from the support `"prototypes"` or `"zero"`.
-        logit_scale: temperature of the cosine head (logits = scale * e @ W.T).
-        head_fit_steps: L-BFGS iterations that fit the head to the support embeddings before the first inner step
-            (a logistic regression pulled towards the prototypes; see [`fit_head`]); 0 starts from the prototypes.
-        head_l2: strength of that pull towards the prototypes (0.03 was the best of 0.003-0.3 on HWU64's
-            validation split at 5 shots, fresh adapter: `benchmarks/head_l2.py`).
-        inner_steps: SGD steps on the support loss.
-        inner_learning_rate: SGD step size of the inner loop.
-        max_length: tokenisation length (longer texts are truncated).
-        base_model: Hub id of the base encoder.
+    These fields are defined once, here: [`MetaTrainingArguments`] inherits them (so they are command-line flags of
+    every recipe), meta-training adapts with them, and [`FewShotClassifier.fit`] reads them back from the saved
+    adapter, so the adaptation run at test time is the one that was meta-learned.
+
+    Example:
+        ```python
+        >>> config = AdaptationConfig(inner_steps=10, head_fit_steps=0)   # plain Proto-MAML, 10 SGD steps
+        >>> config.save_pretrained("out")
+        >>> AdaptationConfig.from_pretrained("out").inner_steps
+        10
+        ```
     """
 
-    pooling: str = "mean"
-    normalize_embeddings: bool = True
-    head_init: str = "prototypes"
-    logit_scale: float = 20.0
-    head_fit_steps: int = 100
-    head_l2: float = 0.03
-    inner_steps: int = 5
-    inner_learning_rate: float = 0.05
-    max_length: int = 64
-    base_model: str | None = None
+    # Embeddings
+    pooling: Pooling = field(
+        default="mean", metadata={"help": "Sentence pooling of the last hidden states: 'mean' or 'cls'."}
+    )
+    normalize_embeddings: bool = field(default=True, metadata={"help": "L2-normalise embeddings (cosine head)."})
+    max_length: int = field(default=64, metadata={"help": "Tokenisation max length (longer texts are truncated)."})
+    # Per-task head
+    head_init: HeadInit = field(
+        default="prototypes",
+        metadata={"help": "Per-task head start: the support 'prototypes' (Proto-MAML) or 'zero'."},
+    )
+    logit_scale: float = field(default=20.0, metadata={"help": "Scale of the cosine-head logits."})
+    head_fit_steps: int = field(
+        default=100,
+        metadata={
+            "help": "L-BFGS iterations fitting the head to the support embeddings (a logistic regression pulled "
+            "towards the prototypes) before the inner loop; 0 keeps the prototypes."
+        },
+    )
+    head_l2: float = field(default=0.03, metadata={"help": "Pull of the fitted head towards the prototypes."})
+    # Inner loop
+    inner_steps: int = field(default=5, metadata={"help": "SGD steps on the support loss (LoRA weights and head)."})
+    inner_learning_rate: float = field(default=0.05, metadata={"help": "SGD step size of the inner loop."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base encoder, written to saved adapters (needed when loaded from a folder)."},
+    )
 
     def __post_init__(self):
-        checks = {
-            "pooling": self.pooling in ("mean", "cls"),
-            "head_init": self.head_init in ("prototypes", "zero"),
-            "normalize_embeddings": isinstance(self.normalize_embeddings, bool),
-            "logit_scale": _is_number(self.logit_scale) and 0 < self.logit_scale < 1e4,
-            "head_fit_steps": _is_int(self.head_fit_steps) and 0 <= self.head_fit_steps <= 10_000,
-            "head_l2": _is_number(self.head_l2) and 0 <= self.head_l2 < 1e4,
-            "inner_steps": _is_int(self.inner_steps) and 0 <= self.inner_steps <= 10_000,
-            "inner_learning_rate": _is_number(self.inner_learning_rate) and 0 < self.inner_learning_rate < 1e3,
-            "max_length": _is_int(self.max_length) and 1 <= self.max_length <= 100_000,
-            "base_model": self.base_model is None or isinstance(self.base_model, str),
-        }
-        allowed = {
-            "pooling": "'mean' or 'cls'",
-            "head_init": "'prototypes' or 'zero'",
-            "normalize_embeddings": "a bool",
-            "logit_scale": "a number in (0, 1e4)",
-            "head_fit_steps": "an int in [0, 10000]",
-            "head_l2": "a number in [0, 1e4)",
-            "inner_steps": "an int in [0, 10000]",
-            "inner_learning_rate": "a number in (0, 1e3)",
-            "max_length": "an int in [1, 100000]",
-            "base_model": "a Hub id string",
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"`{name}` must be {allowed[name]}, got {getattr(self, name)!r}.")
+        self.validate_adaptation()
+
+    def validate_adaptation(self) -> None:
+        """Check every adaptation setting; the one validator, shared with [`MetaTrainingArguments`]."""
+        check_choice("pooling", self.pooling, Pooling)
+        check_choice("head_init", self.head_init, HeadInit)
+        if not isinstance(self.normalize_embeddings, bool):
+            raise ValueError(f"`normalize_embeddings` must be a bool, got {self.normalize_embeddings!r}.")
+        for name, (ok, allowed) in _NUMERIC_CHECKS.items():
+            if not ok(getattr(self, name)):
+                raise ValueError(f"`{name}` must be {allowed}, got {getattr(self, name)!r}.")
+        if self.base_model is not None and not isinstance(self.base_model, str):
+            raise ValueError(f"`base_model` must be a Hub id string, got {self.base_model!r}.")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in AdaptationConfig.field_names()}
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `adaptation_config.json` atomically (a crash never leaves a half-written file)."""
@@ -117,7 +131,7 @@ class AdaptationConfig:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls.field_names())
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -199,8 +213,8 @@ def adapt(
         embeddings = encoder(lora, support)
         head = initial_head(embeddings, labels, num_classes, config.head_init)
         if config.head_fit_steps:
-            # The prototype head plus a few SGD steps stays far from the best linear head on many-way tasks
-            # (BANKING77 5-shot: 78.4% against 80.9% for a fitted logistic regression on the same embeddings).
+            # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the
+            # same embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
             head = fit_head(embeddings, labels, head, config.logit_scale, config.head_l2, config.head_fit_steps)
         weights = {**lora, HEAD: head.requires_grad_(True)}
         first_loss = F.cross_entropy(head_logits(embeddings, head, config.logit_scale), labels)
@@ -225,7 +239,7 @@ def episode_meta_gradient(
     meta_weights: Weights,
     episode: dict[str, torch.Tensor],
     config: AdaptationConfig,
-    algorithm: str = "fomaml",
+    algorithm: Algorithm = "fomaml",
 ) -> EpisodeOutcome:
     """The meta-gradient of one episode for the LoRA weights `meta_weights`.
 
@@ -233,6 +247,7 @@ def episode_meta_gradient(
     - `reptile`: adapt on support and query together (all of the task's labelled data, as in Nichol et al.),
       then `theta - phi_T`.
     """
+    check_choice("algorithm", algorithm, Algorithm)
     num_classes = int(episode["num_classes"])
     names = list(meta_weights)
     support, query = split_episode(episode, "support"), split_episode(episode, "query")
@@ -244,12 +259,10 @@ def episode_meta_gradient(
             grads = first_order_meta_gradient(loss, adapted, names)
         accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
         return EpisodeOutcome(loss.detach(), accuracy, grads)
-    if algorithm == "reptile":
-        task = {key: _concat_padded(support[key], query[key]) for key in support}
-        adapted, losses = adapt(encoder, meta_weights, task, num_classes, config)
-        loss = torch.tensor(losses[-1] if losses else float("nan"))
-        return EpisodeOutcome(loss, None, reptile_meta_gradient(meta_weights, adapted, names))
-    raise ValueError(f"`algorithm` must be one of {ALGORITHMS}, got {algorithm!r}.")
+    task = {key: _concat_padded(support[key], query[key]) for key in support}  # Reptile
+    adapted, losses = adapt(encoder, meta_weights, task, num_classes, config)
+    loss = torch.tensor(losses[-1] if losses else float("nan"))
+    return EpisodeOutcome(loss, None, reptile_meta_gradient(meta_weights, adapted, names))
 
 
 def _concat_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -268,12 +281,10 @@ def predict_logits(
     return task_logits(encoder, weights, batch, config.logit_scale)
 
 
-def episode_accuracy(
+def episode_query_logits(
     encoder: FunctionalEncoder, meta_weights: Weights, episode: dict[str, torch.Tensor], config: AdaptationConfig
-) -> tuple[float, float]:
-    """Adapt on the support set and return the query (accuracy, loss); the meta-weights are left untouched."""
-    support, query = split_episode(episode, "support"), split_episode(episode, "query")
+) -> torch.Tensor:
+    """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched."""
+    support = split_episode(episode, "support")
     adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config)
-    logits = predict_logits(encoder, adapted, query, config)
-    accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
-    return accuracy, F.cross_entropy(logits, query["labels"]).item()
+    return predict_logits(encoder, adapted, split_episode(episode, "query"), config)

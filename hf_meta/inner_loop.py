@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .choices import HeadInit, check_choice
+
 Weights = dict[str, torch.Tensor]
 
 
@@ -21,7 +23,9 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
     return (one_hot.T @ embeddings) / counts[:, None]
 
 
-def initial_head(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: str) -> torch.Tensor:
+def initial_head(
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: HeadInit
+) -> torch.Tensor:
     """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros.
 
     On L2-normalised embeddings the Proto-MAML head `W_k = 2 c_k, b_k = -||c_k||^2` ranks classes like the cosine
@@ -29,9 +33,8 @@ def initial_head(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: in
     """
     if head_init == "prototypes":
         return F.normalize(class_means(embeddings.detach(), labels, num_classes), dim=-1)
-    if head_init == "zero":
-        return embeddings.new_zeros(num_classes, embeddings.shape[-1])
-    raise ValueError(f"`head_init` must be 'prototypes' or 'zero', got {head_init!r}.")
+    check_choice("head_init", head_init, HeadInit)
+    return embeddings.new_zeros(num_classes, embeddings.shape[-1])
 
 
 def fit_head(

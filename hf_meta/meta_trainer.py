@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 
 import datasets
+import numpy as np
 import torch
 from peft import LoraConfig, PeftModel
 from torch.utils.data import SequentialSampler
 from transformers import PreTrainedModel, Trainer, set_seed
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
-from .adaptation import AdaptationConfig, EpisodeCollator, episode_accuracy, episode_meta_gradient
-from .collections import HUB_REPO_IDS
+from .adaptation import AdaptationConfig, EpisodeCollator, episode_meta_gradient, episode_query_logits
 from .episodes import EPISODE_FEATURES
 from .io_utils import atomic_directory
 from .meta_training_args import MetaTrainingArguments
-from .metrics import mean_ci95
-from .model_card import PLOT_FILE, render_model_card
+from .metrics import accuracy
+from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
 
 logger = logging.get_logger(__name__)
@@ -27,11 +28,16 @@ logger = logging.get_logger(__name__)
 class MetaTrainer(Trainer):
     """A `transformers.Trainer` that meta-learns a LoRA initialisation from episodes.
 
-    Each micro-batch is one episode (see [`build_episodes`]). [`training_step`] adapts fast copies of the LoRA
-    weights on the support set (`inner_steps` SGD steps, head initialised from the support prototypes) and writes
-    the episode's meta-gradient into the LoRA parameters' `.grad`: the query-loss gradient at the adapted weights
-    (first-order MAML) or `theta - phi_T` (Reptile). Accumulation, clipping, the optimizer, the scheduler,
-    logging, progress bars and checkpoints are the Trainer's. The base model is frozen and never copied.
+    Each micro-batch is one episode (see [`build_episodes`]). [`compute_loss`] adapts fast copies of the LoRA
+    weights on the support set (the head fitted from the support embeddings, then `inner_steps` SGD steps) and
+    returns a surrogate loss whose gradient is the episode's meta-gradient: the query-loss gradient at the adapted
+    weights (first-order MAML) or `theta - phi_T` (Reptile). The Trainer's `training_step` backpropagates it
+    through `accelerator.backward`, so accumulation, mixed-precision loss scaling, clipping, the optimizer, the
+    scheduler, logging, progress bars and checkpoints are the Trainer's. The base model is frozen, never copied.
+
+    `trainer.evaluate()` adapts to every evaluation episode and reports the query accuracy with its 95% CI over
+    episodes; `compute_metrics`, if given, receives an `EvalPrediction` of all query predictions and labels, and
+    `trainer.predict()` returns them.
 
     Args:
         model: a transformers encoder (`AutoModel`) or a `PeftModel` around one.
@@ -79,7 +85,7 @@ class MetaTrainer(Trainer):
                 _check_episode_dataset(name, split)
         set_seed(args.seed)  # the LoRA init is drawn here, before Trainer seeds: make it depend on `args.seed` only
         model = with_lora(model, peft_config)
-        base_model = hub_id_of(model, args.base_model_id)
+        base_model = hub_id_of(model, args.base_model)
         for config in model.peft_config.values():
             # The saved adapter_config.json must name a Hub id that others can load, never a local path.
             config.base_model_name_or_path = base_model
@@ -94,11 +100,9 @@ class MetaTrainer(Trainer):
             **kwargs,
         )
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
-        self._query_accuracies: list[float] = []
-        # What the model card reports; recipes fill these with the collections and the measured results table.
-        self.card_collections: list[str] = []
-        self.card_results: list[dict] = []
-        self.card_results_description: str = ""
+        # Episodes carry no `labels` key; the loss is divided by the accumulation steps by `training_step`.
+        self.model_accepts_loss_kwargs = False
+        self._query_accuracy = torch.zeros(2, dtype=torch.float64)  # (sum of accuracies, episodes) since last log
 
     # ---- Training -------------------------------------------------------------------------------------------
 
@@ -107,34 +111,37 @@ class MetaTrainer(Trainer):
         # number of processes, and a resumed run sees exactly the episodes it would have seen.
         return SequentialSampler(self.train_dataset)
 
-    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """Adapt on one episode and add its meta-gradient, divided by the accumulation steps, to the LoRA `.grad`."""
-        # Dropout off: the meta-learned adaptation is the deterministic one that runs at test time.
-        self.model.eval()
-        inputs = self._prepare_inputs(inputs)
-        meta = meta_parameters(self.model)
-        with self.compute_loss_context_manager():
-            outcome = episode_meta_gradient(
-                self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm
-            )
-        scale = 1.0 / self.current_gradient_accumulation_steps
-        for name, param in meta.items():
-            grad = outcome.meta_gradient[name].to(param.dtype) * scale
-            param.grad = grad if param.grad is None else param.grad.add_(grad)
-        if self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
-            self._average_meta_gradients(list(meta.values()))
-        if outcome.accuracy is not None:
-            self._query_accuracies.append(outcome.accuracy)
-        return (outcome.loss * scale).to(self.args.device)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A surrogate loss whose value is the episode's query loss and whose gradient is its meta-gradient.
 
-    def _average_meta_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """One all-reduce per meta-step (inner steps never communicate): every process ends with the mean."""
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        flat = self.accelerator.reduce(flat, reduction="mean")
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+        The Trainer's `training_step` then divides it by the accumulation steps and calls `accelerator.backward`,
+        so gradient accumulation, loss scaling in mixed precision, clipping and the optimizer are the Trainer's.
+        The meta-gradient is averaged over processes here, once per episode: the inner loop calls the base model
+        functionally, never through the DDP wrapper, so DDP's own gradient hooks are never armed.
+        """
+        if return_outputs:
+            raise ValueError("`MetaTrainer.compute_loss` has no model outputs to return; episodes are adapted.")
+        self.model.eval()  # dropout off: the meta-learned adaptation is the deterministic one run at test time
+        meta = meta_parameters(self.model)
+        _check_finite_weights(meta, f"before meta-step {self.state.global_step + 1}")
+        outcome = episode_meta_gradient(self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm)
+        gradients = [outcome.meta_gradient[name].to(param.dtype) for name, param in meta.items()]
+        if self.accelerator.num_processes > 1:
+            gradients = self._average_across_processes(gradients)
+        if not (torch.isfinite(outcome.loss) and all(torch.isfinite(g).all() for g in gradients)):
+            raise FloatingPointError(
+                f"Non-finite meta-gradient or loss ({outcome.loss.item()}) at meta-step {self.state.global_step + 1}; "
+                "the outer `learning_rate` or the `inner_learning_rate` is likely too large for this model."
+            )
+        if outcome.accuracy is not None:
+            self._query_accuracy += torch.tensor([outcome.accuracy, 1.0], dtype=torch.float64)
+        surrogate = sum((param * grad).sum() for param, grad in zip(meta.values(), gradients))
+        return outcome.loss.to(surrogate) + surrogate - surrogate.detach()
+
+    def _average_across_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One all-reduce of the flattened tensors: every process gets the mean."""
+        flat = self.accelerator.reduce(torch.cat([t.reshape(-1) for t in tensors]).to(self.args.device), "mean")
+        return [chunk.view_as(t).to(t.device) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def floating_point_ops(self, inputs) -> int:
         """Forward+backward FLOPs of one episode: 6 x parameters x tokens, over every inner step and the query."""
@@ -143,10 +150,14 @@ class MetaTrainer(Trainer):
         return 6 * self.model.get_base_model().num_parameters(exclude_embeddings=True) * tokens
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._query_accuracies:
-            # Query accuracy at the adapted weights over the episodes since the last log (this process's share).
-            logs["query_accuracy"] = round(sum(self._query_accuracies) / len(self._query_accuracies), 4)
-            self._query_accuracies.clear()
+        if "loss" in logs:  # a training log: every process calls it at the same step, so the reduce is matched
+            totals = self._query_accuracy
+            if self.accelerator.num_processes > 1:
+                totals = self.accelerator.reduce(totals.to(self.args.device), "sum").cpu()
+            if totals[1] > 0:
+                # Query accuracy at the adapted weights over every process's episodes since the last log.
+                logs["query_accuracy"] = round(float(totals[0] / totals[1]), 4)
+            self._query_accuracy.zero_()
         super().log(logs, start_time)
 
     # ---- Evaluation -----------------------------------------------------------------------------------------
@@ -154,52 +165,77 @@ class MetaTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ) -> EvalLoopOutput:
-        """Adapt on every eval episode's support set; report mean query accuracy, its 95% CI, and the query loss.
+        """Adapt on every episode's support set and predict its query set; the meta-parameters are left untouched.
 
-        Adaptation works on copies of the LoRA weights, so the meta-parameters are left untouched.
+        Metrics: `accuracy` (mean over episodes) with `accuracy_ci95` (95% CI over episodes) from
+        [`hf_meta.metrics.AccuracyWithCI`], `loss` (mean query loss), and whatever `compute_metrics` returns for
+        an `EvalPrediction` of the query predictions (class ids, episode-local) and labels of every episode.
         """
         logger.info(f"***** Running {description} on {len(dataloader)} episodes *****")
         self.model.eval()
         self.callback_handler.eval_dataloader = dataloader  # sizes the Trainer's evaluation progress bar
-        results = []
+        meta = dict(meta_parameters(self.model))
+        episodes = []
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
             with self.compute_loss_context_manager():
-                accuracy, loss = episode_accuracy(
-                    self.encoder, dict(meta_parameters(self.model)), inputs, self.adaptation_config
-                )
-            results.append([accuracy, loss])
+                logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config)
+            labels = inputs["query_labels"]
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels).item()
+            episodes.append((logits.argmax(-1).tolist(), labels.tolist(), loss))
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
-        local = torch.tensor(results, dtype=torch.float64, device=self.args.device).reshape(-1, 2)
-        gathered = self.accelerator.gather_for_metrics(local).cpu()
-        accuracy, ci95 = mean_ci95(gathered[:, 0].tolist())
+        episodes = self.accelerator.gather_for_metrics(episodes, use_gather_object=True)
+        predictions = np.array([p for preds, _, _ in episodes for p in preds], dtype=np.int64)
+        label_ids = np.array([y for _, labels, _ in episodes for y in labels], dtype=np.int64)
+        groups = [i for i, (preds, _, _) in enumerate(episodes) for _ in preds]
+        scores = accuracy(predictions, label_ids, groups=groups)
+        metrics = {"accuracy": scores["accuracy"], "accuracy_ci95": scores["accuracy_ci95"]}
+        metrics["loss"] = float(np.mean([loss for _, _, loss in episodes]))
+        if self.compute_metrics is not None:
+            metrics.update(self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
         metrics = {
-            f"{metric_key_prefix}_accuracy": accuracy,
-            f"{metric_key_prefix}_accuracy_ci95": ci95,
-            f"{metric_key_prefix}_loss": float(gathered[:, 1].mean()),
+            key if key.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{key}": value
+            for key, value in metrics.items()
         }
-        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(gathered))
+        return EvalLoopOutput(predictions=predictions, label_ids=label_ids, metrics=metrics, num_samples=len(episodes))
 
     # ---- Saving ---------------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the LoRA adapter (safetensors), the tokenizer and `adaptation_config.json`, atomically."""
+        """Save the LoRA adapter (safetensors), the tokenizer, `adaptation_config.json` and the training
+        arguments as JSON (never a pickle), atomically."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
+        _check_finite_weights(meta_parameters(self.model), "at save")
         with atomic_directory(output_dir) as staging:
             super()._save(str(staging), state_dict=state_dict)
+            (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            (staging / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
             self.adaptation_config.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
 
-    def create_model_card(self, model_name: str | None = None, tags: str | list[str] | None = None, **kwargs) -> None:
-        """Write `README.md`: our template with `base_model`, `library_name: peft`, settings and measured results.
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        tags: str | list[str] | None = None,
+        *,
+        datasets: str | list[str] | None = None,
+        results: list[dict] | None = None,
+        results_description: str = "",
+        plot_file: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Write `README.md`: the card template with `base_model`, `library_name: peft`, settings and results.
 
-        Called by `Trainer.push_to_hub` after saving (peft writes a generic card on save; this one replaces it).
+        `Trainer.push_to_hub(**kwargs)` forwards its keyword arguments here, so a script passes what the card
+        reports: `datasets` (the meta-training collections' Hub ids), `results` (rows with `dataset`, `shots`,
+        `method`, `accuracy`, `ci95`), `results_description` and `plot_file` (an image in `output_dir`). Without
+        `results`, the last `trainer.evaluate()` is reported. Other keyword arguments are ignored, as in `Trainer`.
         """
         if not self.is_world_process_zero():
             return
-        results = list(self.card_results)
+        results = list(results or [])
         last_eval = next((log for log in reversed(self.state.log_history) if "eval_accuracy" in log), None)
         if not results and last_eval is not None:
             results = [
@@ -211,23 +247,36 @@ class MetaTrainer(Trainer):
                     "ci95": last_eval.get("eval_accuracy_ci95"),
                 }
             ]
+        if plot_file is not None and not os.path.isfile(os.path.join(self.args.output_dir, plot_file)):
+            raise FileNotFoundError(
+                f"`plot_file` {plot_file!r} is not a file in `output_dir` {self.args.output_dir!r}."
+            )
         max_steps = self.state.max_steps or self.args.max_steps
         card = render_model_card(
             adaptation_config=self.adaptation_config,
             algorithm=self.args.algorithm,
-            collections=[HUB_REPO_IDS.get(name, name) for name in self.card_collections],
+            collections=[datasets] if isinstance(datasets, str) else list(datasets or []),
             results=results,
-            results_description=self.card_results_description,
+            results_description=results_description,
             repo_id=self.hub_model_id if getattr(self, "hub_model_id", None) else self.args.hub_model_id,
             model_name=model_name,
             training=(
                 f"{max_steps} meta-steps of {self.args.gradient_accumulation_steps * self.args.world_size} "
                 f"episodes, outer learning rate {self.args.learning_rate}"
             ),
-            plot_file=PLOT_FILE if os.path.isfile(os.path.join(self.args.output_dir, PLOT_FILE)) else None,
+            plot_file=plot_file,
             extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def _check_finite_weights(weights: dict[str, torch.Tensor], when: str) -> None:
+    bad = [name for name, w in weights.items() if not torch.isfinite(w).all()]
+    if bad:
+        raise FloatingPointError(
+            f"{len(bad)} LoRA tensor(s) hold NaN or inf {when} (e.g. {bad[0]}): meta-training diverged; lower the "
+            "outer `learning_rate` or the `inner_learning_rate`, or set `max_grad_norm`."
+        )
 
 
 def _check_episode_dataset(name: str, dataset) -> None:

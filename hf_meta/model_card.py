@@ -12,7 +12,6 @@ from huggingface_hub import ModelCard, ModelCardData
 from .adaptation import AdaptationConfig
 
 TEMPLATE_NAME = "hf_meta_adapter.md"
-PLOT_FILE = "accuracy_vs_shots.png"
 ALGORITHM_NAMES = {"fomaml": "first-order MAML", "reptile": "Reptile"}
 TAGS = ["hf_meta", "few-shot", "meta-learning", "lora", "peft", "text-classification"]
 
@@ -47,7 +46,7 @@ def render_model_card(
     base_model = adaptation_config.base_model
     if not base_model or os.path.isdir(base_model):
         raise ValueError(
-            f"The card needs the base model's Hub id, got {base_model!r}; pass `base_model_id=` to "
+            f"The card needs the base model's Hub id, got {base_model!r}; pass `base_model=` to "
             "`MetaTrainingArguments`."
         )
     tags = list(dict.fromkeys([*TAGS, algorithm, *(["maml"] if algorithm == "fomaml" else []), *extra_tags]))
@@ -73,33 +72,3 @@ def render_model_card(
         results_description=results_description,
         plot_file=plot_file,
     )
-
-
-def plot_accuracy_vs_shots(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Accuracy against labelled examples per class, one line per method (rows: `shots`, `method`, `accuracy`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for method in dict.fromkeys(row["method"] for row in rows):
-        points = sorted(
-            (row["shots"], 100 * row["accuracy"], 100 * (row.get("ci95") or 0))
-            for row in rows
-            if row["method"] == method
-        )
-        shots, accuracy, ci = zip(*points)
-        ax.errorbar(shots, accuracy, yerr=ci, marker="o", capsize=3, label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(
-        sorted({row["shots"] for row in rows}), labels=[str(s) for s in sorted({row["shots"] for row in rows})]
-    )
-    ax.set_xlabel("labelled examples per class")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -14,6 +14,7 @@ from torch.func import functional_call
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from .choices import Pooling, check_choice
 from .inner_loop import Weights
 
 logger = logging.get_logger(__name__)
@@ -93,7 +94,7 @@ def hub_id_of(model: PreTrainedModel | PeftModel, override: str | None = None) -
             return hub_id
     logger.warning(
         f"The base model was loaded from the local folder {name!r}, whose Hub id is unknown; pass "
-        "`base_model_id=` so saved adapters and model cards name the Hub model."
+        "`base_model=` so saved adapters and model cards name the Hub model."
     )
     return name
 
@@ -164,9 +165,8 @@ class FunctionalEncoder:
         normalize: L2-normalise the embeddings (the head is then a cosine classifier).
     """
 
-    def __init__(self, model: PeftModel, pooling: str = "mean", normalize: bool = True, chunk_size: int = 64):
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"`pooling` must be 'mean' or 'cls', got {pooling!r}.")
+    def __init__(self, model: PeftModel, pooling: Pooling = "mean", normalize: bool = True, chunk_size: int = 64):
+        check_choice("pooling", pooling, Pooling)
         self.model = model
         self.pooling = pooling
         self.normalize = normalize

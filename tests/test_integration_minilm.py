@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.collections import load_class_split
+from hf_meta.bench.protocols import load_class_split
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_meta_train_evaluate_save_and_adapt_on_minilm(tmp_path, data_dir, intent
         gradient_accumulation_steps=2,
         report_to="none",
         disable_tqdm=True,
-        base_model_id="sentence-transformers/all-MiniLM-L6-v2",
+        base_model="sentence-transformers/all-MiniLM-L6-v2",
     )
     trainer = MetaTrainer(
         model=AutoModel.from_pretrained(minilm_path),
@@ -58,7 +58,7 @@ def test_meta_train_evaluate_save_and_adapt_on_minilm(tmp_path, data_dir, intent
 def test_setfit_baseline_on_minilm(intent_data):
     """The SetFit baseline trains on the shots and answers in the user's label space on unseen test sentences."""
     pytest.importorskip("setfit")
-    from hf_meta.baselines import SetFitBaseline
+    from hf_meta.bench.baselines import SetFitBaseline
 
     _, banking = intent_data
     names = banking["test"].features["label"].names

@@ -110,7 +110,7 @@ def test_accepts_lora_config_or_peft_model(tmp_path, episodes, tokenizer):
 
 
 def test_saved_adapter_config_names_hub_id(tmp_path, episodes, tokenizer):
-    trainer = make_trainer(tmp_path, episodes, tokenizer, base_model_id="org/tiny-encoder", max_steps=1)
+    trainer = make_trainer(tmp_path, episodes, tokenizer, base_model="org/tiny-encoder", max_steps=1)
     trainer.train()
     trainer.save_model()
     saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())

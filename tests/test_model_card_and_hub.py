@@ -11,7 +11,8 @@ import yaml
 from conftest import tiny_encoder
 
 from hf_meta import AdaptationConfig, FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.model_card import PLOT_FILE, plot_accuracy_vs_shots, render_model_card
+from hf_meta.bench.plots import PLOT_FILE, plot_accuracy_vs_shots
+from hf_meta.model_card import render_model_card
 
 ROWS = [
     {"dataset": "banking77", "shots": s, "method": m, "accuracy": a, "ci95": 0.01}
@@ -124,16 +125,14 @@ def test_push_to_hub_uploads_adapter_settings_card_and_plot(tmp_path, monkeypatc
         disable_tqdm=True,
         push_to_hub=True,
         hub_model_id="me/tiny-meta",
-        base_model_id="org/tiny-encoder",
+        base_model="org/tiny-encoder",
     )
     trainer = MetaTrainer(
         model=AutoModel.from_pretrained(base_dir), args=args, train_dataset=episodes, processing_class=tokenizer
     )
     trainer.train()
-    trainer.card_collections = ["clinc150"]
-    trainer.card_results = ROWS
     plot_accuracy_vs_shots(ROWS, tmp_path / "out" / PLOT_FILE)
-    trainer.push_to_hub()
+    trainer.push_to_hub(datasets=["clinc/clinc_oos"], results=ROWS, plot_file=PLOT_FILE)
 
     upload = fake.uploads[-1]
     assert upload["repo_id"] == "me/tiny-meta"
@@ -147,8 +146,10 @@ def test_push_to_hub_uploads_adapter_settings_card_and_plot(tmp_path, monkeypatc
     } <= set(files)
     meta = card_metadata(files["README.md"].decode())
     assert meta["base_model"] == "org/tiny-encoder" and meta["library_name"] == "peft"
-    assert meta["datasets"] == ["clinc/clinc_oos"]  # collection names become Hub dataset ids
-    assert not any(name.endswith((".bin", ".pt", ".pth")) and "adapter" in name for name in files)
+    assert meta["datasets"] == ["clinc/clinc_oos"]
+    assert "| banking77 | 5 | hf_meta_fomaml | 80.00 | ± 1.00 |" in files["README.md"].decode()
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)  # no pickle is pushed
+    assert "training_args.json" in files
 
     # What was uploaded reloads: both with hf_meta (given the base locally) and with plain peft.
     pushed = tmp_path / "pushed"

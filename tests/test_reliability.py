@@ -230,7 +230,7 @@ def test_adapter_weights_are_safetensors(saved_adapter):
 def test_setfit_baseline_without_the_extra_names_the_install(monkeypatch):
     import importlib.util
 
-    from hf_meta import baselines
+    from hf_meta.bench import baselines
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(

@@ -10,9 +10,9 @@ import datasets
 import numpy as np
 from transformers.utils.logging import tqdm
 
+from ..classifier import FewShotClassifier
+from ..metrics import accuracy, mean_ci95
 from .baselines import logistic_regression, nearest_prototype
-from .classifier import FewShotClassifier
-from .metrics import mean_ci95
 
 
 @dataclass
@@ -76,7 +76,6 @@ def compare_methods(
     rows, test_embeddings = [], {}
     progress = tqdm(total=len(tasks) * (len(adapters) + (frozen is not None)), desc="few-shot evaluation")
     for task in tasks:
-        test_labels = np.asarray(task.test_labels)
         if frozen is not None:
             start = time.perf_counter()
             if task.dataset not in test_embeddings:
@@ -84,14 +83,14 @@ def compare_methods(
             train = frozen.embed(task.train_texts)
             for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
                 predictions = predict(train, task.train_labels, test_embeddings[task.dataset])
-                rows.append(_row(task, method, np.mean(predictions == test_labels), time.perf_counter() - start))
+                score = accuracy(predictions, task.test_labels)["accuracy"]
+                rows.append(_row(task, method, score, time.perf_counter() - start))
             progress.update(1)
         for method, classifier in adapters.items():
             start = time.perf_counter()
             predictions = classifier.fit(task.train_texts, task.train_labels).predict(task.test_texts)
-            rows.append(
-                _row(task, method, np.mean(np.asarray(predictions) == test_labels), time.perf_counter() - start)
-            )
+            score = accuracy(predictions, task.test_labels)["accuracy"]
+            rows.append(_row(task, method, score, time.perf_counter() - start))
             progress.update(1)
     progress.close()
     return rows

@@ -79,7 +79,7 @@ class SetFitBaseline:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
 
-        from .modeling import resolve_model_path
+        from ..modeling import resolve_model_path
 
         self.model = SetFitModel.from_pretrained(resolve_model_path(self.model_name_or_path))
         data = Dataset.from_dict({"text": list(texts), "label": list(labels)})

@@ -524,7 +524,7 @@ def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> dat
     Example:
 
     ```python
-    >>> from hf_meta.collections import load_collection
+    >>> from hf_meta import load_collection
     >>> banking = load_collection("banking77", data_dir="../shared/data")
     >>> banking["train_5"].num_rows, banking["train"].features["label"].num_classes
     (385, 77)
@@ -550,53 +550,3 @@ def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> dat
             "`shared/data` folder (see its SOURCES.md)."
         ) from err
     return _build(raw)
-
-
-# ProtAugment (Dopierre et al., ACL 2021) class splits: 5 disjoint train/valid/test class splits per dataset.
-PROTAUGMENT_FOLDERS = {"banking77": "BANKING77", "clinc150": "OOS", "hwu64": "HWU64"}
-
-
-def load_class_split(
-    name: str, split: int = 1, data_dir: str | os.PathLike | None = None
-) -> tuple[list[str], list[str], list[str]]:
-    """The ProtAugment train / valid / test class names of split `split` (1-5) for `banking77`, `clinc150`, `hwu64`.
-
-    Names are returned in this library's spelling (HWU64's `alarm/query` becomes `alarm_query`).
-
-    Example:
-        ```python
-        >>> train, valid, test = load_class_split("banking77", split=1, data_dir="../shared/data")
-        >>> len(train), len(valid), len(test)
-        (25, 25, 27)
-        ```
-    """
-    if name not in PROTAUGMENT_FOLDERS:
-        raise ValueError(f"`name` must be one of {sorted(PROTAUGMENT_FOLDERS)} for class splits, got {name!r}.")
-    if split not in range(1, 6):
-        raise ValueError(f"`split` must be 1, 2, 3, 4 or 5, got {split!r}.")
-    root = data_dir or os.environ.get(DATA_DIR_ENV_VAR)
-    if root is None:
-        raise ValueError("`data_dir` is required for class splits (a folder holding `protaugment_splits/`).")
-    folder = Path(root) / "protaugment_splits" / PROTAUGMENT_FOLDERS[name] / "few_shot" / f"{split:02d}"
-    parts = []
-    for part in ("train", "valid", "test"):
-        path = folder / f"labels.{part}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"Expected the class list {path} (ProtAugment splits).")
-        parts.append([line.strip().replace("/", "_") for line in path.read_text("utf-8").splitlines() if line.strip()])
-    return parts[0], parts[1], parts[2]
-
-
-def _normalised(text: str) -> str:
-    # Collections tokenise differently ("it 's" vs "it's"); compare letters and digits only.
-    return "".join(ch for ch in text.lower() if ch.isalnum())
-
-
-def remove_overlap(dataset: datasets.Dataset, texts: Iterable[str], text_column: str = "text") -> datasets.Dataset:
-    """Drop the rows of `dataset` whose text also appears in `texts` (up to case, spacing and punctuation).
-
-    Meta-training sources must not contain the target's evaluation sentences. They sometimes do: 731 of the 872
-    SST-2 dev sentences are in MR (`rt-polarity`), which SST was built from, and 270 are in SUBJ.
-    """
-    excluded = {_normalised(text) for text in texts}
-    return dataset.filter(lambda text: _normalised(text) not in excluded, input_columns=text_column)

