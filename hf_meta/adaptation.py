@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .choices import Algorithm, HeadInit, Pooling, check_choice
+from .frozen_states import FrozenStates
 from .inner_loop import (
     Weights,
     detached_copy,
@@ -27,7 +28,7 @@ from .inner_loop import (
     sgd_adapt,
 )
 from .io_utils import atomic_write_text
-from .modeling import FunctionalEncoder
+from .modeling import ROW_STATES, FunctionalEncoder
 
 ADAPTATION_CONFIG_NAME = "adaptation_config.json"
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
@@ -153,14 +154,19 @@ class EpisodeCollator:
     """Tokenises one episode (a batch of exactly one row) once; the inner loop reuses the tensors every step.
 
     Returns `support_input_ids`, `support_attention_mask`, `support_labels`, the same three for the query set, and
-    `num_classes`.
+    `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
+    ids and the frozen lower layers' output from there instead (`support_frozen_row_states`, ...), so neither the
+    tokenizer nor the frozen layers run per episode.
     """
 
-    def __init__(self, tokenizer, max_length: int = 64):
+    def __init__(self, tokenizer, max_length: int = 64, frozen_states: FrozenStates | None = None):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.frozen_states = frozen_states
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.frozen_states is not None:
+            return self.frozen_states.batch(list(texts), pad_token_id=self.tokenizer.pad_token_id)
         encoded = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -182,8 +188,13 @@ class EpisodeCollator:
 
 
 def split_episode(batch: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
-    """The `support` or `query` half of a collated episode, with keys `input_ids`, `attention_mask`, `labels`."""
-    return {key: batch[f"{part}_{key}"] for key in ("input_ids", "attention_mask", "labels")}
+    """The `support` or `query` half of a collated episode: `input_ids`, `attention_mask`, `labels` (and the
+    precomputed frozen states when the collator had them)."""
+    return {
+        key: batch[f"{part}_{key}"]
+        for key in ("input_ids", "attention_mask", "labels", ROW_STATES)
+        if f"{part}_{key}" in batch
+    }
 
 
 def task_logits(encoder: FunctionalEncoder, weights: Weights, batch: dict[str, torch.Tensor], scale: float):
@@ -265,8 +276,10 @@ def episode_meta_gradient(
     return EpisodeOutcome(loss, None, reptile_meta_gradient(meta_weights, adapted, names))
 
 
-def _concat_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _concat_padded(a: torch.Tensor | list, b: torch.Tensor | list) -> torch.Tensor | list:
     """Stack two batches whose sequence lengths may differ, padding the shorter with zeros (pad id and mask)."""
+    if isinstance(a, list):  # per-row frozen states
+        return a + b
     if a.dim() == 2 and a.shape[1] != b.shape[1]:
         width = max(a.shape[1], b.shape[1])
         a, b = (F.pad(t, (0, width - t.shape[1])) for t in (a, b))

@@ -10,12 +10,12 @@ import torch
 from peft import LoraConfig, PeftModel
 from torch.utils.data import SequentialSampler
 from transformers import PreTrainedModel, Trainer, set_seed
-from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
 from .adaptation import AdaptationConfig, EpisodeCollator, episode_meta_gradient, episode_query_logits
 from .episodes import EPISODE_FEATURES
+from .frozen_states import FrozenStates
 from .io_utils import atomic_directory
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
@@ -23,6 +23,8 @@ from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
 
 logger = logging.get_logger(__name__)
+
+TRAINING_ARGS_JSON = "training_args.json"  # `Trainer` pickles them to training_args.bin; JSON cannot run code
 
 
 class MetaTrainer(Trainer):
@@ -100,9 +102,23 @@ class MetaTrainer(Trainer):
             **kwargs,
         )
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
+        if args.precompute_frozen_states and self.encoder.frozen_depth > 0 and data_collator is None:
+            self.data_collator = self._collator_with_frozen_states(processing_class)
         # Episodes carry no `labels` key; the loss is divided by the accumulation steps by `training_step`.
         self.model_accepts_loss_kwargs = False
         self._query_accuracy = torch.zeros(2, dtype=torch.float64)  # (sum of accuracies, episodes) since last log
+
+    def _collator_with_frozen_states(self, tokenizer) -> EpisodeCollator:
+        """An episode collator that reads token ids and frozen-layer states computed once per sentence."""
+        texts = set()
+        for dataset in [self.train_dataset, *_splits(self.eval_dataset)]:
+            if dataset is not None:
+                for column in ("support_text", "query_text"):
+                    texts.update(text for episode in dataset[column] for text in episode)
+        # The main process computes (or finds) the Arrow file; the others then read the same file.
+        with self.args.main_process_first(desc="frozen-layer states"):
+            states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.args.max_length)
+        return EpisodeCollator(tokenizer, self.args.max_length, frozen_states=states)
 
     # ---- Training -------------------------------------------------------------------------------------------
 
@@ -209,9 +225,11 @@ class MetaTrainer(Trainer):
             return
         _check_finite_weights(meta_parameters(self.model), "at save")
         with atomic_directory(output_dir) as staging:
-            super()._save(str(staging), state_dict=state_dict)
-            (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-            (staging / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
+            # The embeddings are never trained; without this peft looks the base model up on the Hub to decide.
+            self.model.save_pretrained(staging, state_dict=state_dict, save_embedding_layers=False)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(staging)
+            (staging / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
             self.adaptation_config.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
 
@@ -268,6 +286,10 @@ class MetaTrainer(Trainer):
             extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def _splits(dataset) -> list:
+    return list(dataset.values()) if isinstance(dataset, dict) else [dataset]
 
 
 def _check_finite_weights(weights: dict[str, torch.Tensor], when: str) -> None:

@@ -27,7 +27,7 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
           other value is an error),
         - `remove_unused_columns=False` (episode columns are not model inputs),
         - `learning_rate=1e-3`, `gradient_accumulation_steps=4`, `num_train_epochs=1`, `logging_steps=10`,
-          `save_strategy="no"`.
+          `save_strategy="no"`, `dataloader_pin_memory=False` (an episode is a few kilobytes of token ids).
 
     Refused: DeepSpeed and FSDP. The inner loop evaluates the unsharded base model functionally at fast LoRA
     weights, which a sharded engine does not allow.
@@ -44,6 +44,13 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
     algorithm: Algorithm = field(
         default="fomaml", metadata={"help": "Meta-learning algorithm: 'fomaml' (first-order MAML) or 'reptile'."}
     )
+    precompute_frozen_states: bool = field(
+        default=True,
+        metadata={
+            "help": "When LoRA leaves the bottom layers frozen, run them once per distinct sentence of the episodes "
+            "(stored in the datasets cache) instead of once per episode."
+        },
+    )
 
     # Changed defaults of TrainingArguments.
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Episodes per micro-batch (must be 1)."})
@@ -54,6 +61,9 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training episodes."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X meta-steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy: 'no', 'steps' or 'epoch'."})
+    dataloader_pin_memory: bool = field(
+        default=False, metadata={"help": "Pin episode tensors in memory (tiny batches: no gain, a warning on CPU)."}
+    )
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -76,7 +79,20 @@ def with_lora(model: PreTrainedModel | PeftModel, peft_config: LoraConfig | None
         peft_config = default_lora_config(model.config.model_type)
     elif peft_config.target_modules is None:
         peft_config = dataclasses.replace(peft_config, target_modules=lora_target_modules(model.config.model_type))
-    return get_peft_model(model, peft_config)
+    with peft_compat_warnings_silenced():
+        return get_peft_model(model, peft_config)
+
+
+@contextlib.contextmanager
+def peft_compat_warnings_silenced() -> Iterator[None]:
+    """Silence the FutureWarning transformers raises when peft wraps a model.
+
+    peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates in favour of
+    `is_activation_checkpointing`; every wrap then warns about code that is peft's to change, not the user's.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def hub_id_of(model: PreTrainedModel | PeftModel, override: str | None = None) -> str:
@@ -123,7 +139,8 @@ def meta_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-FROZEN_STATES = "frozen_states"  # batch key of the cached output of the frozen lower layers
+FROZEN_STATES = "frozen_states"  # batch key of the cached output of the frozen lower layers, per chunk
+ROW_STATES = "frozen_row_states"  # batch key of precomputed per-row outputs of those layers (a corpus cache)
 
 
 class _StopForward(Exception):
@@ -173,6 +190,7 @@ class FunctionalEncoder:
         self.chunk_size = chunk_size
         self.layers = transformer_layers(model)
         self.frozen_depth = self._frozen_depth()
+        self._layer_returns_tuple: bool | None = None
 
     def _frozen_depth(self) -> int:
         """How many bottom layers hold no trainable (LoRA) parameter."""
@@ -183,45 +201,94 @@ class FunctionalEncoder:
                 return depth
         return 0  # no LoRA in any layer: nothing to gain, keep the plain path
 
-    def _chunks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    def _chunks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[dict]]:
         """Rows sorted by length, cut into chunks of `chunk_size`, each trimmed to its longest text.
 
-        Returns the row order and the chunks; the same batch always gives the same chunks, so cached lower-layer
-        states line up with them.
+        Returns the row order, the rows of each chunk and the chunks; the same batch always gives the same chunks,
+        so cached lower-layer states line up with them.
         """
         mask = batch["attention_mask"]
         if len(mask) <= self.chunk_size:
-            return torch.arange(len(mask)), [{"input_ids": batch["input_ids"], "attention_mask": mask}]
+            rows = torch.arange(len(mask))
+            return rows, [rows], [{"input_ids": batch["input_ids"], "attention_mask": mask}]
         order = torch.argsort(mask.sum(1), stable=True)
+        groups = list(order.split(self.chunk_size))
         chunks = []
-        for rows in order.split(self.chunk_size):
+        for rows in groups:
             width = int(mask[rows].any(0).nonzero().max()) + 1  # drop trailing all-padding columns
             chunks.append({"input_ids": batch["input_ids"][rows, :width], "attention_mask": mask[rows, :width]})
-        return order, chunks
+        return order, groups, chunks
 
-    @torch.no_grad()
-    def cache_frozen_layers(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`batch` plus the output of the frozen lower layers per chunk (unchanged when every layer has LoRA)."""
-        if self.frozen_depth == 0 or FROZEN_STATES in batch:
-            return batch
-        top_frozen = self.layers[self.frozen_depth - 1]
+    def _run_frozen_layers(self, chunk: dict[str, torch.Tensor]):
+        """The output of the top frozen layer on `chunk`, as that layer returns it (a tensor or a tuple)."""
 
         def stop(module, args, output):
             raise _StopForward(output)
 
-        states = []
-        handle = top_frozen.register_forward_hook(stop)
+        handle = self.layers[self.frozen_depth - 1].register_forward_hook(stop)
         try:
-            for chunk in self._chunks(batch)[1]:
-                try:
-                    self.model(**chunk)
-                except _StopForward as stopped:
-                    states.append(stopped.output)
-                else:
-                    raise RuntimeError("The frozen layers were never reached in the forward pass.")
+            self.model(**chunk)
+        except _StopForward as stopped:
+            self._layer_returns_tuple = isinstance(stopped.output, tuple)
+            return stopped.output
         finally:
             handle.remove()
+        raise RuntimeError("The frozen layers were never reached in the forward pass.")
+
+    def _as_layer_output(self, hidden: torch.Tensor, chunk: dict[str, torch.Tensor]):
+        """`hidden` in the structure the frozen layer returns (learnt from one cheap pass when not yet known)."""
+        if self._layer_returns_tuple is None:
+            self._run_frozen_layers({key: value[:1, :1] for key, value in chunk.items()})
+        return (hidden,) if self._layer_returns_tuple else hidden
+
+    @torch.no_grad()
+    def cache_frozen_layers(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`batch` plus the output of the frozen lower layers per chunk (unchanged when every layer has LoRA).
+
+        With per-row states precomputed for a corpus (`ROW_STATES`, see [`frozen_row_states`]), the chunks are
+        padded from them and no layer runs; otherwise the frozen layers run once per chunk here.
+        """
+        if self.frozen_depth == 0 or FROZEN_STATES in batch:
+            return batch
+        _, groups, chunks = self._chunks(batch)
+        if ROW_STATES not in batch:
+            return {**batch, FROZEN_STATES: [self._run_frozen_layers(chunk) for chunk in chunks]}
+        rows = batch[ROW_STATES]
+        states = []
+        for group, chunk in zip(groups, chunks):
+            width = chunk["attention_mask"].shape[1]
+            padded = rows[0].new_zeros(len(group), width, rows[0].shape[-1])
+            for j, i in enumerate(group.tolist()):
+                padded[j, : len(rows[i])] = rows[i][:width]
+            states.append(self._as_layer_output(padded, chunk))
         return {**batch, FROZEN_STATES: states}
+
+    @torch.no_grad()
+    def frozen_row_states(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The frozen lower layers' output for each row of `batch`, trimmed to the row's tokens (`length x hidden`).
+
+        This is what a corpus-level cache stores once per sentence (see [`hf_meta.frozen_states`]); the rows must
+        be right-padded.
+        """
+        if self.frozen_depth == 0:
+            raise ValueError("Every layer holds LoRA weights: there are no frozen layers to precompute.")
+        mask = batch["attention_mask"]
+        lengths = mask.sum(1)
+        if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None])).all()):
+            raise ValueError("`attention_mask` must be right-padded to precompute frozen states per row.")
+        _, groups, chunks = self._chunks(batch)
+        out: list[torch.Tensor | None] = [None] * len(mask)
+        was_training = self.model.training
+        self.model.eval()  # stored states must not carry one draw of dropout noise
+        try:
+            for group, chunk in zip(groups, chunks):
+                output = self._run_frozen_layers(chunk)
+                hidden = output[0] if isinstance(output, tuple) else output
+                for j, i in enumerate(group.tolist()):
+                    out[i] = hidden[j, : int(lengths[i])].clone()
+        finally:
+            self.model.train(was_training)
+        return out
 
     def __call__(self, weights: Weights, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Embeddings of `batch` (`input_ids`, `attention_mask`) at the fast `weights`.
@@ -230,7 +297,7 @@ class FunctionalEncoder:
         (padding is masked out), but a set of short intents padded to its one long outlier no longer costs
         `rows x longest` tokens in every inner step.
         """
-        order, chunks = self._chunks(batch)
+        order, _, chunks = self._chunks(batch)
         cached = batch.get(FROZEN_STATES) or [None] * len(chunks)
         pieces = [self._embed(weights, chunk, states) for chunk, states in zip(chunks, cached)]
         if len(pieces) == 1:

@@ -141,3 +141,86 @@ def test_rejects_non_episode_dataset(tmp_path, toy_dataset, tokenizer):
     args = MetaTrainingArguments(output_dir=str(tmp_path), report_to="none")
     with pytest.raises(ValueError, match="lacks the episode column"):
         MetaTrainer(model=tiny_encoder(), args=args, train_dataset=toy_dataset, processing_class=tokenizer)
+
+
+def test_compute_metrics_gets_every_query_prediction_and_predict_returns_them(tmp_path, episodes, tokenizer):
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append(prediction)
+        return {"error_rate": float((prediction.predictions != prediction.label_ids).mean())}
+
+    trainer = make_trainer(tmp_path, episodes, tokenizer)
+    trainer.compute_metrics = compute_metrics
+    eval_set = episodes.select(range(4))
+    metrics = trainer.evaluate()
+    queries = sum(len(row["query_label"]) for row in eval_set)
+    (prediction,) = seen
+    assert prediction.predictions.shape == prediction.label_ids.shape == (queries,)
+    assert prediction.label_ids.tolist() == [y for row in eval_set for y in row["query_label"]]
+    # The built-in accuracy averages per-episode accuracies; compute_metrics sees the pooled predictions.
+    assert metrics["eval_error_rate"] == pytest.approx(
+        1 - float((prediction.predictions == prediction.label_ids).mean())
+    )
+    assert {"eval_accuracy", "eval_accuracy_ci95", "eval_loss"} <= set(metrics)
+
+    output = trainer.predict(eval_set)
+    assert output.predictions.tolist() == prediction.predictions.tolist()  # adaptation is deterministic
+    assert output.label_ids.tolist() == prediction.label_ids.tolist()
+    assert output.metrics["test_accuracy"] == metrics["eval_accuracy"]
+
+
+def test_meta_gradient_reaches_grad_through_the_trainer_backward(tmp_path, episodes, tokenizer):
+    """The surrogate loss gives `.grad` = meta-gradient / accumulation steps, as the old direct write did."""
+    from hf_meta.adaptation import episode_meta_gradient
+    from hf_meta.modeling import meta_parameters
+
+    trainer = make_trainer(tmp_path, episodes, tokenizer)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    batch = trainer.data_collator([episodes[0]])
+    meta = meta_parameters(trainer.model)
+    trainer.model.eval()  # as `compute_loss` sets it: no dropout in the inner loop
+    expected = episode_meta_gradient(trainer.encoder, dict(meta), batch, trainer.adaptation_config).meta_gradient
+    trainer.current_gradient_accumulation_steps = 2
+    loss = trainer.training_step(trainer.model, batch)
+    assert torch.isfinite(loss)
+    for name, param in meta.items():
+        torch.testing.assert_close(param.grad, expected[name] / 2)
+
+
+def test_divergence_stops_training_with_a_clear_error(tmp_path, episodes, tokenizer):
+    trainer = make_trainer(tmp_path, episodes, tokenizer, learning_rate=1e30, max_steps=4, max_grad_norm=0.0)
+    with pytest.raises(FloatingPointError, match=r"meta-step \d+.*learning_rate"):
+        trainer.train()
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"fsdp": "full_shard"}, "`fsdp` is not supported")])
+def test_sharded_engines_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainingArguments(output_dir=str(tmp_path), **kwargs)
+
+
+def test_adaptation_settings_are_defined_once():
+    """Every adaptation setting is a `MetaTrainingArguments` flag with the same default and help."""
+    import dataclasses
+
+    arg_fields = {f.name: f for f in dataclasses.fields(MetaTrainingArguments)}
+    for field in dataclasses.fields(AdaptationConfig):
+        assert arg_fields[field.name].default == field.default
+        assert arg_fields[field.name].metadata["help"] == field.metadata["help"]
+    args = MetaTrainingArguments(output_dir="x", inner_steps=7, head_fit_steps=0)
+    assert args.adaptation_config("org/model") == AdaptationConfig(
+        inner_steps=7, head_fit_steps=0, base_model="org/model"
+    )
+    with pytest.raises(ValueError, match="`pooling` must be one of"):
+        MetaTrainingArguments(output_dir="x", pooling="max")
+
+
+def test_training_args_are_saved_as_json_not_pickle(tmp_path, episodes, tokenizer):
+    trainer = make_trainer(tmp_path, episodes, tokenizer, max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    assert not (out / "training_args.bin").exists()
+    assert json.loads((out / "training_args.json").read_text())["inner_steps"] == 2

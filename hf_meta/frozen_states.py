@@ -1,0 +1,147 @@
+"""Meta-training at corpus scale: the frozen lower layers' output, computed once per sentence and stored in Arrow.
+
+When LoRA sits in the top layers only (peft's `layers_to_transform`), the layers below never change during
+meta-training, so their output for a sentence is a constant. [`FrozenStates.build`] runs them once over every
+distinct sentence of the episodes, stores the token ids and the per-token states (trimmed to each sentence's length)
+in an Arrow file under the `datasets` cache, memory-mapped and named by a fingerprint of the sentences, the frozen
+weights and `max_length`, so a rerun reuses it and a large pool never has to fit in RAM. [`EpisodeCollator`] then
+gathers an episode's rows from it instead of tokenising, and the inner loop starts above the frozen layers.
+
+Episodes stay plain text (any `build_episodes` output works): rows are found by text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import datasets
+import torch
+from datasets.arrow_writer import ArrowWriter
+from transformers.utils import logging
+
+from .modeling import ROW_STATES, FunctionalEncoder
+
+logger = logging.get_logger(__name__)
+
+CACHE_FORMAT = "1"  # bump when the stored columns change
+
+
+class FrozenStates:
+    """Token ids and frozen-layer states of a set of sentences, memory-mapped from Arrow and looked up by text.
+
+    Example:
+        ```python
+        >>> texts = ["my card is late", "what is the euro rate"]
+        >>> states = FrozenStates.build(encoder, tokenizer, texts, max_length=64)
+        >>> batch = states.batch(["what is the euro rate"], pad_token_id=tokenizer.pad_token_id)
+        >>> sorted(batch)
+        ['attention_mask', 'frozen_row_states', 'input_ids']
+        ```
+    """
+
+    def __init__(self, dataset: datasets.Dataset):
+        self.dataset = dataset.with_format("torch", columns=["input_ids", "states"])
+        self.row_of = {text: i for i, text in enumerate(dataset["text"])}
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def batch(self, texts: list[str], pad_token_id: int) -> dict:
+        """`input_ids` and `attention_mask` (right-padded) and the per-row states of `texts`."""
+        missing = [text for text in texts if text not in self.row_of]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} text(s) have no precomputed frozen states, e.g. {missing[0]!r}; build the "
+                "`FrozenStates` from every episode the collator will see."
+            )
+        rows = self.dataset[[self.row_of[text] for text in texts]]
+        ids, states = rows["input_ids"], rows["states"]
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, ROW_STATES: [s.float() for s in states]}
+
+    @classmethod
+    def build(
+        cls,
+        encoder: FunctionalEncoder,
+        tokenizer,
+        texts: Iterable[str],
+        *,
+        max_length: int,
+        batch_size: int = 64,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> FrozenStates:
+        """Compute (or reuse from the cache) the frozen layers' output for every distinct text.
+
+        Args:
+            encoder: the [`FunctionalEncoder`] of the model being meta-trained; its LoRA must leave the bottom
+                layers frozen (`encoder.frozen_depth > 0`).
+            tokenizer: the tokenizer the collator would use; ids are stored, so episodes are never re-tokenised.
+            texts: the sentences (duplicates are computed once).
+            max_length: tokenisation length, as in the adaptation settings.
+            batch_size: sentences per forward pass (sorted by length, so padding is small).
+            cache_dir: where the Arrow file goes; default `<HF_DATASETS_CACHE>/hf_meta_frozen_states`.
+        """
+        if encoder.frozen_depth == 0:
+            raise ValueError("Every layer holds LoRA weights, so no layer is frozen: there is nothing to precompute.")
+        unique = sorted(set(texts))
+        folder = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "hf_meta_frozen_states")
+        path = folder / f"frozen_states-{_fingerprint(encoder, unique, max_length)}.arrow"
+        if path.is_file():
+            logger.info(f"Reusing the frozen-layer states of {len(unique)} sentences from {path}")
+            return cls(datasets.Dataset.from_file(str(path)))
+        folder.mkdir(parents=True, exist_ok=True)
+        encoded = tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
+        hidden = encoder.model.get_base_model().config.hidden_size
+        features = datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "input_ids": datasets.Sequence(datasets.Value("int32")),
+                "states": datasets.Array2D(shape=(None, hidden), dtype="float32"),
+            }
+        )
+        logger.info(
+            f"Computing the frozen-layer states of {len(unique)} sentences once (layers below "
+            f"{encoder.frozen_depth}); stored in {path}"
+        )
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with ArrowWriter(features=features, path=str(tmp)) as writer:
+                for start in range(0, len(order), batch_size):
+                    rows = order[start : start + batch_size]
+                    batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+                    states = encoder.frozen_row_states(
+                        {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                    )
+                    writer.write_batch(
+                        {
+                            "text": [unique[i] for i in rows],
+                            "input_ids": [encoded[i] for i in rows],
+                            "states": [s.float().numpy() for s in states],
+                        }
+                    )
+                writer.finalize()
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(datasets.Dataset.from_file(str(path)))
+
+
+def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int) -> str:
+    """Names the cache file: the sentences, the base model's weights, the frozen depth and `max_length`."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{max_length}|{encoder.frozen_depth}|".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    for name, param in encoder.model.get_base_model().named_parameters():
+        if "lora_" not in name:  # hashing every base weight costs a fraction of a second, once per run
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:24]
