@@ -156,7 +156,7 @@ class EpisodeCollator:
     Returns `support_input_ids`, `support_attention_mask`, `support_labels`, the same three for the query set, and
     `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
     ids and the frozen lower layers' output from there instead (`support_frozen_row_states`, ...), so neither the
-    tokenizer nor the frozen layers run per episode.
+    tokenizer nor the frozen layers run per episode; an episode with a sentence outside that set is tokenised.
     """
 
     def __init__(self, tokenizer, max_length: int = 64, frozen_states: FrozenStates | None = None):
@@ -165,8 +165,9 @@ class EpisodeCollator:
         self.frozen_states = frozen_states
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        if self.frozen_states is not None:
+        if self.frozen_states is not None and self.frozen_states.covers(texts):
             return self.frozen_states.batch(list(texts), pad_token_id=self.tokenizer.pad_token_id)
+        # Texts outside the precomputed set (e.g. a new `trainer.predict` dataset) take the plain path.
         encoded = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )

@@ -49,6 +49,10 @@ class FrozenStates:
     def __len__(self) -> int:
         return len(self.row_of)
 
+    def covers(self, texts: list[str]) -> bool:
+        """Whether every text has precomputed states."""
+        return all(text in self.row_of for text in texts)
+
     def batch(self, texts: list[str], pad_token_id: int) -> dict:
         """`input_ids` and `attention_mask` (right-padded) and the per-row states of `texts`."""
         missing = [text for text in texts if text not in self.row_of]

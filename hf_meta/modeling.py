@@ -48,20 +48,46 @@ def lora_target_modules(model_type: str) -> list[str]:
     return list(modules)
 
 
-def default_lora_config(model_type: str, r: int = 8, alpha: int = 16) -> LoraConfig:
+def default_lora_config(
+    model_type: str, r: int = 8, alpha: int = 16, *, top_layers: int | None = None, num_layers: int | None = None
+) -> LoraConfig:
     """The LoRA set-up hf_meta meta-learns by default: rank 8 on the query/value projections of every layer.
 
     `lora_B` starts at zero, so a fresh adapter is exactly the pretrained encoder (the "fresh LoRA" baseline), and
     the first inner step can only move `lora_B` (the gradient of `lora_A` is zero while `lora_B` is). Meta-training
     learns a non-zero `lora_B` and both matrices then adapt from the first step. `lora_A` is Gaussian (std 1/r)
     rather than Kaiming-uniform, and dropout is off so the inner loop is deterministic.
+
+    Args:
+        model_type: the encoder's `config.model_type` (picks the attention projections).
+        r / alpha: LoRA rank and scaling.
+        top_layers: put LoRA in the top `top_layers` transformer layers only (peft `layers_to_transform`); the
+            layers below stay frozen, so their output can be computed once per sentence ([`FrozenStates`]).
+            Needs `num_layers`. `None` puts LoRA in every layer.
+        num_layers: the encoder's number of layers (`config.num_hidden_layers`).
+
+    Example:
+        ```python
+        >>> config = default_lora_config("bert", top_layers=2, num_layers=6)
+        >>> config.layers_to_transform
+        [4, 5]
+        ```
     """
+    layers = None
+    if top_layers is not None:
+        if num_layers is None or not 1 <= top_layers <= num_layers:
+            raise ValueError(
+                f"`top_layers` must be between 1 and `num_layers` ({num_layers}), got {top_layers}; pass the "
+                "encoder's `config.num_hidden_layers` as `num_layers`."
+            )
+        layers = list(range(num_layers - top_layers, num_layers))
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=0.0,
         target_modules=lora_target_modules(model_type),
         init_lora_weights="gaussian",
+        layers_to_transform=layers,
     )
 
 
