@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -384,6 +385,9 @@ class FewShotClassifier:
             >>> FewShotClassifier.from_pretrained("my-classifier").predict(["my card still hasn't arrived"])
             ```
         """
+        self._save(save_directory, self.base_model_id())
+
+    def _save(self, save_directory: str | os.PathLike, base: str) -> None:
         for what, weights in (("meta-initialised", self.meta_weights), ("adapted", self.weights or {})):
             bad = _non_finite(weights)
             if bad:
@@ -391,7 +395,6 @@ class FewShotClassifier:
                     f"Refusing to save: {len(bad)} {what} tensor(s) hold NaN or inf (e.g. {bad[0]}); training or "
                     "`fit` diverged. Lower the learning rates and fit or train again."
                 )
-        base = self.base_model_id()
         config = self.adaptation_config
         if base and not is_local_path(base) and config.base_model != base:
             config = dataclasses.replace(config, base_model=base)
@@ -412,6 +415,71 @@ class FewShotClassifier:
             if self.weights is not None:
                 save_file({"weight": self.weights[HEAD].detach().contiguous()}, str(staging / HEAD_FILE))
                 atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload hf_meta few-shot classifier",
+        **card_kwargs: Any,
+    ) -> str:
+        """Upload the classifier (adapter, head, labels, tokenizer, settings: safetensors and JSON only) with its card.
+
+        The folder written by `save_pretrained` is uploaded with a model card (`model_cards/hf_meta_classifier.md`)
+        whose metadata names `base_model` and `library_name: peft`, and which lists the labels, the examples per
+        class seen in `fit` and the adaptation settings.
+
+        Args:
+            repo_id: the Hub repo (created if missing).
+            private / token: passed to `huggingface_hub.HfApi`.
+            card_kwargs: passed to [`render_classifier_card`]: `eval_results` (e.g. the dict returned by
+                `evaluate`), `eval_description`, `model_name`, `datasets`, `extra_tags`; `base_model=` names the
+                base encoder's Hub id when it was loaded from a local folder.
+
+        Returns:
+            The URL of the commit.
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels)
+            >>> scores = clf.evaluate(test_texts, test_labels)
+            >>> clf.push_to_hub("me/banking-intents", eval_results=scores, eval_description="BANKING77 test set")
+            ```
+        """
+        from huggingface_hub import HfApi
+
+        from .model_card import render_classifier_card
+
+        if self.weights is None:
+            raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` before pushing.")
+        base = card_kwargs.pop("base_model", None) or self.base_model_id()
+        if not base or is_local_path(base):
+            raise ValueError(
+                f"The base model is only known as the local path {base!r}; pass its Hub id, e.g. "
+                "`clf.push_to_hub(repo_id, base_model='sentence-transformers/all-MiniLM-L6-v2')`."
+            )
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="hf_meta_push_") as folder:
+            self._save(folder, base)
+            card = render_classifier_card(
+                adaptation_config=self.adaptation_config,
+                base_model=base,
+                classes=self.classes_,
+                shots=self.shots_,
+                repo_id=repo_id,
+                **card_kwargs,
+            )
+            card.save(os.path.join(folder, "README.md"))
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                repo_id=getattr(url, "repo_id", repo_id),
+                folder_path=folder,
+                commit_message=commit_message,
+                ignore_patterns=["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", ".staging-*"],
+            )
+        return str(commit)
 
     def base_model_id(self) -> str:
         """The base encoder's Hub id when known (settings, embedded-package mapping, Hub cache), else its path."""
