@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
+from peft.tuners.tuners_utils import check_target_module_exists
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -20,14 +24,38 @@ from transformers.utils import logging
 
 from .adaptation import ADAPTATION_CONFIG_NAME, HEAD, AdaptationConfig, adapt, predict_logits
 from .io_utils import atomic_directory, atomic_write_text
-from .metrics import mean_ci95
-from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, resolve_model_path, with_lora
+from .metrics import accuracy
+from .modeling import FunctionalEncoder, hub_id_of, is_local_path, meta_parameters, resolve_model_path, with_lora
 
 logger = logging.get_logger(__name__)
 
 HEAD_FILE = "classifier_head.safetensors"
 LABELS_FILE = "classifier_labels.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Configs that may name remote code (`auto_map`); hf_meta refuses such folders instead of running their code.
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json", "processor_config.json")
+# A tokenizer folder needs one of these besides `tokenizer_config.json`, or every word becomes `[UNK]`.
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+MAX_LORA_SCALING = 1e3  # `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA); hf_meta's default is 2
+# Architectures whose position ids start after the padding index (RoBERTa's `padding_idx + 1` offset).
+PADDING_OFFSET_MODEL_TYPES = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "longformer",
+    "data2vec-text",
+    "ibert",
+    "mpnet",
+    "roberta-prelayernorm",
+}
 
 
 class FewShotClassifier:
@@ -49,16 +77,21 @@ class FewShotClassifier:
     """
 
     def __init__(self, model: PeftModel, tokenizer, adaptation_config: AdaptationConfig, batch_size: int = 64):
+        _check_tokenizer(tokenizer, model)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.adaptation_config = adaptation_config
         self.batch_size = batch_size
-        self.encoder = FunctionalEncoder(
-            model, adaptation_config.pooling, adaptation_config.normalize_embeddings, chunk_size=batch_size
-        )
+        # `meta_config`: the settings loaded with the adapter, where every `fit` starts; `adaptation_config`: the
+        # settings of the current fit (with its overrides), used by `predict` and written by `save_pretrained`.
+        self.meta_config = adaptation_config
+        self.adaptation_config = adaptation_config
+        self.encoder = self._encoder_for(adaptation_config)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
+        self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
+        self.position_limit = _position_limit(model)
+        self._warned: set[str] = set()  # warnings given once per classifier
 
     # ---- Loading --------------------------------------------------------------------------------------------
 
@@ -71,27 +104,40 @@ class FewShotClassifier:
         Args:
             path_or_repo_id: a folder written by `MetaTrainer.save_model` / `FewShotClassifier.save_pretrained`,
                 a Hub repo id holding one, or a plain transformers encoder (then a fresh LoRA adapter is used).
-            base_model: load the base encoder from here instead of the Hub id named in `adapter_config.json`.
+            base_model: load the base encoder from here instead of the one named in `adapter_config.json`; for a
+                plain encoder folder, its Hub id (written to saved adapters and cards instead of the local path).
             hub_kwargs: passed to `huggingface_hub.snapshot_download` (`revision`, `token`, ...).
 
-        Only safetensors weights are read and remote code is never run.
+        Only safetensors weights are read and remote code is never run: folders whose configs carry `auto_map` are
+        refused. The adapter is checked before peft allocates anything: its config (`peft_type`, `r`,
+        `lora_alpha`, `target_modules`) must create exactly the tensors, with the shapes, that the safetensors
+        header lists, and every tensor must be finite. The tokenizer is checked against the embedding table.
+
+        Example:
+            ```python
+            >>> clf = FewShotClassifier.from_pretrained("out")                     # a meta-trained adapter
+            >>> clf = FewShotClassifier.from_pretrained("out", base_model="path/to/local/copy/of/the/encoder")
+            ```
         """
         folder = _local_folder(str(path_or_repo_id), hub_kwargs)
         if not (folder / "adapter_config.json").is_file():
-            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id))
+            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), base_model)
+        _refuse_remote_code(folder)
         weights_file = folder / "adapter_model.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(
                 f"{weights_file} is missing: hf_meta only loads adapters stored as safetensors (never pickle)."
             )
-        _check_safetensors(weights_file)
+        header = _check_safetensors(weights_file)
+        lora_config = _read_lora_config(folder, header)
         adaptation_config = AdaptationConfig.from_pretrained(folder)
-        with open(folder / "adapter_config.json", encoding="utf-8") as f:
-            named_base = json.load(f).get("base_model_name_or_path")
-        base = base_model or named_base or adaptation_config.base_model
-        if not base:
-            raise ValueError(f"{folder / 'adapter_config.json'} names no base model; pass `base_model=`.")
-        encoder = AutoModel.from_pretrained(resolve_model_path(base))
+        base = _choose_base_model(base_model, lora_config.base_model_name_or_path, adaptation_config, folder)
+        base_path = resolve_model_path(base)
+        if os.path.isdir(base_path):
+            _refuse_remote_code(Path(base_path))
+        encoder = AutoModel.from_pretrained(base_path, trust_remote_code=False)
+        _check_adapter_fits(encoder, lora_config, header, weights_file, base)
+        _check_finite_file(weights_file)
         try:
             model = PeftModel.from_pretrained(encoder, folder, is_trainable=True)
         except (RuntimeError, ValueError, KeyError) as err:
@@ -99,53 +145,110 @@ class FewShotClassifier:
                 f"The adapter in {folder} does not fit the base model {base!r} ({type(err).__name__}: {err}); "
                 "pass the `base_model=` it was trained on."
             ) from None
-        tokenizer_source = folder if (folder / "tokenizer_config.json").is_file() else resolve_model_path(base)
-        classifier = cls(model, AutoTokenizer.from_pretrained(tokenizer_source), adaptation_config)
+        tokenizer = _load_tokenizer(folder, base_path)
+        classifier = cls(model, tokenizer, adaptation_config)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
         return classifier
 
     @classmethod
-    def _from_base_model(cls, name_or_path: str) -> FewShotClassifier:
+    def _from_base_model(cls, name_or_path: str, hub_id: str | None = None) -> FewShotClassifier:
         """A fresh (not meta-learned) LoRA adapter on a plain encoder: the "fresh LoRA" baseline."""
         path = resolve_model_path(name_or_path)
-        AutoConfig.from_pretrained(path)  # a clear transformers error if this is no model at all
-        model = with_lora(AutoModel.from_pretrained(path), None)
-        config = AdaptationConfig(base_model=hub_id_of(model, None if os.path.isdir(name_or_path) else name_or_path))
-        return cls(model, AutoTokenizer.from_pretrained(path), config)
+        if os.path.isdir(path):
+            _refuse_remote_code(Path(path))
+        AutoConfig.from_pretrained(path, trust_remote_code=False)  # a clear transformers error if this is no model
+        model = with_lora(AutoModel.from_pretrained(path, trust_remote_code=False), None)
+        if hub_id is None and not os.path.isdir(name_or_path):
+            hub_id = name_or_path
+        config = AdaptationConfig(base_model=hub_id_of(model, hub_id))
+        return cls(model, _load_tokenizer(None, path), config)
 
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
     def fit(self, texts: Sequence[str], labels: Sequence, **overrides: Any) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
 
-        `overrides` replace adaptation settings for this call, e.g. `inner_steps=10`.
+        `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
+        they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
+        again from the settings the adapter was loaded with.
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels, inner_steps=10, max_length=128)
+            >>> clf.adaptation_config.inner_steps
+            10
+            ```
         """
         texts = _check_texts(texts, "texts")
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
         labels, classes = _check_labels(labels)
-        config = self.adaptation_config
-        if overrides:
-            config = dataclasses.replace(config, **overrides)
+        config = self._config_with(overrides)
+        encoder = self._encoder_for(config)
         index = {label: i for i, label in enumerate(classes)}
-        batch = self._tokenize(texts)
+        batch = self._tokenize(texts, config)
         batch["labels"] = torch.tensor([index[label] for label in labels])
         self.model.eval()
-        self.weights, losses = adapt(self.encoder, self.meta_weights, batch, len(classes), config)
-        self.classes_ = classes
+        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config)
+        bad = _non_finite(weights)
+        if bad:
+            raise FloatingPointError(
+                f"`fit` diverged: {len(bad)} adapted tensor(s) hold NaN or inf (e.g. {bad[0]}; support losses "
+                f"{losses}). The inner loop stepped too far: lower `inner_learning_rate` "
+                f"({config.inner_learning_rate}) or `inner_steps` ({config.inner_steps}), or `logit_scale` "
+                f"({config.logit_scale}). The classifier keeps its previous state."
+            )
+        self.weights, self.classes_, self.adaptation_config, self.encoder = weights, classes, config, encoder
+        self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
 
+    def _config_with(self, overrides: dict[str, Any]) -> AdaptationConfig:
+        """The loaded settings with `overrides` applied and validated."""
+        if not overrides:
+            return self.meta_config
+        known = set(AdaptationConfig.field_names()) - {"base_model"}
+        if "base_model" in overrides:
+            raise ValueError(
+                "`base_model` cannot be overridden in `fit`: the adapter is tied to its base encoder; load another "
+                "one with `FewShotClassifier.from_pretrained(..., base_model=...)`."
+            )
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"`fit` got unknown adaptation setting(s) {unknown}; known settings: {sorted(known)}.")
+        return dataclasses.replace(self.meta_config, **overrides)  # validated in __post_init__
+
+    def _encoder_for(self, config: AdaptationConfig) -> FunctionalEncoder:
+        current = getattr(self, "encoder", None)
+        if current is not None and (current.pooling, current.normalize) == (
+            config.pooling,
+            config.normalize_embeddings,
+        ):
+            return current
+        return FunctionalEncoder(self.model, config.pooling, config.normalize_embeddings, chunk_size=self.batch_size)
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, columns in the order of `classes_`."""
+        """Class probabilities, columns in the order of `classes_`.
+
+        Every text gets a prediction; empty or whitespace texts too (from the special tokens alone), with one
+        warning per call naming how many there were.
+        """
         if self.weights is None:
             raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
-        texts = _check_texts(texts, "texts", allow_empty_list=True)
+        texts = _check_texts(texts, "texts", allow_empty_list=True, allow_blank=True)
         if not texts:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        blank = sum(1 for text in texts if not text.strip())
+        if blank:
+            warnings.warn(
+                f"{blank} of the {len(texts)} text(s) are empty or whitespace; they are predicted from the special "
+                "tokens alone, which says nothing about their class. Drop them or give them text.",
+                stacklevel=2,
+            )
         # One tokenisation; the encoder runs it in length-sorted chunks of `batch_size`.
-        logits = predict_logits(self.encoder, self.weights, self._tokenize(texts), self.adaptation_config)
+        batch = self._tokenize(texts, self.adaptation_config)
+        logits = predict_logits(self.encoder, self.weights, batch, self.adaptation_config)
         return logits.softmax(-1).numpy()
 
     @torch.no_grad()
@@ -154,77 +257,475 @@ class FewShotClassifier:
         texts = _check_texts(texts, "texts", allow_empty_list=True)
         if not texts:
             return np.zeros((0, self.model.config.hidden_size), np.float32)
-        return self.encoder(self.meta_weights, self._tokenize(texts)).numpy()
+        return self.encoder(self.meta_weights, self._tokenize(texts, self.adaptation_config)).numpy()
 
     def predict(self, texts: Sequence[str]) -> list:
         """Predicted labels, in the label space given to `fit`."""
         return [self.classes_[i] for i in self.predict_proba(texts).argmax(-1)]
 
-    def evaluate(self, texts: Sequence[str], labels: Sequence) -> dict[str, float]:
-        """Accuracy on labelled texts, with the 95% confidence interval of a per-example mean."""
-        labels = list(labels)
-        unknown = sorted({str(label) for label in labels} - {str(c) for c in self.classes_ or []})
-        if self.classes_ is not None and unknown:
-            raise ValueError(f"`labels` holds classes not seen in `fit`: {unknown[:5]}; fit on them first.")
-        correct = [float(p == y) for p, y in zip(self.predict(texts), labels)]
-        accuracy, ci95 = mean_ci95(correct)
-        return {"accuracy": accuracy, "accuracy_ci95": ci95, "num_examples": len(correct)}
+    def evaluate(
+        self,
+        texts: Sequence[str],
+        labels: Sequence,
+        metric: str | Callable[[list, list], dict] | Any | None = None,
+    ) -> dict[str, float]:
+        """Score the predictions on labelled texts.
 
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        limit = self.adaptation_config.max_length
+        Labels are matched to the classes of `fit` by value, and by their text when the types differ (`"3"` read
+        from a CSV is class `3`).
+
+        Args:
+            metric: `None` for hf_meta's offline accuracy with the 95% confidence interval of a per-example mean
+                (keys `accuracy`, `accuracy_ci95`, `num_examples`); a name for `evaluate.load(metric)` (needs the
+                Hub); an `evaluate.EvaluationModule`, given class ids (indices into `classes_`); or a callable
+                `metric(predictions, references) -> dict` over the labels.
+
+        Example:
+            ```python
+            >>> clf.evaluate(test_texts, test_labels)["accuracy"]
+            >>> errors = lambda predictions, references: {"errors": sum(map(str.__ne__, predictions, references))}
+            >>> clf.evaluate(test_texts, test_labels, metric=errors)
+            ```
+        """
+        if self.weights is None:
+            raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
+        texts = _check_texts(texts, "texts", allow_blank=True)
+        labels = list(labels)
+        if len(labels) != len(texts):
+            raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
+        references = self._as_classes(labels)
+        predictions = self.predict(texts)
+        if metric is None:
+            result = accuracy(predictions, references)
+            return {
+                "accuracy": result["accuracy"],
+                "accuracy_ci95": result["accuracy_ci95"],
+                "num_examples": len(texts),
+            }
+        if isinstance(metric, str):
+            try:
+                import evaluate
+
+                metric = evaluate.load(metric)
+            except Exception as err:  # offline, unknown name: evaluate raises many types
+                raise ValueError(
+                    f"`metric` {metric!r} could not be loaded with `evaluate.load` ({type(err).__name__}: {err}); "
+                    "offline, pass a callable `metric(predictions, references) -> dict`, or `metric=None` for "
+                    "hf_meta's accuracy."
+                ) from None
+        if hasattr(metric, "compute"):
+            index = {c: i for i, c in enumerate(self.classes_)}
+            result = metric.compute(
+                predictions=[index[p] for p in predictions], references=[index[y] for y in references]
+            )
+        elif callable(metric):
+            result = metric(predictions, references)
+        else:
+            raise TypeError(
+                f"`metric` must be None, a metric name, an `evaluate.EvaluationModule` or a callable, got "
+                f"{type(metric).__name__}."
+            )
+        if not isinstance(result, dict):
+            raise TypeError(f"`metric` returned {type(result).__name__}, not a dict of scores.")
+        return result
+
+    def _as_classes(self, labels: list) -> list:
+        """`labels` in the classes' own values; a label of another type maps through its text (`"3"` -> `3`)."""
+        labels = [label.item() if isinstance(label, np.generic) else label for label in labels]
+        known = set(self.classes_)
+        by_text = {str(c): c for c in self.classes_}
+        mapped = [label if label in known else by_text.get(str(label), label) for label in labels]
+        unknown = sorted({str(label) for label in mapped if label not in known})
+        if unknown:
+            raise ValueError(
+                f"`labels` holds classes not seen in `fit`: {unknown[:5]} (classes: {self.classes_[:5]}); "
+                "fit on them first."
+            )
+        return mapped
+
+    def _tokenize(self, texts: list[str], config: AdaptationConfig) -> dict[str, torch.Tensor]:
+        limit = config.max_length
+        if limit > self.position_limit:
+            self._warn_once(
+                "max_length",
+                f"`max_length` ({limit}) exceeds the {self.position_limit} positions the model can encode; texts "
+                f"are cut at {self.position_limit} tokens.",
+            )
+            limit = self.position_limit
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
         too_long = [n for n in lengths if n > limit]
         if too_long:
-            warnings.warn(
-                f"{len(too_long)} text(s) are longer than `max_length` ({limit} tokens, longest {max(too_long)}) and "
-                "are truncated; raise `max_length` in the adaptation settings to keep more.",
-                stacklevel=3,
+            self._warn_once(
+                "truncation",
+                f"{len(too_long)} text(s) are longer than `max_length` ({limit} tokens, longest {max(too_long)}) "
+                "and are truncated; raise `max_length` in the adaptation settings to keep more. (Warned once per "
+                "classifier.)",
             )
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
 
     # ---- Saving ---------------------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Save the adapter (the adapted one once fitted, with its head and labels), tokenizer and settings.
 
-        Written atomically: a crash mid-save leaves any previous save in `save_directory` intact.
+        Written atomically: a crash mid-save leaves any previous save in `save_directory` intact. The save owns
+        the hf_meta files of the folder: a head or labels left by an earlier save are removed when this one has
+        none. `adapter_config.json` names the base model's Hub id when it is known (a warning says when only a
+        local path is). Non-finite weights are refused.
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels).save_pretrained("my-classifier")
+            >>> FewShotClassifier.from_pretrained("my-classifier").predict(["my card still hasn't arrived"])
+            ```
         """
+        self._save(save_directory, self.base_model_id())
+
+    def _save(self, save_directory: str | os.PathLike, base: str) -> None:
+        for what, weights in (("meta-initialised", self.meta_weights), ("adapted", self.weights or {})):
+            bad = _non_finite(weights)
+            if bad:
+                raise FloatingPointError(
+                    f"Refusing to save: {len(bad)} {what} tensor(s) hold NaN or inf (e.g. {bad[0]}); training or "
+                    "`fit` diverged. Lower the learning rates and fit or train again."
+                )
+        config = self.adaptation_config
+        if base and not is_local_path(base) and config.base_model != base:
+            config = dataclasses.replace(config, base_model=base)
+        peft_config = self.model.peft_config["default"]
+        named_base = peft_config.base_model_name_or_path
         with atomic_directory(save_directory) as staging:
             lora = self.weights if self.weights is not None else self.meta_weights
             state = {name: param.detach().clone() for name, param in meta_parameters(self.model).items()}
             try:
                 _copy_into(self.model, lora)
+                peft_config.base_model_name_or_path = base or named_base
                 self.model.save_pretrained(staging)
             finally:
                 _copy_into(self.model, state)
+                peft_config.base_model_name_or_path = named_base
             self.tokenizer.save_pretrained(staging)
-            self.adaptation_config.save_pretrained(staging)
+            config.save_pretrained(staging)
             if self.weights is not None:
                 save_file({"weight": self.weights[HEAD].detach().contiguous()}, str(staging / HEAD_FILE))
-                atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_}))
+                atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload hf_meta few-shot classifier",
+        **card_kwargs: Any,
+    ) -> str:
+        """Upload the classifier (adapter, head, labels, tokenizer, settings: safetensors and JSON only) with its card.
+
+        The folder written by `save_pretrained` is uploaded with a model card (`model_cards/hf_meta_classifier.md`)
+        whose metadata names `base_model` and `library_name: peft`, and which lists the labels, the examples per
+        class seen in `fit` and the adaptation settings.
+
+        Args:
+            repo_id: the Hub repo (created if missing).
+            private / token: passed to `huggingface_hub.HfApi`.
+            card_kwargs: passed to [`render_classifier_card`]: `eval_results` (e.g. the dict returned by
+                `evaluate`), `eval_description`, `model_name`, `datasets`, `extra_tags`; `base_model=` names the
+                base encoder's Hub id when it was loaded from a local folder.
+
+        Returns:
+            The URL of the commit.
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels)
+            >>> scores = clf.evaluate(test_texts, test_labels)
+            >>> clf.push_to_hub("me/banking-intents", eval_results=scores, eval_description="BANKING77 test set")
+            ```
+        """
+        from huggingface_hub import HfApi
+
+        from .model_card import render_classifier_card
+
+        if self.weights is None:
+            raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` before pushing.")
+        base = card_kwargs.pop("base_model", None) or self.base_model_id()
+        if not base or is_local_path(base):
+            raise ValueError(
+                f"The base model is only known as the local path {base!r}; pass its Hub id, e.g. "
+                "`clf.push_to_hub(repo_id, base_model='sentence-transformers/all-MiniLM-L6-v2')`."
+            )
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="hf_meta_push_") as folder:
+            self._save(folder, base)
+            card = render_classifier_card(
+                adaptation_config=self.adaptation_config,
+                base_model=base,
+                classes=self.classes_,
+                shots=self.shots_,
+                repo_id=repo_id,
+                **card_kwargs,
+            )
+            card.save(os.path.join(folder, "README.md"))
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                repo_id=getattr(url, "repo_id", repo_id),
+                folder_path=folder,
+                commit_message=commit_message,
+                ignore_patterns=["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", ".staging-*"],
+            )
+        return str(commit)
+
+    def base_model_id(self) -> str:
+        """The base encoder's Hub id when known (settings, embedded-package mapping, Hub cache), else its path."""
+        named = self.adaptation_config.base_model
+        if named and not is_local_path(named):
+            return named
+        return hub_id_of(self.model)
 
     def _load_head(self, folder: Path) -> None:
-        with open(folder / LABELS_FILE, encoding="utf-8") as f:
-            classes = json.load(f)["classes"]
+        try:
+            with open(folder / LABELS_FILE, encoding="utf-8") as f:
+                stored = json.load(f)
+            classes = stored["classes"]
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{folder / HEAD_FILE} has no {LABELS_FILE} beside it; save the classifier again."
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}: {err}).") from None
+        _check_safetensors(folder / HEAD_FILE, lora=False)
         head = load_file(str(folder / HEAD_FILE))["weight"]
         if head.shape[0] != len(classes):
             raise ValueError(
                 f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes."
             )
+        if not torch.isfinite(head).all():
+            raise ValueError(f"{folder / HEAD_FILE} holds NaN or inf: the classifier diverged; fit and save it again.")
         self.weights = {**self.meta_weights, HEAD: head}
         self.classes_ = classes
+        shots = stored.get("shots")
+        self.shots_ = shots if isinstance(shots, list) and len(shots) == len(classes) else None
 
 
-def _check_safetensors(path: Path) -> None:
-    """Read the header of a safetensors file so a truncated or forged file fails here, naming the file."""
+def _check_safetensors(path: Path, lora: bool = True) -> dict[str, tuple[list[int], str]]:
+    """Read the header of a safetensors file (no tensor data) so a truncated or forged file fails here, naming it.
+
+    Returns every tensor's shape and dtype by name.
+    """
     try:
         with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())
+            header = {name: (list(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
     except Exception as err:  # safetensors raises its own error types for every malformed header
         raise ValueError(f"{path} is not a valid safetensors file ({err}); re-download or re-save it.") from None
-    if not names or not all("lora_" in name for name in names):
-        raise ValueError(f"{path} holds no LoRA weights ({names[:3]}); is it an hf_meta / peft LoRA adapter?")
+    if lora and (not header or not all("lora_" in name for name in header)):
+        raise ValueError(f"{path} holds no LoRA weights ({list(header)[:3]}); is it an hf_meta / peft LoRA adapter?")
+    if not lora and "weight" not in header:
+        raise ValueError(f"{path} holds no `weight` tensor ({list(header)[:3]}); save the classifier again.")
+    return header
+
+
+def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding NaN or inf."""
+    return [name for name, w in weights.items() if not torch.isfinite(w).all()]
+
+
+def _refuse_remote_code(folder: Path) -> None:
+    """Refuse a folder whose configs name remote code: hf_meta never runs code shipped with a model."""
+    for name in REMOTE_CODE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if isinstance(values, dict) and values.get("auto_map"):
+            raise ValueError(
+                f"{path} carries `auto_map` ({sorted(values['auto_map'])}): loading it would run code shipped with "
+                "the model, which hf_meta never does (`trust_remote_code=False`). Remove `auto_map` if the model "
+                "is a standard transformers architecture, or build the model yourself and pass it to "
+                "`FewShotClassifier(model, tokenizer, adaptation_config)`."
+            )
+
+
+def _read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> LoraConfig:
+    """`adapter_config.json` parsed and checked against the weights' header before anything is allocated."""
+    path = folder / "adapter_config.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
+    if values.get("peft_type") != "LORA":
+        raise ValueError(
+            f'{path} has `peft_type` {values.get("peft_type")!r}; hf_meta loads LoRA adapters only (`"LORA"`).'
+        )
+    r = values.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ValueError(f"{path}: `r` must be a positive int, got {r!r}.")
+    rank_pattern = values.get("rank_pattern") or {}
+    alpha_pattern = values.get("alpha_pattern") or {}
+    ranks = {r, *rank_pattern.values()}
+    for name, (shape, dtype) in header.items():
+        if dtype not in ("F32", "F16", "BF16", "F64"):
+            raise ValueError(f"{folder / 'adapter_model.safetensors'}: tensor {name} has dtype {dtype}, not a float.")
+        rank = shape[0] if ".lora_A." in name else shape[-1] if ".lora_B." in name else None
+        if len(shape) != 2 or (rank is not None and rank not in ranks):
+            raise ValueError(
+                f"{path} says `r`={r}{f' (rank_pattern {rank_pattern})' if rank_pattern else ''} but tensor {name} of "
+                f"{folder / 'adapter_model.safetensors'} has shape {shape}; the config does not match the weights "
+                "(edited or from another adapter). Restore the adapter's own adapter_config.json."
+            )
+    use_rslora = bool(values.get("use_rslora"))
+    for key, alpha in [("lora_alpha", values.get("lora_alpha")), *alpha_pattern.items()]:
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+            raise ValueError(f"{path}: `lora_alpha` ({key}) must be a finite number, got {alpha!r}.")
+        for rank in ranks:
+            scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
+            if abs(scaling) > MAX_LORA_SCALING:
+                raise ValueError(
+                    f"{path}: `lora_alpha` {alpha} with `r` {rank} scales the LoRA update by {scaling:.3g}, beyond "
+                    f"{MAX_LORA_SCALING:g}: the adapter would swamp the base model (a forged or corrupted config). "
+                    "Restore the adapter's own adapter_config.json."
+                )
+    try:
+        return LoraConfig.from_pretrained(str(folder))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid LoRA config ({type(err).__name__}: {err}).") from None
+
+
+def _check_adapter_fits(
+    encoder: torch.nn.Module,
+    config: LoraConfig,
+    header: dict[str, tuple[list[int], str]],
+    weights_file: Path,
+    base: str,
+) -> None:
+    """The tensors `config` creates on `encoder` (names and shapes) must be exactly those of the file's header.
+
+    Run before peft allocates anything, so a forged config (another `target_modules`, an `r` of 30000) is refused
+    at the cost of reading a JSON file and a safetensors header.
+    """
+    rank_pattern = config.rank_pattern or {}
+    expected: dict[str, list[int]] = {}
+    for key, module in encoder.named_modules():
+        if not key or not check_target_module_exists(config, key):
+            continue
+        if not isinstance(module, torch.nn.Linear):
+            continue  # hf_meta adapts Linear projections; other layer types are left to peft's own checks
+        rank = next((rank for pattern, rank in rank_pattern.items() if re.search(pattern, key)), config.r)
+        expected[f"base_model.model.{key}.lora_A.weight"] = [rank, module.in_features]
+        expected[f"base_model.model.{key}.lora_B.weight"] = [module.out_features, rank]
+    stored = {name: shape for name, (shape, _) in header.items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(stored) if expected[name] != stored[name])
+    if missing or unexpected or wrong:
+        targets = config.target_modules
+        targets = sorted(targets) if isinstance(targets, set) else targets
+        details = []
+        if missing:
+            details.append(
+                f"{len(missing)} tensor(s) the config creates are missing from the file (e.g. {missing[0]})"
+            )
+        if unexpected:
+            details.append(
+                f"{len(unexpected)} tensor(s) of the file have no place in the model (e.g. {unexpected[0]})"
+            )
+        if wrong:
+            name = wrong[0]
+            details.append(f"{len(wrong)} shape(s) differ (e.g. {name}: file {stored[name]}, model {expected[name]})")
+        raise ValueError(
+            f"The adapter in {weights_file.parent} does not fit the base model {base!r} with its adapter_config.json "
+            f"(`target_modules` {targets!r}, "
+            f"`r` {config.r}): {'; '.join(details)}. Pass the `base_model=` it was trained on, or restore the "
+            "adapter's own files."
+        )
+
+
+def _check_finite_file(path: Path) -> None:
+    bad = [name for name, tensor in load_file(str(path)).items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(
+            f"{path} holds NaN or inf in {len(bad)} tensor(s) (e.g. {bad[0]}): the adapter was saved after training "
+            "diverged. Retrain it with a lower learning rate (or use an earlier checkpoint)."
+        )
+
+
+def _choose_base_model(
+    base_model: str | None, named_base: str | None, adaptation_config: AdaptationConfig, folder: Path
+) -> str:
+    """`base_model=` if given, else the adapter's `base_model_name_or_path` unless it is a local path that does not
+    exist here (an adapter saved on another machine), then the Hub id in `adaptation_config.json`."""
+    if base_model:
+        return str(base_model)
+    candidates = [named_base, adaptation_config.base_model]
+    usable = [c for c in candidates if c and (not is_local_path(c) or os.path.isdir(c))]
+    if usable:
+        if named_base and named_base != usable[0]:
+            logger.warning(f"The adapter names the base model {named_base!r}, which is not here; using {usable[0]!r}.")
+        return usable[0]
+    raise ValueError(
+        f"{folder / 'adapter_config.json'} names no usable base model (got {named_base!r}, "
+        f"{ADAPTATION_CONFIG_NAME} {adaptation_config.base_model!r}); pass `base_model=` (a Hub id or a local "
+        "folder of the encoder)."
+    )
+
+
+def _load_tokenizer(folder: Path | None, base_path: str):
+    """The adapter folder's tokenizer when it has one, else the base model's; a partial tokenizer is refused."""
+    source = base_path
+    if folder is not None and (folder / "tokenizer_config.json").is_file():
+        if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+            raise ValueError(
+                f"{folder} has tokenizer_config.json but no vocabulary ({', '.join(VOCABULARY_FILES[:3])}, ...): the "
+                "tokenizer would turn every word into `[UNK]`. Copy the tokenizer's files in (e.g. "
+                "`tokenizer.save_pretrained(folder)`), or delete tokenizer_config.json to use the base model's."
+            )
+        source = str(folder)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+
+def _check_tokenizer(tokenizer, model: PeftModel) -> None:
+    """The tokenizer must fit the embedding table: no id beyond its rows, and not a vocabulary a fraction its size."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is None:
+        return
+    size = len(tokenizer)
+    where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    if size > rows:
+        raise ValueError(
+            f"The tokenizer from {where} has {size} tokens but the model's embedding table only {rows} rows: ids "
+            f"from {rows} on would crash at predict. Use the tokenizer the base model was trained with."
+        )
+    if size < rows // 2:
+        raise ValueError(
+            f"The tokenizer from {where} has {size} tokens for an embedding table of {rows} rows: it is partial or "
+            "another model's (every word would map to a few ids, e.g. `[UNK]`). Use the tokenizer the base model "
+            "was trained with (its tokenizer.json / vocab file)."
+        )
+
+
+def _position_limit(model: PeftModel) -> int:
+    """How many tokens the model can encode: `max_position_embeddings` minus RoBERTa-style padding offsets."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = base.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return 100_000
+    if config.model_type in PADDING_OFFSET_MODEL_TYPES:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
 
 
 def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:
@@ -266,7 +767,9 @@ def _looks_like_repo_id(value: str) -> bool:
     return value.count("/") <= 1 and not value.startswith((".", "/")) and not os.path.exists(value)
 
 
-def _check_texts(texts: Sequence[str], name: str, allow_empty_list: bool = False) -> list[str]:
+def _check_texts(
+    texts: Sequence[str], name: str, allow_empty_list: bool = False, allow_blank: bool = False
+) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"`{name}` must be a list of strings, got a single string; wrap it in a list.")
     texts = list(texts)
@@ -277,7 +780,7 @@ def _check_texts(texts: Sequence[str], name: str, allow_empty_list: bool = False
             raise TypeError(f"`{name}[{i}]` is bytes; decode it first, e.g. `raw.decode('utf-8', errors='replace')`.")
         if not isinstance(text, str):
             raise TypeError(f"`{name}[{i}]` must be a str, got {type(text).__name__} ({text!r}); convert or drop it.")
-        if not text.strip():
+        if not allow_blank and not text.strip():
             raise ValueError(f"`{name}[{i}]` is empty or whitespace; drop it or give it text.")
     return texts
 

@@ -34,12 +34,25 @@ EPISODE_FEATURES = datasets.Features(
 IntOrRange = int | tuple[int, int]
 
 
-def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:
-    """Normalise `n_way` / `k_shot` (an int or an inclusive `(low, high)` range) to a range, validating it."""
+def _as_range(value: IntOrRange, name: str, minimum: int = 1) -> tuple[int, int]:
+    """Normalise `n_way` / `k_shot` (an int or an inclusive `(low, high)` range) to a range, validating it.
+
+    `minimum` is the smallest allowed value: 2 for `n_way` (a 1-way episode has nothing to tell apart, so its
+    support loss is zero, nothing is trained and its query accuracy is a meaningless 100%).
+    """
     if isinstance(value, bool) or not isinstance(value, int | tuple | list):
         raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
+    if isinstance(value, tuple | list) and len(value) != 2:
+        raise ValueError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
     low, high = (value, value) if isinstance(value, int) else tuple(value)
-    if not (isinstance(low, int) and isinstance(high, int)) or low < 1 or high < low:
+    if not (isinstance(low, int) and isinstance(high, int)) or isinstance(low, bool) or isinstance(high, bool):
+        raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
+    if minimum > 1 and low < minimum:
+        raise ValueError(
+            f"`{name}` must be at least {minimum} (an episode needs at least 2 classes to train anything), got "
+            f"{value!r}; use e.g. `{name}={minimum}` or a range starting at {minimum}."
+        )
+    if low < 1 or high < low:
         raise ValueError(
             f"`{name}` must be a positive int or a `(low, high)` range with 1 <= low <= high, got {value!r}."
         )
@@ -52,19 +65,40 @@ def class_names_of(dataset: datasets.Dataset, label_column: str = "label") -> li
     return _present_classes(dataset.features[label_column], _label_names(dataset, label_column))
 
 
-def _present_classes(feature, label_names: list[str]) -> list[str]:
-    present = set(label_names)
+def _present_classes(feature, label_names: list[str | None]) -> list[str]:
+    present = set(label_names) - {None}
     if isinstance(feature, datasets.ClassLabel):
         return [name for name in feature.names if name in present]
     return sorted(present)
 
 
-def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
-    """Every example's label as a class name (ClassLabel ids are mapped to their names), validated."""
+def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str | None]:
+    """Every example's label as a class name (ClassLabel ids are mapped to their names), validated.
+
+    Rows of a `ClassLabel` column holding -1 (datasets' "no label", e.g. a test split without labels) are
+    unlabelled: they come back as `None`, belong to no class and are dropped with a warning naming their count.
+    Any other id outside the class names is refused.
+    """
     feature = dataset.features[label_column]
     values = dataset[label_column]
     if isinstance(feature, datasets.ClassLabel):
-        return [feature.names[value] for value in values]
+        num_classes = len(feature.names)
+        bad = [(i, value) for i, value in enumerate(values) if value is None or not -1 <= value < num_classes]
+        if bad:
+            row, value = bad[0]
+            raise ValueError(
+                f"{len(bad)} row(s) of label column `{label_column}` hold class ids outside 0..{num_classes - 1} "
+                f"(e.g. row {row}: {value}) although the `ClassLabel` has {num_classes} names; fix the ids or the "
+                "`ClassLabel` names."
+            )
+        unlabelled = sum(1 for value in values if value == -1)
+        if unlabelled:
+            logger.warning(
+                f"{unlabelled} row(s) of label column `{label_column}` are unlabelled (-1) and are dropped: they "
+                "belong to no class. Filter them out first (`dataset.filter(lambda row: row[column] >= 0)`) to "
+                "silence this warning."
+            )
+        return [None if value == -1 else feature.names[value] for value in values]
     kinds = set()
     for i, value in enumerate(values):
         if value is None or isinstance(value, float | bool) or not isinstance(value, str | int):
@@ -78,8 +112,10 @@ def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     return [str(value) for value in values]
 
 
-def _check_texts(texts: list, text_column: str) -> None:
-    for i, text in enumerate(texts):
+def _check_texts(texts: list, text_column: str, rows: Sequence[int] | None = None) -> None:
+    """Validate `texts` (only the `rows` given, when given: unlabelled rows are not read)."""
+    for i in range(len(texts)) if rows is None else rows:
+        text = texts[i]
         if isinstance(text, bytes):
             raise TypeError(
                 f"Text column `{text_column}` row {i} holds bytes; decode them first, e.g. "
@@ -181,7 +217,7 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
         config: EpisodeConfig = self.config
         texts, pools = _index_classes(config)
-        n_low, n_high = _as_range(config.n_way, "n_way")
+        n_low, n_high = _as_range(config.n_way, "n_way", minimum=2)
         k_low, k_high = _as_range(config.k_shot, "k_shot")
         class_names = list(pools)
         rng = np.random.default_rng(config.seed)
@@ -206,8 +242,9 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     dataset = config.source
     _check_columns(dataset, [config.text_column, config.label_column])
     texts = dataset[config.text_column]
-    _check_texts(texts, config.text_column)
     labels = _label_names(dataset, config.label_column)
+    labelled = [i for i, name in enumerate(labels) if name is not None]
+    _check_texts(texts, config.text_column, labelled)
     available = _present_classes(dataset.features[config.label_column], labels)  # one read of the label column
     pool = list(available) if config.classes is None else list(dict.fromkeys(str(c) for c in config.classes))
     unknown = sorted(set(pool) - set(available))
@@ -220,7 +257,7 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     for i, name in enumerate(labels):
         if name in indices:
             indices[name].append(i)
-    n_low, n_high = _as_range(config.n_way, "n_way")
+    n_low, n_high = _as_range(config.n_way, "n_way", minimum=2)
     _, k_high = _as_range(config.k_shot, "k_shot")
     if n_high > len(pool):
         raise ValueError(
@@ -229,7 +266,7 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     if len(pool) < 2:
         raise ValueError(f"Episodes need at least 2 classes, got {len(pool)} ({pool}); add classes to `classes`.")
     need = k_high + config.num_query
-    duplicated = len(texts) - len(set(texts))
+    duplicated = len(labelled) - len({texts[i] for i in labelled})
     if duplicated:
         logger.warning(
             f"{duplicated} text(s) of the dataset appear more than once: an episode may hold the same text in its "
@@ -290,7 +327,7 @@ def build_episodes(
         raise ValueError(f"`num_query` must be a positive int, got {num_query!r}.")
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
-    _as_range(n_way, "n_way")
+    _as_range(n_way, "n_way", minimum=2)
     _as_range(k_shot, "k_shot")
     _check_columns(dataset, [text_column, label_column])
     params = {

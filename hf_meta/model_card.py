@@ -1,4 +1,5 @@
-"""Model cards for meta-initialised adapters, rendered from the Jinja template in `model_cards/`."""
+"""Model cards for meta-initialised adapters and fitted classifiers, rendered from the Jinja templates in
+`model_cards/`."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from huggingface_hub import ModelCard, ModelCardData
 from .adaptation import AdaptationConfig
 
 TEMPLATE_NAME = "hf_meta_adapter.md"
+CLASSIFIER_TEMPLATE_NAME = "hf_meta_classifier.md"
 ALGORITHM_NAMES = {"fomaml": "first-order MAML", "reptile": "Reptile"}
 TAGS = ["hf_meta", "few-shot", "meta-learning", "lora", "peft", "text-classification"]
 
 
-def template_path() -> str:
-    """The card template: `hf_meta.model_cards` in an installed wheel, the top-level `model_cards/` in a checkout."""
+def template_path(name: str = TEMPLATE_NAME) -> str:
+    """A card template: `hf_meta.model_cards` in an installed wheel, the top-level `model_cards/` in a checkout."""
     try:
-        return str(resources.files("hf_meta.model_cards").joinpath(TEMPLATE_NAME))
+        return str(resources.files("hf_meta.model_cards").joinpath(name))
     except ModuleNotFoundError:  # a source checkout (or editable install): the folder sits beside the package
-        return str(Path(__file__).resolve().parents[1] / "model_cards" / TEMPLATE_NAME)
+        return str(Path(__file__).resolve().parents[1] / "model_cards" / name)
 
 
 def render_model_card(
@@ -71,4 +73,65 @@ def render_model_card(
         results=[dict(row) for row in results],
         results_description=results_description,
         plot_file=plot_file,
+    )
+
+
+CLASSIFIER_TAGS = ["hf_meta", "few-shot", "lora", "peft", "text-classification"]
+
+
+def render_classifier_card(
+    *,
+    adaptation_config: AdaptationConfig,
+    base_model: str,
+    classes: Sequence,
+    shots: Sequence[int] | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    eval_results: dict | None = None,
+    eval_description: str = "",
+    datasets: Sequence[str] = (),
+    extra_tags: Sequence[str] = (),
+) -> ModelCard:
+    """The card of a fitted [`FewShotClassifier`]: labels, shots per class, adaptation settings, evaluation.
+
+    Args:
+        base_model: the base encoder's Hub id (a local path is refused: the card's metadata must name the Hub).
+        classes / shots: the labels and how many labelled examples of each `fit` saw.
+        eval_results: scores to report, e.g. the dict returned by `clf.evaluate(texts, labels)`.
+        eval_description: how it was evaluated (data, split, protocol), shown above the scores.
+
+    Example:
+        ```python
+        >>> card = render_classifier_card(adaptation_config=clf.adaptation_config, base_model="org/encoder",
+        ...                               classes=clf.classes_, shots=clf.shots_, repo_id="me/my-classifier")
+        >>> card.save("README.md")
+        ```
+    """
+    if not base_model or os.path.isdir(base_model) or os.path.isabs(base_model):
+        raise ValueError(
+            f"The card needs the base model's Hub id, got {base_model!r}; pass `base_model=` (e.g. "
+            "`clf.push_to_hub(repo_id, base_model='org/encoder')`)."
+        )
+    classes = list(classes)
+    shots = list(shots) if shots is not None else [None] * len(classes)
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="text-classification",
+        datasets=list(datasets) or None,
+        tags=list(dict.fromkeys([*CLASSIFIER_TAGS, *extra_tags])),
+        model_name=model_name,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path(CLASSIFIER_TEMPLATE_NAME),
+        model_name=model_name or repo_id or "hf_meta few-shot classifier",
+        base_model=base_model,
+        repo_id=repo_id or "path/to/classifier",
+        classes=classes,
+        labels=list(zip(classes, shots)),
+        num_examples=sum(s for s in shots if s is not None) if any(s is not None for s in shots) else "a few",
+        adaptation={k: v for k, v in adaptation_config.to_dict().items() if k != "base_model"},
+        eval_results=dict(eval_results or {}),
+        eval_description=eval_description,
     )

@@ -121,8 +121,31 @@ def peft_compat_warnings_silenced() -> Iterator[None]:
         yield
 
 
+def is_local_path(name: str) -> bool:
+    """Whether `name` is a filesystem path rather than a Hub id (`org/name` or `name`)."""
+    return (
+        os.path.isdir(name)
+        or os.path.isabs(name)
+        or name.startswith(("./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
 def hub_id_of(model: PreTrainedModel | PeftModel, override: str | None = None) -> str:
-    """The Hub id of the base model, never a local path (an embedded package's folder maps back to its id)."""
+    """The Hub id of the base model, never a local path when it can be known.
+
+    In order: `override`; the model's `_name_or_path` when it is not a local folder; the Hub id of an embedded
+    package's folder; the id in a Hugging Face cache path (`.../models--org--name/snapshots/<sha>`). Otherwise a
+    warning says only the local path is known and the path is returned. (The `_name_or_path` stored in a folder's
+    config.json is not used: it often names the model the checkpoint was fine-tuned from.)
+
+    Example:
+        ```python
+        >>> hub_id_of(AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2"))
+        'sentence-transformers/all-MiniLM-L6-v2'
+        ```
+    """
     if override:
         return override
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -134,6 +157,13 @@ def hub_id_of(model: PreTrainedModel | PeftModel, override: str | None = None) -
         local = embedded_model_path(hub_id)
         if local is not None and Path(local).resolve() == resolved:
             return hub_id
+    for part in (resolved, *resolved.parents):
+        if (
+            part.name.startswith("models--")
+            and part.parent.name == "hub"
+            or (part.name.startswith("models--") and (part / "snapshots").is_dir())
+        ):
+            return part.name[len("models--") :].replace("--", "/")
     logger.warning(
         f"The base model was loaded from the local folder {name!r}, whose Hub id is unknown; pass "
         "`base_model=` so saved adapters and model cards name the Hub model."

@@ -14,9 +14,11 @@ as line breaks.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
@@ -134,15 +136,102 @@ _Reader = Callable[[Path], _RawCollection]
 
 # ----------------------------------------------------------------------------------------------------- file helpers
 
+MANIFEST_NAME = "MANIFEST.sha256"
+"""Checksums beside the data (`sha256sum` format: `<hex digest>  ./<collection>/<file>` per line). When `data_dir`
+holds one, every file a collection reads that it lists is verified, so a truncated or damaged copy fails loudly
+instead of loading part of its rows."""
+
+_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("hf_meta_data_root", default=None)
+# Verified digests by (resolved path, size, mtime_ns): repeated loads of an unchanged file never re-hash it.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+_MANIFESTS: dict[tuple[str, int, int], dict[str, str]] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(root: Path) -> dict[str, str] | None:
+    """`MANIFEST.sha256` of `root` as {normalised relative path: digest}, or `None` when there is none."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    key = _file_key(path)
+    if key not in _MANIFESTS:
+        entries = {}
+        for number, line in enumerate(_decode(path.read_bytes(), path).split("\n"), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            digest, _, name = line.strip().partition(" ")
+            name = name.strip().lstrip("*")  # `sha256sum -b` marks binary mode with `*`
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not name:
+                raise ValueError(
+                    f"{str(path)!r} line {number}: expected `<sha256 hex digest>  <path>`, got {line[:80]!r}; fix "
+                    "the line or remove the manifest."
+                )
+            entries[os.path.normpath(name)] = digest.lower()
+        _MANIFESTS[key] = entries
+    return _MANIFESTS[key]
+
+
+def _verify(path: Path) -> None:
+    """Check `path` against the manifest of the data folder being read (no-op without a manifest or entry)."""
+    root = _ROOT.get()
+    manifest = None if root is None else _manifest(root)
+    if manifest is None:
+        return
+    try:
+        relative = os.path.normpath(path.relative_to(root))
+    except ValueError:
+        return
+    expected = manifest.get(relative)
+    if expected is None:
+        logger.debug(f"{str(path)!r} is not listed in {MANIFEST_NAME}; not verified.")
+        return
+    key = _file_key(path)
+    digest = _VERIFIED.get(key)
+    if digest is None:
+        digest = _VERIFIED[key] = _sha256_of(path)
+    if digest != expected:
+        raise ValueError(
+            f"{str(path)!r} ({key[1]} bytes) does not match {MANIFEST_NAME} ({str(root / MANIFEST_NAME)!r}): "
+            f"sha256 {digest[:16]}..., expected {expected[:16]}...; the file is truncated or changed. Restore it "
+            f"from its source (see SOURCES.md) or, if you changed it on purpose, update its line in {MANIFEST_NAME}."
+        )
+
 
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Expected data file {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Data file {str(path)!r} is empty; restore it from its source (see SOURCES.md).")
+    _verify(path)
     return path
 
 
 def _read_bytes(path: Path) -> bytes:
     return _require(path).read_bytes()
+
+
+def _decode(data: bytes, path: Path, encoding: str = "utf-8", first_line: int = 1) -> str:
+    """`data` decoded; an undecodable byte is reported with the file and its line."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        raise ValueError(
+            f"{str(path)!r} line {line}: not valid {encoding} ({err.reason} at byte {err.start}: "
+            f"{data[err.start : err.start + 4]!r}); re-save the file as {encoding}."
+        ) from None
 
 
 def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
@@ -154,64 +243,113 @@ def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
     data = _read_bytes(path)
     if data.endswith(b"\n"):
         data = data[:-1]
-    return [line.decode(encoding) for line in data.split(b"\n")] if data else []
+    return [_decode(line, path, encoding, number) for number, line in enumerate(data.split(b"\n"), 1)] if data else []
 
 
-def _read_rows(path: Path, *, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL, header: bool) -> list[list[str]]:
-    """Rows of a CSV/TSV file parsed with the `csv` module (quoted fields may hold newlines and tabs)."""
-    text = _read_bytes(path).decode("utf-8")
+def _preview(item: object) -> str:
+    text = repr(item)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _parse_each(path: Path, items: Iterable[tuple[int, object]], parse: Callable, expected: str) -> list:
+    """`parse` applied to each `(line number, item)`; a failure names the file, the line and what was expected."""
+    results = []
+    for line, item in items:
+        try:
+            results.append(parse(item))
+        except (ValueError, IndexError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{str(path)!r} line {line}: expected {expected}, got {_preview(item)} ({type(err).__name__}: {err})."
+            ) from None
+    return results
+
+
+def _read_rows(
+    path: Path, *, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL, header: bool
+) -> list[tuple[int, list[str]]]:
+    """Rows of a CSV/TSV file parsed with the `csv` module (quoted fields may hold newlines and tabs), each with
+    the line it starts on."""
+    text = _decode(_read_bytes(path), path)
     # newline="" semantics: keep newlines inside quoted fields, let `csv` handle the CRLF row endings.
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows, start = [], 1
+    try:
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise ValueError(f"{str(path)!r} line {reader.line_num}: {err}.") from None
     rows = rows[1:] if header else rows
-    for row in rows:
+    for line, row in rows:
         if not row:
-            raise ValueError(f"{str(path)!r}: unexpected empty row.")
+            raise ValueError(f"{str(path)!r} line {line}: unexpected empty row.")
     return rows
 
 
 def _read_json(path: Path) -> object:
-    return json.loads(_read_bytes(path).decode("utf-8"))
+    try:
+        return json.loads(_decode(_read_bytes(path), path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(path)!r} line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}).") from None
 
 
-def _read_json_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in _read_lines(path) if line.strip()]
+def _read_json_lines(path: Path) -> list[tuple[int, dict]]:
+    """The JSON object of each non-blank line, with its line number."""
+    numbered = [(number, line) for number, line in enumerate(_read_lines(path), 1) if line.strip()]
+    return list(zip([n for n, _ in numbered], _parse_each(path, numbered, json.loads, "a JSON object")))
 
 
 def _parallel(texts: Sequence[str], labels: Sequence, source: Path) -> None:
     if len(texts) != len(labels):
-        raise ValueError(f"{str(source)!r}: {len(texts)} texts but {len(labels)} labels.")
+        raise ValueError(
+            f"{str(source)!r}: {len(texts)} texts but {len(labels)} labels; one of the two files is truncated or "
+            "has extra lines."
+        )
 
 
-def _encode_names(label_names: Iterable[str], names: Sequence[str], source: Path) -> list[int]:
-    """Class names -> ids in `names`, failing loudly on a name the collection does not have."""
+def _where(source: Path, lines: Sequence[int] | None, i: int) -> str:
+    return f"{str(source)!r} line {lines[i]}" if lines is not None else f"{str(source)!r} (entry {i})"
+
+
+def _encode_names(
+    label_names: Iterable[str], names: Sequence[str], source: Path, lines: Sequence[int] | None = None
+) -> list[int]:
+    """Class names -> ids in `names`, failing loudly (with the line) on a name the collection does not have."""
     index = {name: i for i, name in enumerate(names)}
-    try:
-        return [index[name] for name in label_names]
-    except KeyError as err:
-        raise ValueError(f"{str(source)!r}: unknown class name {err.args[0]!r}.") from None
+    ids = []
+    for i, name in enumerate(label_names):
+        if name not in index:
+            raise ValueError(f"{_where(source, lines, i)}: unknown class name {name!r}.")
+        ids.append(index[name])
+    return ids
 
 
-def _check_ids(labels: Sequence[int], num_classes: int, source: Path) -> list[int]:
-    bad = sorted({label for label in labels if not 0 <= label < num_classes})
-    if bad:
-        raise ValueError(f"{str(source)!r}: label ids {bad[:5]} outside 0..{num_classes - 1}.")
+def _check_ids(labels: Sequence[int], num_classes: int, source: Path, lines: Sequence[int] | None = None) -> list[int]:
+    for i, label in enumerate(labels):
+        if not 0 <= label < num_classes:
+            raise ValueError(f"{_where(source, lines, i)}: label id {label} outside 0..{num_classes - 1}.")
     return list(labels)
+
+
+def _parse_prefixed(line: str) -> tuple[int, str]:
+    label, _, text = line.partition(" ")
+    return int(label), text
 
 
 def _prefixed_label_file(path: Path, num_classes: int, encoding: str = "utf-8") -> _Split:
     """A Kim-2014 style file: one `<label> <sentence>` per line."""
-    texts, labels = [], []
-    for line in _read_lines(path, encoding):
-        label, _, text = line.partition(" ")
-        texts.append(text)
-        labels.append(int(label))
-    return texts, _check_ids(labels, num_classes, path)
+    lines = _read_lines(path, encoding)
+    pairs = _parse_each(path, enumerate(lines, 1), _parse_prefixed, "`<integer label> <sentence>`")
+    labels = [label for label, _ in pairs]
+    return [text for _, text in pairs], _check_ids(labels, num_classes, path, range(1, len(lines) + 1))
 
 
 def _sentence_label_tsv(path: Path, num_classes: int, quoting: int) -> _Split:
     """A TSV file with header `sentence\tlabel` and integer labels."""
     rows = _read_rows(path, delimiter="\t", quoting=quoting, header=True)
-    return [row[0] for row in rows], _check_ids([int(row[1]) for row in rows], num_classes, path)
+    pairs = _parse_each(path, rows, lambda row: (row[0], int(row[1])), "`<sentence>\\t<integer label>`")
+    lines = [line for line, _ in rows]
+    return [text for text, _ in pairs], _check_ids([label for _, label in pairs], num_classes, path, lines)
 
 
 def _seq_label_dir(folder: Path) -> tuple[list[str], list[str]]:
@@ -229,7 +367,10 @@ def _seq_label_splits(folder: Path, splits: Mapping[str, str], names: Sequence[s
     return _RawCollection(
         names,
         {
-            split: (texts, _encode_names(label_names, names, folder / splits[split]))
+            split: (
+                texts,
+                _encode_names(label_names, names, folder / splits[split] / "label", range(1, len(label_names) + 1)),
+            )
             for split, (texts, label_names) in raw.items()
         },
     )
@@ -245,7 +386,9 @@ def _read_banking77(root: Path) -> _RawCollection:
     for split in ("train", "test"):
         path = folder / f"{split}.csv"
         rows = _read_rows(path, header=True)
-        splits[split] = ([row[0] for row in rows], _encode_names((row[1] for row in rows), names, path))
+        pairs = _parse_each(path, rows, lambda row: (row[0], row[1]), "`<text>,<category>`")
+        lines = [line for line, _ in rows]
+        splits[split] = ([text for text, _ in pairs], _encode_names((c for _, c in pairs), names, path, lines))
     few_shot = _seq_label_splits(folder / "dnnc_splits", {"train_5": "train_5", "train_10": "train_10"}, names)
     return _RawCollection(names, splits | few_shot.splits)
 
@@ -349,9 +492,10 @@ def _read_tweet_eval(task: str, root: Path) -> _RawCollection:
     splits = {}
     for split in TWEET_EVAL_SPLITS[task]:
         texts = _read_lines(folder / f"{split}_text.txt")
-        labels = [int(label) for label in _read_lines(folder / f"{split}_labels.txt")]
+        label_path = folder / f"{split}_labels.txt"
+        labels = _parse_each(label_path, enumerate(_read_lines(label_path), 1), int, "an integer label id")
         _parallel(texts, labels, folder / f"{split}_text.txt")
-        splits[_SPLIT_NAMES[split]] = (texts, _check_ids(labels, len(names), folder / f"{split}_labels.txt"))
+        splits[_SPLIT_NAMES[split]] = (texts, _check_ids(labels, len(names), label_path, range(1, len(labels) + 1)))
     return _RawCollection(names, splits)
 
 
@@ -360,18 +504,28 @@ def _read_ag_news(root: Path) -> _RawCollection:
     names = [name.strip() for name in _read_lines(folder / "classes.txt") if name.strip()]
     path = folder / "test.csv"
     rows = _read_rows(path, header=False)
-    texts = [f"{title} {description}" for _, title, description in rows]
-    labels = [int(row[0]) - 1 for row in rows]  # the file counts classes from 1
-    return _RawCollection(names, {"test": (texts, _check_ids(labels, len(names), path))})
+
+    def parse(row: list[str]) -> tuple[str, int]:
+        label, title, description = row
+        return f"{title} {description}", int(label) - 1  # the file counts classes from 1
+
+    pairs = _parse_each(path, rows, parse, '`"<class id>","<title>","<description>"`')
+    lines = [line for line, _ in rows]
+    return _RawCollection(
+        names, {"test": ([text for text, _ in pairs], _check_ids([y for _, y in pairs], len(names), path, lines))}
+    )
 
 
 def _read_json_lines_collection(file: str, root: Path) -> _RawCollection:
     path = root / file
     records = _read_json_lines(path)
-    labels = [int(record["label"]) for record in records]
+    pairs = _parse_each(
+        path, records, lambda record: (str(record["raw"]), int(record["label"])), 'an object with "raw" and "label"'
+    )
+    labels = _check_ids([label for _, label in pairs], 1 << 30, path, [line for line, _ in records])
     # The files carry only label ids; the ids themselves are the best names available.
     names = [str(i) for i in range(max(labels) + 1)]
-    return _RawCollection(names, {"train": ([record["raw"] for record in records], labels)})
+    return _RawCollection(names, {"train": ([text for text, _ in pairs], labels)})
 
 
 _READERS: dict[str, _Reader] = {
@@ -542,6 +696,7 @@ def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> dat
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"`data_dir` {str(root)!r} for collection {name!r} is not a folder.")
+    token = _ROOT.set(root)
     try:
         raw = _READERS[name](root)
     except FileNotFoundError as err:
@@ -549,4 +704,6 @@ def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> dat
             f"Collection {name!r}: {err} `data_dir` must hold the `{name}` files laid out as in the project's "
             "`shared/data` folder (see its SOURCES.md)."
         ) from err
+    finally:
+        _ROOT.reset(token)
     return _build(raw)
