@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,8 @@ def in_fresh_process(fn: Callable[..., dict], *args: Any) -> dict:
 
     `fn` must be a module-level function of the calling script; it returns a JSON-able dict.
     """
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 # ---- Meta-training set-up for the speed scripts -------------------------------------------------------------
