@@ -31,7 +31,6 @@ from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, resolve_data_dir,
 from hf_meta.io_utils import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SPEED_JSON = RESULTS_DIR / "speed.json"
 
 # The scripts print their own tables; progress bars of every dataset map and weight load would bury them.
 datasets.disable_progress_bars()
@@ -172,14 +171,18 @@ def write_json(path: str | os.PathLike, **content: Any) -> None:
     print(f"\nwrote {path}")
 
 
-def merge_json(path: str | os.PathLike, part: str, content: dict, summary: dict | None = None) -> dict:
+def merge_json(
+    path: str | os.PathLike, part: str, content: dict, summary: dict | None = None, keep_part: bool = False
+) -> dict:
     """Replace `part` of the results file at `path` (other parts are kept) and set its top-level `summary` keys.
 
-    `part` records the command line and the machine it was measured with. Returns the whole file's content.
+    `part` records the command line and the machine it was measured with; with `keep_part`, `content` updates the
+    part instead of replacing it. Returns the whole file's content.
     """
     path = Path(path)
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results[part] = {**content, "command": " ".join(["python", *sys.argv]), "machine": machine()}
+    previous = results.get(part, {}) if keep_part else {}
+    results[part] = {**previous, **content, "command": " ".join(["python", *sys.argv]), "machine": machine()}
     results.update(summary or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(results, indent=2))
