@@ -54,6 +54,13 @@ def make_parser(doc: str, output: str | os.PathLike) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: dict[str, Any]) -> argparse.Namespace:
+    """Parse `argv`; with `--quick`, `quick` replaces the defaults (options given explicitly still win)."""
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**quick)
+    return parser.parse_args(argv)
+
+
 def data_dir(args: argparse.Namespace) -> Path:
     """The data folder, decided in one place (`hf_meta.bench.scripts.resolve_data_dir`)."""
     return resolve_data_dir(args.data_dir)

@@ -17,7 +17,7 @@ SetFit's training time on the same shots is `speed_setfit.py`.
 
 from __future__ import annotations
 
-from _common import data_dir, lora_config, make_parser, median, merge_json, print_table, timed
+from _common import data_dir, lora_config, make_parser, median, merge_json, parse, print_table, timed
 
 from hf_meta import AdaptationConfig, FewShotClassifier
 from hf_meta.bench.protocols import intent_tasks
@@ -33,9 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Timed `fit` calls per placement.")
     parser.add_argument("--shots", type=int, default=5, help="Examples per intent (1-10, the published files).")
     parser.add_argument("--test_examples", type=int, default=None, help="Score only the first N test sentences.")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.repeats, args.shots, args.test_examples = 1, 1, 200
+    args = parse(parser, argv, quick=dict(repeats=1, shots=1, test_examples=200))
     (task,) = intent_tasks("banking77", [args.shots], data_dir(args))
     test_texts, test_labels = task.test_texts[: args.test_examples], task.test_labels[: args.test_examples]
 

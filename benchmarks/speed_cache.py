@@ -24,6 +24,7 @@ from _common import (
     make_trainer,
     median,
     merge_json,
+    parse,
     print_table,
     speed_setup,
     trainer_seconds_per_episode,
@@ -38,9 +39,7 @@ def main(argv=None) -> None:
     parser = make_parser(__doc__, "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes per setting (after one warm-up).")
     parser.add_argument("--accuracy_episodes", type=int, default=40, help="Held-out episodes for the accuracy.")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.episodes, args.accuracy_episodes = 1, 2
+    args = parse(parser, argv, quick=dict(episodes=1, accuracy_episodes=2))
     torch.manual_seed(0)
 
     held_out = intent_episodes(

@@ -28,6 +28,7 @@ from _common import (
     make_trainer,
     median,
     merge_json,
+    parse,
     peak_rss_mb,
     print_table,
     speed_setup,
@@ -88,9 +89,7 @@ def run_naive(args) -> dict:
 def main(argv=None) -> None:
     parser = make_parser(__doc__, "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes (after one warm-up).")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.episodes = 1
+    args = parse(parser, argv, quick=dict(episodes=1))
 
     hf_meta = in_fresh_process(run_hf_meta, args)
     naive = in_fresh_process(run_naive, args)

@@ -23,6 +23,7 @@ from _common import (
     make_trainer,
     median,
     merge_json,
+    parse,
     peak_rss_mb,
     print_table,
     speed_setup,
@@ -63,9 +64,7 @@ def bare_seconds_per_episode(trainer, episodes) -> list[float]:
 def main(argv=None) -> None:
     parser = make_parser(__doc__, "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes per round (after one warm-up).")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.episodes = 1
+    args = parse(parser, argv, quick=dict(episodes=1))
     torch.manual_seed(0)
 
     trainer_s, bare_s = [], []

@@ -22,6 +22,7 @@ from _common import (
     make_trainer,
     median,
     merge_json,
+    parse,
     print_table,
     speed_setup,
     trainer_seconds_per_episode,
@@ -31,9 +32,7 @@ from _common import (
 def main(argv=None) -> None:
     parser = make_parser(__doc__, "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed steps per process (after one warm-up).")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.episodes = 1
+    args = parse(parser, argv, quick=dict(episodes=1))
     torch.manual_seed(0)
 
     model, tokenizer, lora, episodes = speed_setup(args, num_episodes=(args.episodes + 1) * 2)

@@ -18,6 +18,7 @@ from _common import (
     make_trainer,
     median,
     merge_json,
+    parse,
     print_table,
     speed_setup,
     trainer_seconds_per_episode,
@@ -35,10 +36,8 @@ def repeat_texts(row: dict) -> dict:
 def main(argv=None) -> None:
     parser = make_parser(__doc__, "speed.json")
     parser.add_argument("--episodes", type=int, default=2, help="Timed episodes per setting (after one warm-up).")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv, quick=dict(episodes=1))
     settings = QUICK_SETTINGS if args.quick else SETTINGS
-    if args.quick:
-        args.episodes = 1
     torch.manual_seed(0)
 
     rows = []

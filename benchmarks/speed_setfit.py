@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from _common import data_dir, make_parser, merge_json, print_table
+from _common import data_dir, make_parser, merge_json, parse, print_table
 
 from hf_meta.bench.baselines import SETFIT_MISSING, SetFitBaseline, setfit_available
 from hf_meta.bench.protocols import intent_tasks
@@ -26,9 +26,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shots", type=int, default=5, help="Examples per intent (1-10, the published files).")
     parser.add_argument("--iterations", type=int, default=20, help="SetFit pairs per example (its default).")
     parser.add_argument("--test_examples", type=int, default=None, help="Score only the first N test sentences.")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.shots, args.iterations, args.test_examples = 1, 1, 200
+    args = parse(parser, argv, quick=dict(shots=1, iterations=1, test_examples=200))
     if not setfit_available():
         raise SystemExit(SETFIT_MISSING)
     (task,) = intent_tasks("banking77", [args.shots], data_dir(args))
