@@ -41,16 +41,17 @@ warnings.filterwarnings("ignore", message=".*pin_memory.*")
 # ---- Arguments and machine ----------------------------------------------------------------------------------
 
 
-def make_parser(doc: str, output: str | os.PathLike) -> argparse.ArgumentParser:
-    """A parser with the options every script takes: `--output` (default `output` under `benchmarks/results/`),
-    `--model`, `--data_dir` and `--quick`; the script's docstring is its help text."""
+def make_parser(doc: str, output: str | os.PathLike, model_and_data: bool = True) -> argparse.ArgumentParser:
+    """A parser with the options every script takes: `--output` (default `output` under `benchmarks/results/`) and
+    `--quick`, plus `--model` and `--data_dir` unless `model_and_data` is false; the docstring is the help text."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(RESULTS_DIR / output), help="Results JSON (default: %(default)s).")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Encoder: Hub id or folder.")
-    parser.add_argument(
-        "--data_dir", default=None, help="Raw collections; default $HF_META_DATA_DIR, else ../shared/data."
-    )
-    parser.add_argument("--quick", action="store_true", help="The smallest settings: a smoke run, not a measurement.")
+    parser.add_argument("--quick", action="store_true", help="Small settings: a smoke run, not a measurement.")
+    if model_and_data:
+        parser.add_argument("--model", default=DEFAULT_MODEL, help="Encoder: Hub id or folder.")
+        parser.add_argument(
+            "--data_dir", default=None, help="Raw collections; default $HF_META_DATA_DIR, else ../shared/data."
+        )
     return parser
 
 
