@@ -46,17 +46,17 @@ def main(argv=None) -> None:
     rows = []
     for name, clf in classifiers.items():
         predictions = logistic_regression(clf.embed(task.train_texts), task.train_labels, clf.embed(test_texts))
-        rows.append({"probe": "logistic regression", "adapter": name, "accuracy": accuracy(predictions, test_labels)})
+        score = accuracy(predictions, test_labels)["accuracy"]
+        rows.append({"probe": "logistic regression", "adapter": name, "accuracy": score})
     for steps in args.steps:
         for name, clf in classifiers.items():
             start = time.perf_counter()
             predictions = clf.fit(task.train_texts, task.train_labels, inner_steps=steps).predict(test_texts)
             seconds = time.perf_counter() - start
-            score = accuracy(predictions, test_labels)
+            score = accuracy(predictions, test_labels)["accuracy"]
             rows.append({"probe": f"fit, {steps} inner steps", "adapter": name, "accuracy": score, "seconds": seconds})
-    for row in rows:
-        row["accuracy"] = row["accuracy"]["accuracy"]
-    print_table(rows, ["probe", "adapter", "accuracy", "seconds"], f"BANKING77, {len(task.train_texts)} shots")
+    title = f"BANKING77, {len(task.train_texts)} labelled examples"
+    print_table(rows, ["probe", "adapter", "accuracy", "seconds"], title)
     write_json(args.output, adapter=args.adapter, shots=args.shots, test_examples=len(test_texts), rows=rows)
 
 
