@@ -1,133 +1,159 @@
-"""Accuracy against same-backbone baselines on the three protocols of DESIGN.md §3.
+"""Accuracy against same-backbone baselines on the three protocols of DESIGN.md §3 (each has one code path, here).
 
-Every method sees the same labelled examples. Backbone: all-MiniLM-L6-v2 unless `--model` names another.
+Every method sees the same labelled examples. Backbone: all-MiniLM-L6-v2 unless `--model` names another. The tasks
+and meta-training episodes come from `hf_meta.bench.protocols`, shared with the recipes.
 
 - Protocol A, full-way: BANKING77, HWU64 and CLINC150 with their published 5- and 10-shot files (every intent),
   full test set; each target meta-trained only on the *other* intent collections, over `--meta_seeds`.
-- Protocol B, held-out classes: ProtAugment class splits, 5-way 1-shot and 5-shot, 5 queries per class, meta-trained
-  on the split's training classes, evaluated on its test classes (test split sentences).
-- Protocol C, sentiment: SST-2 with 8 sentences per class from the sentence-level training file, seeds 0-4, GLUE
-  dev set; meta-trained on the other sentiment collections with every SST-2 sentence removed.
+- Protocol B, held-out classes: ProtAugment class splits, 5-way 1-shot and 5-shot episodes with 5 queries per
+  class, meta-trained on the split's training classes (training split sentences) and evaluated on its test
+  classes (test split sentences), `--episodes` episodes per setting.
+- Protocol C, sentiment: SST-2 with 8 sentences per class from the sentence-level training file, `--sst2_seeds`,
+  GLUE dev set; meta-trained on the other sentiment collections with every SST-2 sentence removed.
 
-Methods: `frozen_lr` (frozen encoder + logistic regression), `frozen_proto` (nearest prototype), `fresh_lora` (the
-same inner loop from a fresh adapter), `setfit` (only when the optional extra is installed; skipped otherwise),
-`hf_meta_fomaml` and `hf_meta_reptile`.
+Methods, on every protocol:
+- `frozen_lr`: logistic regression on the pretrained encoder's embeddings (`C` cross-validated on the shots);
+- `frozen_proto`: nearest class prototype on the pretrained encoder's embeddings (no fitting at all);
+- `fresh_lora`: a fresh LoRA adapter adapted by `FewShotClassifier.fit` (fitted head + inner loop), no meta-training;
+- `hf_meta_<algorithm>`: the meta-learned adapter, same `fit`;
+- `setfit`: SetFit at its defaults, on the protocols in `--setfit_protocols` when the optional extra is installed.
 
-Budget of the full run (the defaults): 3 targets x 3 seeds x 2 algorithms of protocol A, 3 datasets x 5 splits x 2
-algorithms of protocol B with 600 episodes per setting, and protocol C: about 60 GPU-minutes on one A100-class GPU,
-or several days on 2 CPU cores. `--quick` runs one small setting per protocol: about 13 minutes on 2 CPU cores
-without SetFit (`--setfit_protocols`), about 35 with it (SetFit's 963 training steps on BANKING77 take ~18).
+The full run (the defaults: 3 targets x 3 seeds x 2 algorithms on A, 3 datasets x 5 splits x 2 algorithms with 600
+episodes per setting on B, and C) is sized for a GPU. `--quick` runs one small setting per protocol (one target and
+split, one seed, FOMAML only, 10 meta-steps, 30 episodes for B; SetFit on A and C only); explicit options override it.
 
     python benchmarks/accuracy.py --quick
-    python benchmarks/accuracy.py --quick --setfit_protocols      # no SetFit
-    python benchmarks/accuracy.py --protocols A --meta_steps 300
+    python benchmarks/accuracy.py --quick --setfit_protocols        # without SetFit
+    python benchmarks/accuracy.py --protocols B --targets banking77 --class_splits 1
+    python benchmarks/accuracy.py                                  # the full run
+    python benchmarks/accuracy.py --quick --meta_steps 1 --episodes 2 --sst2_seeds 0 --test_examples 100 \\
+        --setfit_protocols --output /tmp/accuracy.json             # smoke run
 
 Writes `benchmarks/results/accuracy.json`: rows {"protocol", "dataset", "shots", "method", "accuracy", "ci95",
-"runs"} plus the settings, machine and command.
+"runs"} (mean and 95% CI over seeds for A and C, over episodes for B) plus the settings, machine and command.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
+import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import AutoModel, AutoTokenizer, set_seed
+from _common import data_dir, make_parser, parse, write_json
+from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.baselines import SETFIT_MISSING, SetFitBaseline, logistic_regression, nearest_prototype, setfit_available
-from hf_meta.collections import load_class_split
-from hf_meta.evaluation import compare_methods, summarize
-from hf_meta.modeling import resolve_model_path
-from hf_meta.protocols import (
+from hf_meta.bench.baselines import (
+    SETFIT_MISSING,
+    SetFitBaseline,
+    logistic_regression,
+    nearest_prototype,
+    setfit_available,
+)
+from hf_meta.bench.comparison import FewShotTask, compare_methods, format_table, summarize
+from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
     SENTIMENT_SOURCES,
     intent_episodes,
     intent_tasks,
+    load_class_split,
     sentiment_episodes,
     sst2_tasks,
 )
+from hf_meta.bench.scripts import load_encoder
+from hf_meta.metrics import accuracy
 
-HERE = Path(__file__).resolve().parent
-DATA_DIR = str(HERE.parents[1] / "shared" / "data")
+QUICK = dict(
+    targets=["banking77"],
+    algorithms=["fomaml"],
+    meta_steps=10,
+    meta_seeds=[0],
+    full_way_shots=[5],
+    class_splits=[1],
+    episodes=30,
+    setfit_protocols=["A", "C"],  # on B SetFit would train once per episode
+)
 
 
-def meta_train(args, episodes, algorithm: str, seed: int, output_dir: str) -> tuple[MetaTrainer, FewShotClassifier]:
-    """A trainer meta-trained on `episodes`, plus a classifier snapshot of its fresh (untrained) adapter."""
+def meta_train(args, episodes, algorithm: str, seed: int, name: str) -> tuple[FewShotClassifier, FewShotClassifier]:
+    """`(meta-learned, fresh)`: classifiers on the adapter meta-trained on `episodes`, and on its initial state."""
     set_seed(seed)
-    path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_encoder(args.model)
     training_args = MetaTrainingArguments(
-        output_dir=output_dir,
+        output_dir=f"outputs/accuracy_{name}",
         algorithm=algorithm,
         max_steps=args.meta_steps,
         gradient_accumulation_steps=4,
         logging_steps=max(1, args.meta_steps // 5),
         report_to="none",
+        save_strategy="no",
         seed=seed,
         base_model=args.model,
         disable_tqdm=not args.progress,
     )
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(path), args=training_args, train_dataset=episodes, processing_class=tokenizer
-    )
-    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)
+    trainer = MetaTrainer(model=model, args=training_args, train_dataset=episodes, processing_class=tokenizer)
+    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # snapshots the initial weights
     trainer.train()
-    return trainer, fresh
+    return FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config), fresh
 
 
-def adapted_classifier(trainer: MetaTrainer) -> FewShotClassifier:
-    return FewShotClassifier(trainer.model, trainer.processing_class, trainer.adaptation_config)
+def meta_trained_methods(args, episodes, seed: int, name: str) -> tuple[dict, FewShotClassifier]:
+    """`({"hf_meta_<algorithm>": classifier, "fresh_lora": fresh}, fresh)` for every algorithm in `--algorithms`.
+
+    Every algorithm starts from the same seeded adapter, so one fresh classifier serves all of them."""
+    methods, fresh = {}, None
+    for algorithm in args.algorithms:
+        methods[f"hf_meta_{algorithm}"], fresh_here = meta_train(args, episodes, algorithm, seed, name)
+        fresh = fresh if fresh is not None else fresh_here
+    return {**methods, "fresh_lora": fresh}, fresh
 
 
-def setfit_adapters(args, protocol: str) -> dict:
+def setfit_methods(args, protocol: str) -> dict:
     """`{"setfit": SetFitBaseline}` when the extra is installed and this protocol runs it, else nothing."""
-    if args.setfit_note is not None or protocol not in args.setfit_protocols:
+    if not setfit_available() or protocol not in args.setfit_protocols:
         return {}
     return {"setfit": SetFitBaseline(args.model, num_iterations=args.setfit_iterations)}
+
+
+def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]:
+    if n is None:
+        return tasks
+    return [
+        dataclasses.replace(task, test_texts=task.test_texts[:n], test_labels=task.test_labels[:n]) for task in tasks
+    ]
 
 
 def protocol_a(args) -> list[dict]:
     rows = []
     for target in args.targets:
         sources = [name for name in INTENT_COLLECTIONS if name != target]
-        tasks = intent_tasks(target, args.full_way_shots, args.data_dir)
+        tasks = limit_test_set(intent_tasks(target, args.full_way_shots, args.data_dir), args.test_examples)
         for seed in args.meta_seeds:
             episodes = intent_episodes(
                 sources, args.data_dir, args.meta_steps * 4, n_way=(10, 20), k_shot=(1, 5), num_query=3, seed=seed
             )
-            frozen = None
-            adapters = {}
-            for algorithm in args.algorithms:
-                trainer, fresh = meta_train(args, episodes, algorithm, seed, f"outputs/accuracy_A_{target}")
-                adapters[f"hf_meta_{algorithm}"] = adapted_classifier(trainer)
-                frozen = frozen or fresh
+            methods, fresh = meta_trained_methods(args, episodes, seed, f"A_{target}")
             if seed == args.meta_seeds[0]:  # SetFit does not depend on the meta-training seed: score it once
-                adapters.update(setfit_adapters(args, "A"))
-            for row in compare_methods(tasks, {**adapters, "fresh_lora": frozen}, frozen=frozen):
-                rows.append({**row, "protocol": "A", "meta_seed": seed})
+                methods.update(setfit_methods(args, "A"))
+            rows += [{**row, "protocol": "A", "meta_seed": seed} for row in compare_methods(tasks, methods, fresh)]
     return rows
 
 
-def episode_scores(frozen: FewShotClassifier, adapters: dict[str, FewShotClassifier], episodes) -> dict:
-    """Per-episode query accuracy of every method: baselines on frozen embeddings, adapters fitted on the support."""
-    scores = {"frozen_lr": [], "frozen_proto": [], **{method: [] for method in adapters}}
+def episode_scores(frozen: FewShotClassifier, methods: dict, episodes) -> dict[str, list[float]]:
+    """Query accuracy per episode of every method: the two baselines on the frozen embeddings (`frozen` is a fresh
+    adapter, whose embeddings are the pretrained encoder's), the other methods fitted on the support set."""
+    scores = {"frozen_lr": [], "frozen_proto": [], **{method: [] for method in methods}}
     for episode in episodes:
-        labels = np.asarray(episode["query_label"])
+        labels = episode["query_label"]
         support, query = frozen.embed(episode["support_text"]), frozen.embed(episode["query_text"])
         for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
-            scores[method].append(float(np.mean(predict(support, episode["support_label"], query) == labels)))
-        for method, classifier in adapters.items():
+            predictions = predict(support, episode["support_label"], query)
+            scores[method].append(accuracy(predictions, labels)["accuracy"])
+        for method, classifier in methods.items():
             predictions = classifier.fit(episode["support_text"], episode["support_label"]).predict(
                 episode["query_text"]
             )
-            scores[method].append(float(np.mean(np.asarray(predictions) == labels)))
+            scores[method].append(accuracy(np.asarray(predictions), labels)["accuracy"])
     return scores
 
 
@@ -146,11 +172,8 @@ def protocol_b(args) -> list[dict]:
                 num_episodes=args.meta_steps * 4,
                 seed=split,
             )
-            adapters, frozen = {}, None
-            for algorithm in args.algorithms:
-                trainer, fresh = meta_train(args, episodes, algorithm, split, f"outputs/accuracy_B_{dataset}")
-                adapters[f"hf_meta_{algorithm}"] = adapted_classifier(trainer)
-                frozen = frozen or fresh
+            methods, fresh = meta_trained_methods(args, episodes, split, f"B_{dataset}")
+            methods.update(setfit_methods(args, "B"))
             for shots in (1, 5):
                 eval_set = build_episodes(
                     collection["test"],
@@ -161,9 +184,7 @@ def protocol_b(args) -> list[dict]:
                     num_episodes=args.episodes,
                     seed=1000 + split,
                 )
-                methods = {**adapters, "fresh_lora": frozen, **setfit_adapters(args, "B")}
-                scores = episode_scores(frozen, methods, eval_set)
-                for method, values in scores.items():
+                for method, values in episode_scores(fresh, methods, eval_set).items():
                     rows.append(
                         {
                             "protocol": "B",
@@ -178,78 +199,56 @@ def protocol_b(args) -> list[dict]:
 
 
 def protocol_c(args) -> list[dict]:
-    tasks = sst2_tasks([8], args.sst2_seeds, args.data_dir)
+    tasks = limit_test_set(sst2_tasks([8], args.sst2_seeds, args.data_dir), args.test_examples)
     episodes = sentiment_episodes(SENTIMENT_SOURCES, args.data_dir, args.meta_steps * 4, k_shot=8, num_query=8, seed=0)
-    adapters, frozen = {}, None
-    for algorithm in args.algorithms:
-        trainer, fresh = meta_train(args, episodes, algorithm, 0, "outputs/accuracy_C")
-        adapters[f"hf_meta_{algorithm}"] = adapted_classifier(trainer)
-        frozen = frozen or fresh
-    methods = {**adapters, "fresh_lora": frozen, **setfit_adapters(args, "C")}
-    return [{**row, "protocol": "C"} for row in compare_methods(tasks, methods, frozen=frozen)]
+    methods, fresh = meta_trained_methods(args, episodes, 0, "C")
+    methods.update(setfit_methods(args, "C"))
+    return [{**row, "protocol": "C"} for row in compare_methods(tasks, methods, fresh)]
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """One row per (protocol, dataset, shots, method): mean and 95% CI over seeds (A, C) or episodes (B)."""
-    return summarize(rows, keys=("protocol", "dataset", "shots", "method"))
+PROTOCOLS = {"A": protocol_a, "B": protocol_b, "C": protocol_c}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--protocols", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
-    parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
-    parser.add_argument("--data_dir", default=DATA_DIR)
-    parser.add_argument("--targets", nargs="+", default=list(INTENT_COLLECTIONS))
+def main(argv=None) -> None:
+    parser = make_parser(__doc__, "accuracy.json")
+    parser.add_argument("--protocols", nargs="+", default=["A", "B", "C"], choices=sorted(PROTOCOLS))
+    parser.add_argument("--targets", nargs="+", default=list(INTENT_COLLECTIONS), help="Collections of A and B.")
     parser.add_argument("--algorithms", nargs="+", default=["fomaml", "reptile"], choices=["fomaml", "reptile"])
-    parser.add_argument("--meta_steps", type=int, default=300)
-    parser.add_argument("--meta_seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--full_way_shots", type=int, nargs="+", default=[5, 10])
-    parser.add_argument("--class_splits", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--sst2_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--meta_steps", type=int, default=300, help="Meta-steps of 4 episodes each.")
+    parser.add_argument("--meta_seeds", type=int, nargs="+", default=[0, 1, 2], help="Protocol A.")
+    parser.add_argument("--full_way_shots", type=int, nargs="+", default=[5, 10], help="Protocol A.")
+    parser.add_argument("--class_splits", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="Protocol B.")
+    parser.add_argument("--episodes", type=int, default=600, help="Protocol B: test episodes per setting.")
+    parser.add_argument("--sst2_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Protocol C.")
+    parser.add_argument("--test_examples", type=int, default=None, help="A and C: only the first N test texts.")
     parser.add_argument(
         "--setfit_protocols",
         nargs="*",
         default=["A", "B", "C"],
-        choices=["A", "B", "C"],
+        choices=sorted(PROTOCOLS),
         help="Protocols on which SetFit runs (none when given no value).",
     )
     parser.add_argument("--setfit_iterations", type=int, default=20, help="SetFit pairs per example (its default).")
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
-    parser.add_argument("--output", default=str(HERE / "results" / "accuracy.json"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.targets, args.algorithms, args.meta_steps, args.meta_seeds = ["banking77"], ["fomaml"], 10, [0]
-        args.full_way_shots, args.class_splits, args.episodes = [5], [1], 30
-        args.setfit_protocols = [p for p in args.setfit_protocols if p != "B"]  # 30 SetFit trainings: too slow
-    args.setfit_note = None if setfit_available() else f"{SETFIT_MISSING}; skipped"
+    args = parse(parser, argv, QUICK)
+    args.data_dir = str(data_dir(args))
+    setfit_note = f"setfit: run on protocol(s) {args.setfit_protocols}" if setfit_available() else SETFIT_MISSING
 
     start = time.time()
     rows = []
-    for protocol, run in (("A", protocol_a), ("B", protocol_b), ("C", protocol_c)):
-        if protocol in args.protocols:
-            rows += run(args)
-    table = aggregate(rows)
-    print(f"\n{'protocol':<9}{'dataset':<11}{'shots':>6}  {'method':<17}{'accuracy':>9}{'95% CI':>9}{'runs':>6}")
-    for row in table:
-        ci = "n/a" if row["ci95"] is None else f"±{100 * row['ci95']:.2f}"
-        print(
-            f"{row['protocol']:<9}{row['dataset']:<11}{row['shots']:>6}  {row['method']:<17}"
-            f"{100 * row['accuracy']:>9.2f}{ci:>9}{row['runs']:>6}"
-        )
-    notes = [args.setfit_note or f"setfit: run on protocol(s) {args.setfit_protocols}"]
-    print("\n" + "\n".join(notes) + f"\nwall time: {time.time() - start:.0f} s")
-    result = {
-        "command": "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "data_dir", "setfit_note")},
-        "notes": notes,
-        "wall_seconds": time.time() - start,
-        "rows": table,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    for protocol in args.protocols:
+        rows += PROTOCOLS[protocol](args)
+    table = summarize(rows, keys=("protocol", "dataset", "shots", "method"))
+    for protocol in args.protocols:
+        print(f"\nProtocol {protocol}\n" + format_table([row for row in table if row["protocol"] == protocol]))
+    print(f"\n{setfit_note}\nwall time: {time.time() - start:.0f} s")
+    write_json(
+        args.output,
+        settings={k: v for k, v in vars(args).items() if k not in ("output", "data_dir")},
+        notes=[setfit_note],
+        wall_seconds=time.time() - start,
+        rows=table,
+    )
 
 
 if __name__ == "__main__":

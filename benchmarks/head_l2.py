@@ -1,62 +1,59 @@
 """How hard should the fitted head be pulled towards the prototypes? A sweep of `head_l2` on HWU64's validation
 split (never a test set), with the frozen encoder (`inner_steps=0`), at 1, 2, 5 and 10 shots per intent.
 
-The default `head_l2=0.03` is the best value at 5 shots here. The shots come from the published `train_5` /
-`train_10` files (1 and 2 shots: the first examples of each intent in `train_5`).
+For each shot count: accuracy of the prototype head alone (`head_fit_steps=0`) and of the fitted head at every
+`head_l2` of the grid. The shots come from the published `train_5` / `train_10` files (1 and 2 shots: the first
+examples of each intent in `train_5`). This is the sweep the default `head_l2` is chosen from.
 
-    python benchmarks/head_l2.py      # about 3 minutes on 2 CPU cores
+    python benchmarks/head_l2.py
+    python benchmarks/head_l2.py --quick --output /tmp/head_l2.json   # smoke run: 1 shot, 2 values, 200 sentences
 
 Writes `benchmarks/results/head_l2.json`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import warnings
-from pathlib import Path
 
-import numpy as np
-import torch
+from _common import data_dir, make_parser, parse, print_table, write_json
 
 from hf_meta import FewShotClassifier, load_collection
-from hf_meta.evaluation import first_shots
+from hf_meta.bench.comparison import first_shots
+from hf_meta.metrics import accuracy
 
-HERE = Path(__file__).resolve().parent
-DATA_DIR = str(HERE.parents[1] / "shared" / "data")
-L2_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+L2_GRID = [0.003, 0.01, 0.03, 0.1, 0.3]
+SHOTS = [1, 2, 5, 10]
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = make_parser(__doc__, "head_l2.json")
+    parser.add_argument("--l2", type=float, nargs="+", default=L2_GRID, help="The `head_l2` values swept.")
+    parser.add_argument("--shots", type=int, nargs="+", default=SHOTS, help="Shots per intent (1-10).")
+    parser.add_argument("--val_examples", type=int, default=None, help="Score only the first N validation texts.")
+    args = parse(parser, argv, quick=dict(l2=[0.01, 0.1], shots=[1], val_examples=200))
     warnings.filterwarnings("ignore", message=".*longer than `max_length`.*")
-    hwu = load_collection("hwu64", DATA_DIR)
+    hwu = load_collection("hwu64", data_dir(args))
     names = hwu["validation"].features["label"].names
-    val_texts = list(hwu["validation"]["text"])
-    val_labels = np.array([names[i] for i in hwu["validation"]["label"]])
-    clf = FewShotClassifier.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+    validation = hwu["validation"]
+    if args.val_examples is not None:
+        validation = validation.select(range(min(args.val_examples, len(validation))))
+    val_texts, val_labels = validation["text"], [names[i] for i in validation["label"]]
+    clf = FewShotClassifier.from_pretrained(args.model)
 
-    def accuracy(texts, labels, **overrides) -> float:
+    def score(texts, labels, **overrides) -> float:
         clf.fit(texts, labels, inner_steps=0, **overrides)
-        return float(np.mean(np.asarray(clf.predict(val_texts)) == val_labels))
+        return accuracy(clf.predict(val_texts), val_labels)["accuracy"]
 
     rows = []
-    print(f"{'shots':>5}  {'prototypes':>10}" + "".join(f"{f'l2={l2}':>10}" for l2 in L2_GRID))
-    for split, shots in (("train_5", 1), ("train_5", 2), ("train_5", 5), ("train_10", 10)):
-        texts, labels = first_shots(list(hwu[split]["text"]), [names[i] for i in hwu[split]["label"]], shots)
-        row = {"shots": shots, "prototypes": accuracy(texts, labels, head_fit_steps=0)}
-        row["fitted"] = {str(l2): accuracy(texts, labels, head_l2=l2) for l2 in L2_GRID}
+    for shots in args.shots:
+        split = "train_10" if shots > 5 else "train_5"
+        texts, labels = first_shots(hwu[split]["text"], [names[i] for i in hwu[split]["label"]], shots)
+        row = {"shots": shots, "prototypes": score(texts, labels, head_fit_steps=0)}
+        row["fitted"] = {str(l2): score(texts, labels, head_l2=l2) for l2 in args.l2}
         rows.append(row)
-        fitted = "".join(f"{100 * value:>10.2f}" for value in row["fitted"].values())
-        print(f"{shots:>5}  {100 * row['prototypes']:>10.2f}{fitted}")
-    result = {
-        "command": "python benchmarks/head_l2.py",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "dataset": "hwu64 validation split",
-        "rows": rows,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "head_l2.json").write_text(json.dumps(result, indent=2))
+    table = [{"shots": row["shots"], "prototypes": row["prototypes"], **row["fitted"]} for row in rows]
+    print_table(table, ["shots", "prototypes", *map(str, args.l2)], "HWU64 validation accuracy by head_l2")
+    write_json(args.output, dataset=f"hwu64 validation split ({len(val_texts)} texts)", rows=rows)
 
 
 if __name__ == "__main__":

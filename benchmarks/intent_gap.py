@@ -1,44 +1,64 @@
-"""Why does full-way BANKING77 adaptation trail frozen encoder + logistic regression? Probes on the intent recipe's
-saved adapter (run `accelerate launch recipes/fewshot_intent.py` first; it writes `outputs/fewshot_intent`).
+"""Probes of the gap between full-way adaptation and frozen encoder + logistic regression on BANKING77 (protocol A's
+task: 77 intents, the published 5-shot file, the full test set), on a meta-learned adapter.
 
-1. Logistic regression (C by cross-validation on the shots) on the frozen and on the meta-initialised embeddings:
+1. Logistic regression (`C` cross-validated on the shots) on the frozen and on the meta-initialised embeddings:
    does meta-training improve the representation itself?
-2. The inner loop with more SGD steps, from the fresh and from the meta-learned adapter: does adaptation underfit?
+2. `fit` with more inner SGD steps, from the fresh and from the meta-learned adapter: does adaptation underfit?
 
-    python benchmarks/intent_gap.py
+`--adapter` is a folder written by the intent recipe (`accelerate launch recipes/fewshot_intent.py` writes
+`outputs/fewshot_intent`) or a Hub repo holding one.
+
+    python benchmarks/intent_gap.py --adapter outputs/fewshot_intent
+    python benchmarks/intent_gap.py --quick --adapter sentence-transformers/all-MiniLM-L6-v2 \\
+        --output /tmp/intent_gap.json   # smoke run: a fresh adapter stands in, 1 shot, 200 test sentences
+
+Writes `benchmarks/results/intent_gap.json`.
 """
 
-import sys
+from __future__ import annotations
+
 import time
 import warnings
-from pathlib import Path
 
-import numpy as np
+from _common import data_dir, make_parser, parse, print_table, write_json
 
-from hf_meta import FewShotClassifier, load_collection
-from hf_meta.baselines import logistic_regression
+from hf_meta import FewShotClassifier
+from hf_meta.bench.baselines import logistic_regression
+from hf_meta.bench.protocols import intent_tasks
+from hf_meta.metrics import accuracy
 
-DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
+def main(argv=None) -> None:
+    parser = make_parser(__doc__, "intent_gap.json")
+    parser.add_argument("--adapter", default="outputs/fewshot_intent", help="The meta-learned adapter.")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20], help="Inner steps for probe 2.")
+    parser.add_argument("--shots", type=int, default=5, help="Examples per intent (1-10, the published files).")
+    parser.add_argument("--test_examples", type=int, default=None, help="Score only the first N test sentences.")
+    args = parse(parser, argv, quick=dict(steps=[1], shots=1, test_examples=200))
+    warnings.filterwarnings("ignore", message=".*longer than `max_length`.*")
+    (task,) = intent_tasks("banking77", [args.shots], data_dir(args))
+    test_texts, test_labels = task.test_texts[: args.test_examples], task.test_labels[: args.test_examples]
+    classifiers = {
+        "fresh": FewShotClassifier.from_pretrained(args.model),
+        "meta": FewShotClassifier.from_pretrained(args.adapter, base_model=args.model),
+    }
 
-def main(adapter: str = "outputs/fewshot_intent") -> None:
-    warnings.filterwarnings("ignore")
-    banking = load_collection("banking77", DATA_DIR)
-    names = banking["test"].features["label"].names
-    texts, labels = banking["train_5"]["text"], [names[i] for i in banking["train_5"]["label"]]
-    test_texts, test_labels = banking["test"]["text"], np.array([names[i] for i in banking["test"]["label"]])
-    fresh = FewShotClassifier.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
-    meta = FewShotClassifier.from_pretrained(adapter)
-    for name, clf in (("frozen", fresh), ("meta-init", meta)):
-        accuracy = np.mean(logistic_regression(clf.embed(texts), labels, clf.embed(test_texts)) == test_labels)
-        print(f"LR (CV C) on {name} embeddings: {100 * accuracy:.2f}", flush=True)
-    for steps in (10, 20):
-        for name, clf in (("fresh", fresh), ("meta", meta)):
-            start = time.time()
-            predictions = clf.fit(texts, labels, inner_steps=steps).predict(test_texts)
-            accuracy = np.mean(np.asarray(predictions) == test_labels)
-            print(f"{name} LoRA, {steps} inner steps: {100 * accuracy:.2f} ({time.time() - start:.0f} s)", flush=True)
+    rows = []
+    for name, clf in classifiers.items():
+        predictions = logistic_regression(clf.embed(task.train_texts), task.train_labels, clf.embed(test_texts))
+        score = accuracy(predictions, test_labels)["accuracy"]
+        rows.append({"probe": "logistic regression", "adapter": name, "accuracy": score})
+    for steps in args.steps:
+        for name, clf in classifiers.items():
+            start = time.perf_counter()
+            predictions = clf.fit(task.train_texts, task.train_labels, inner_steps=steps).predict(test_texts)
+            seconds = time.perf_counter() - start
+            score = accuracy(predictions, test_labels)["accuracy"]
+            rows.append({"probe": f"fit, {steps} inner steps", "adapter": name, "accuracy": score, "seconds": seconds})
+    title = f"BANKING77, {len(task.train_texts)} labelled examples"
+    print_table(rows, ["probe", "adapter", "accuracy", "seconds"], title)
+    write_json(args.output, adapter=args.adapter, shots=args.shots, test_examples=len(test_texts), rows=rows)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

@@ -1,0 +1,215 @@
+"""What the benchmark scripts share: arguments, machine info, timing, the speed set-up, results files and tables.
+
+Data folder, protocols, method comparison and baselines come from `hf_meta.bench`; this module only holds what is
+particular to the scripts in this folder. Each script imports it as `_common` (run them from the repository root:
+`python benchmarks/<script>.py`; Python puts the script's folder on `sys.path`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+
+from hf_meta.bench.protocols import intent_episodes
+from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, resolve_data_dir, write_results
+from hf_meta.io_utils import atomic_write_text
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# The scripts print their own tables; progress bars of every dataset map and weight load would bury them.
+datasets.disable_progress_bars()
+transformers.utils.logging.disable_progress_bar()
+warnings.filterwarnings("ignore", message=".*pin_memory.*")
+
+
+# ---- Arguments and machine ----------------------------------------------------------------------------------
+
+
+def make_parser(doc: str, output: str | os.PathLike, model_and_data: bool = True) -> argparse.ArgumentParser:
+    """A parser with the options every script takes: `--output` (default `output` under `benchmarks/results/`) and
+    `--quick`, plus `--model` and `--data_dir` unless `model_and_data` is false; the docstring is the help text."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=str(RESULTS_DIR / output), help="Results JSON (default: %(default)s).")
+    parser.add_argument("--quick", action="store_true", help="Small settings: a smoke run, not a measurement.")
+    if model_and_data:
+        parser.add_argument("--model", default=DEFAULT_MODEL, help="Encoder: Hub id or folder.")
+        parser.add_argument(
+            "--data_dir", default=None, help="Raw collections; default $HF_META_DATA_DIR, else ../shared/data."
+        )
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: dict[str, Any]) -> argparse.Namespace:
+    """Parse `argv`; with `--quick`, `quick` replaces the defaults (options given explicitly still win)."""
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**quick)
+    return parser.parse_args(argv)
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """The data folder, decided in one place (`hf_meta.bench.scripts.resolve_data_dir`)."""
+    return resolve_data_dir(args.data_dir)
+
+
+def machine() -> str:
+    """The machine a result was measured on, recorded in every results file."""
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
+
+
+# ---- Timing and memory --------------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (a high-water mark: measure in a fresh process)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn`."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def in_fresh_process(fn: Callable[..., dict], *args: Any) -> dict:
+    """`fn(*args)` in a newly spawned interpreter, so that its peak RSS counts only its own allocations.
+
+    `fn` must be a module-level function of the calling script; it returns a JSON-able dict.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# ---- Meta-training set-up for the speed scripts -------------------------------------------------------------
+
+
+def lora_config(model, top_layers: int | None = None):
+    """hf_meta's default LoRA for `model`, on every layer or only on the top `top_layers`."""
+    from hf_meta.modeling import default_lora_config
+
+    lora = default_lora_config(model.config.model_type)
+    if top_layers:
+        layers = model.config.num_hidden_layers
+        lora.layers_to_transform = list(range(layers - top_layers, layers))
+    return lora
+
+
+def speed_setup(args, n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0, top_layers=None):
+    """`(model, tokenizer, lora_config, episodes)`: the encoder and N-way K-shot CLINC150 training episodes."""
+    model, tokenizer = load_encoder(args.model)
+    episodes = intent_episodes(
+        ["clinc150"], data_dir(args), num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed
+    )
+    return model, tokenizer, lora_config(model, top_layers), episodes
+
+
+def make_trainer(model, tokenizer, lora, episodes, name: str, max_length: int = 64, **kwargs):
+    """A `MetaTrainer` that meta-trains one episode per step over `episodes`.
+
+    The head is the prototype head adapted by SGD only (`head_fit_steps=0`) unless `kwargs` say otherwise: the bare
+    passes of `speed_overhead.py` and the naive reference of `speed_naive.py` implement that algorithm, so the
+    ratios compare like with like.
+    """
+    from hf_meta import MetaTrainer, MetaTrainingArguments
+
+    kwargs.setdefault("head_fit_steps", 0)
+    args = MetaTrainingArguments(
+        output_dir=f"outputs/{name}",
+        max_steps=len(episodes),
+        gradient_accumulation_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10_000,
+        save_strategy="no",
+        max_length=max_length,
+        **kwargs,
+    )
+    return MetaTrainer(model=model, args=args, peft_config=lora, train_dataset=episodes, processing_class=tokenizer)
+
+
+def trainer_seconds_per_episode(trainer, warmup: int = 1) -> list[float]:
+    """Wall seconds of each step of `trainer.train()` (one episode per step), the first `warmup` dropped."""
+    from transformers import TrainerCallback
+
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    return times[warmup:]
+
+
+# ---- Results ------------------------------------------------------------------------------------------------
+
+
+def write_json(path: str | os.PathLike, **content: Any) -> None:
+    """Write a results file atomically, with the command line and the machine recorded."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_results(path, machine=machine(), **content)
+    print(f"\nwrote {path}")
+
+
+def merge_json(
+    path: str | os.PathLike, part: str, content: dict, summary: dict | None = None, keep_part: bool = False
+) -> dict:
+    """Replace `part` of the results file at `path` (other parts are kept) and set its top-level `summary` keys.
+
+    `part` records the command line and the machine it was measured with; with `keep_part`, `content` updates the
+    part instead of replacing it. Returns the whole file's content.
+    """
+    path = Path(path)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    previous = results.get(part, {}) if keep_part else {}
+    results[part] = {**previous, **content, "command": " ".join(["python", *sys.argv]), "machine": machine()}
+    results.update(summary or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(results, indent=2))
+    print(f"\nwrote part {part!r} of {path}")
+    return results
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[str], title: str | None = None) -> None:
+    """Print `rows` (dicts) as a plain-text table of `columns`; floats with 3 decimals, `None` as n/a."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(column.rjust(width) for column, width in zip(columns, widths)))
+    for line in cells:
+        print("  ".join(value.rjust(width) for value, width in zip(line, widths)))
