@@ -137,6 +137,7 @@ def make_trainer(model, tokenizer, lora, episodes, name: str, max_length: int = 
     from hf_meta import MetaTrainer, MetaTrainingArguments
 
     kwargs.setdefault("head_fit_steps", 0)
+    kwargs.setdefault("precompute_frozen_states", False)  # these scripts time the per-episode paths
     args = MetaTrainingArguments(
         output_dir=f"outputs/{name}",
         max_steps=len(episodes),

@@ -25,7 +25,15 @@ from transformers.utils import logging
 from .adaptation import ADAPTATION_CONFIG_NAME, HEAD, AdaptationConfig, adapt, predict_logits
 from .io_utils import atomic_directory, atomic_write_text
 from .metrics import accuracy
-from .modeling import FunctionalEncoder, hub_id_of, is_local_path, meta_parameters, resolve_model_path, with_lora
+from .modeling import (
+    FunctionalEncoder,
+    hub_id_of,
+    is_local_path,
+    meta_parameters,
+    peft_compat_warnings_silenced,
+    resolve_model_path,
+    with_lora,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -139,7 +147,8 @@ class FewShotClassifier:
         _check_adapter_fits(encoder, lora_config, header, weights_file, base)
         _check_finite_file(weights_file)
         try:
-            model = PeftModel.from_pretrained(encoder, folder, is_trainable=True)
+            with peft_compat_warnings_silenced():
+                model = PeftModel.from_pretrained(encoder, folder, is_trainable=True)
         except (RuntimeError, ValueError, KeyError) as err:
             raise ValueError(
                 f"The adapter in {folder} does not fit the base model {base!r} ({type(err).__name__}: {err}); "
@@ -406,7 +415,7 @@ class FewShotClassifier:
             try:
                 _copy_into(self.model, lora)
                 peft_config.base_model_name_or_path = base or named_base
-                self.model.save_pretrained(staging)
+                self.model.save_pretrained(staging, save_embedding_layers=False)  # never trained; avoids a Hub lookup
             finally:
                 _copy_into(self.model, state)
                 peft_config.base_model_name_or_path = named_base

@@ -359,12 +359,26 @@ def build_episodes(
             text_column=text_column,
             label_column=label_column,
         )
-        try:
-            builder.download_and_prepare()
-        except datasets.exceptions.DatasetGenerationError as err:
-            # Validation runs inside the generator (so the source is read once); surface its message as is.
-            if isinstance(err.__cause__, ValueError | TypeError):
-                raise err.__cause__ from None
-            raise
-        # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
-        return builder.as_dataset(split="train", in_memory=cache_dir is None)
+        with datasets_progress_bars_off():
+            try:
+                builder.download_and_prepare()
+            except datasets.exceptions.DatasetGenerationError as err:
+                # Validation runs inside the generator (so the source is read once); surface its message as is.
+                if isinstance(err.__cause__, ValueError | TypeError):
+                    raise err.__cause__ from None
+                raise
+            # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
+            return builder.as_dataset(split="train", in_memory=cache_dir is None)
+
+
+@contextlib.contextmanager
+def datasets_progress_bars_off() -> Iterator[None]:
+    """Hide `datasets`' own bars ("Generating train split", "Filter", ...) for steps that take a blink; the
+    Trainer's progress bar is the one a user should see."""
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.utils.enable_progress_bars()

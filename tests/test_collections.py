@@ -8,8 +8,8 @@ import datasets
 import huggingface_hub.constants
 import pytest
 
-from hf_meta.data import collections as hf_collections
 from hf_meta.data import HUB_REPO_IDS, list_collections, load_collection
+from hf_meta.data import collections as hf_collections
 
 ALL_COLLECTIONS = [
     "banking77",

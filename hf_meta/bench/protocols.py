@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import datasets
 
 from ..data import load_collection
-from ..episodes import IntOrRange, build_episodes
+from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off
 from .comparison import FewShotTask, first_shots, sample_shots
 from .scripts import resolve_data_dir
 
@@ -32,7 +32,9 @@ def mixed_episodes(
         build_episodes(pool, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=per_pool, seed=seed + i)
         for i, pool in enumerate(pools)
     ]
-    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices().select(range(num_episodes))
+    with datasets_progress_bars_off():
+        mixed = datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
+    return mixed.select(range(num_episodes))
 
 
 def intent_episodes(
@@ -144,4 +146,5 @@ def remove_overlap(dataset: datasets.Dataset, texts: Iterable[str], text_column:
     SST-2 dev sentences are in MR (`rt-polarity`), which SST was built from, and 270 are in SUBJ.
     """
     excluded = {_normalised(text) for text in texts}
-    return dataset.filter(lambda text: _normalised(text) not in excluded, input_columns=text_column)
+    with datasets_progress_bars_off():
+        return dataset.filter(lambda text: _normalised(text) not in excluded, input_columns=text_column)
