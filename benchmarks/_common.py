@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from hf_meta.bench.protocols import intent_episodes
-from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, resolve_data_dir, write_results
+from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, resolve_data_dir, write_results
 from hf_meta.io_utils import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -105,17 +105,6 @@ def in_fresh_process(fn: Callable[..., dict], *args: Any) -> dict:
 
 
 # ---- Meta-training set-up for the speed scripts -------------------------------------------------------------
-
-
-def lora_config(model, top_layers: int | None = None):
-    """hf_meta's default LoRA for `model`, on every layer or only on the top `top_layers`."""
-    from hf_meta.modeling import default_lora_config
-
-    lora = default_lora_config(model.config.model_type)
-    if top_layers:
-        layers = model.config.num_hidden_layers
-        lora.layers_to_transform = list(range(layers - top_layers, layers))
-    return lora
 
 
 def speed_setup(args, n_way=5, k_shot=5, num_query=5, num_episodes=8, seed=0, top_layers=None):

@@ -234,8 +234,8 @@ def adapt(
         def support_loss(w: Weights) -> torch.Tensor:
             return F.cross_entropy(task_logits(encoder, w, support, config.logit_scale), labels)
 
-        if config.inner_steps == 0:
-            return {name: w.detach() for name, w in weights.items()}, []
+        if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
+            return weights, []
         return sgd_adapt(support_loss, weights, config.inner_steps, config.inner_learning_rate, first_loss)
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,14 +13,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel
-from peft.tuners.tuners_utils import check_target_module_exists
-from safetensors import safe_open
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
 from .adaptation import ADAPTATION_CONFIG_NAME, HEAD, AdaptationConfig, adapt, predict_logits
+from .adapter_checks import (
+    check_adapter_fits,
+    check_finite_file,
+    check_safetensors,
+    check_tokenizer,
+    choose_base_model,
+    load_tokenizer,
+    non_finite,
+    position_limit,
+    read_lora_config,
+    refuse_remote_code,
+)
 from .io_utils import atomic_directory, atomic_write_text
 from .metrics import accuracy
 from .modeling import (
@@ -40,30 +48,6 @@ logger = logging.get_logger(__name__)
 HEAD_FILE = "classifier_head.safetensors"
 LABELS_FILE = "classifier_labels.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Configs that may name remote code (`auto_map`); hf_meta refuses such folders instead of running their code.
-REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json", "processor_config.json")
-# A tokenizer folder needs one of these besides `tokenizer_config.json`, or every word becomes `[UNK]`.
-VOCABULARY_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-)
-MAX_LORA_SCALING = 1e3  # `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA); hf_meta's default is 2
-# Architectures whose position ids start after the padding index (RoBERTa's `padding_idx + 1` offset).
-PADDING_OFFSET_MODEL_TYPES = {
-    "roberta",
-    "xlm-roberta",
-    "xlm-roberta-xl",
-    "camembert",
-    "longformer",
-    "data2vec-text",
-    "ibert",
-    "mpnet",
-    "roberta-prelayernorm",
-}
 
 
 class FewShotClassifier:
@@ -85,7 +69,7 @@ class FewShotClassifier:
     """
 
     def __init__(self, model: PeftModel, tokenizer, adaptation_config: AdaptationConfig, batch_size: int = 64):
-        _check_tokenizer(tokenizer, model)
+        check_tokenizer(tokenizer, model)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -98,7 +82,7 @@ class FewShotClassifier:
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
-        self.position_limit = _position_limit(model)
+        self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
 
     # ---- Loading --------------------------------------------------------------------------------------------
@@ -130,22 +114,22 @@ class FewShotClassifier:
         folder = _local_folder(str(path_or_repo_id), hub_kwargs)
         if not (folder / "adapter_config.json").is_file():
             return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), base_model)
-        _refuse_remote_code(folder)
+        refuse_remote_code(folder)
         weights_file = folder / "adapter_model.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(
                 f"{weights_file} is missing: hf_meta only loads adapters stored as safetensors (never pickle)."
             )
-        header = _check_safetensors(weights_file)
-        lora_config = _read_lora_config(folder, header)
+        header = check_safetensors(weights_file)
+        lora_config = read_lora_config(folder, header)
         adaptation_config = AdaptationConfig.from_pretrained(folder)
-        base = _choose_base_model(base_model, lora_config.base_model_name_or_path, adaptation_config, folder)
+        base = choose_base_model(base_model, lora_config.base_model_name_or_path, adaptation_config, folder)
         base_path = resolve_model_path(base)
         if os.path.isdir(base_path):
-            _refuse_remote_code(Path(base_path))
+            refuse_remote_code(Path(base_path))
         encoder = AutoModel.from_pretrained(base_path, trust_remote_code=False)
-        _check_adapter_fits(encoder, lora_config, header, weights_file, base)
-        _check_finite_file(weights_file)
+        check_adapter_fits(encoder, lora_config, header, weights_file, base)
+        check_finite_file(weights_file)
         try:
             with peft_compat_warnings_silenced():
                 model = PeftModel.from_pretrained(encoder, folder, is_trainable=True)
@@ -154,7 +138,7 @@ class FewShotClassifier:
                 f"The adapter in {folder} does not fit the base model {base!r} ({type(err).__name__}: {err}); "
                 "pass the `base_model=` it was trained on."
             ) from None
-        tokenizer = _load_tokenizer(folder, base_path)
+        tokenizer = load_tokenizer(folder, base_path)
         classifier = cls(model, tokenizer, adaptation_config)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
@@ -165,13 +149,13 @@ class FewShotClassifier:
         """A fresh (not meta-learned) LoRA adapter on a plain encoder: the "fresh LoRA" baseline."""
         path = resolve_model_path(name_or_path)
         if os.path.isdir(path):
-            _refuse_remote_code(Path(path))
+            refuse_remote_code(Path(path))
         AutoConfig.from_pretrained(path, trust_remote_code=False)  # a clear transformers error if this is no model
         model = with_lora(AutoModel.from_pretrained(path, trust_remote_code=False), None)
         if hub_id is None and not os.path.isdir(name_or_path):
             hub_id = name_or_path
         config = AdaptationConfig(base_model=hub_id_of(model, hub_id))
-        return cls(model, _load_tokenizer(None, path), config)
+        return cls(model, load_tokenizer(None, path), config)
 
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
@@ -200,7 +184,7 @@ class FewShotClassifier:
         batch["labels"] = torch.tensor([index[label] for label in labels])
         self.model.eval()
         weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config)
-        bad = _non_finite(weights)
+        bad = non_finite(weights)
         if bad:
             raise FloatingPointError(
                 f"`fit` diverged: {len(bad)} adapted tensor(s) hold NaN or inf (e.g. {bad[0]}; support losses "
@@ -398,7 +382,7 @@ class FewShotClassifier:
 
     def _save(self, save_directory: str | os.PathLike, base: str) -> None:
         for what, weights in (("meta-initialised", self.meta_weights), ("adapted", self.weights or {})):
-            bad = _non_finite(weights)
+            bad = non_finite(weights)
             if bad:
                 raise FloatingPointError(
                     f"Refusing to save: {len(bad)} {what} tensor(s) hold NaN or inf (e.g. {bad[0]}); training or "
@@ -508,7 +492,7 @@ class FewShotClassifier:
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}: {err}).") from None
-        _check_safetensors(folder / HEAD_FILE, lora=False)
+        check_safetensors(folder / HEAD_FILE, lora=False)
         head = load_file(str(folder / HEAD_FILE))["weight"]
         if head.shape[0] != len(classes):
             raise ValueError(
@@ -520,221 +504,6 @@ class FewShotClassifier:
         self.classes_ = classes
         shots = stored.get("shots")
         self.shots_ = shots if isinstance(shots, list) and len(shots) == len(classes) else None
-
-
-def _check_safetensors(path: Path, lora: bool = True) -> dict[str, tuple[list[int], str]]:
-    """Read the header of a safetensors file (no tensor data) so a truncated or forged file fails here, naming it.
-
-    Returns every tensor's shape and dtype by name.
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = {name: (list(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for every malformed header
-        raise ValueError(f"{path} is not a valid safetensors file ({err}); re-download or re-save it.") from None
-    if lora and (not header or not all("lora_" in name for name in header)):
-        raise ValueError(f"{path} holds no LoRA weights ({list(header)[:3]}); is it an hf_meta / peft LoRA adapter?")
-    if not lora and "weight" not in header:
-        raise ValueError(f"{path} holds no `weight` tensor ({list(header)[:3]}); save the classifier again.")
-    return header
-
-
-def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the tensors holding NaN or inf."""
-    return [name for name, w in weights.items() if not torch.isfinite(w).all()]
-
-
-def _refuse_remote_code(folder: Path) -> None:
-    """Refuse a folder whose configs name remote code: hf_meta never runs code shipped with a model."""
-    for name in REMOTE_CODE_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        if isinstance(values, dict) and values.get("auto_map"):
-            raise ValueError(
-                f"{path} carries `auto_map` ({sorted(values['auto_map'])}): loading it would run code shipped with "
-                "the model, which hf_meta never does (`trust_remote_code=False`). Remove `auto_map` if the model "
-                "is a standard transformers architecture, or build the model yourself and pass it to "
-                "`FewShotClassifier(model, tokenizer, adaptation_config)`."
-            )
-
-
-def _read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> LoraConfig:
-    """`adapter_config.json` parsed and checked against the weights' header before anything is allocated."""
-    path = folder / "adapter_config.json"
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
-    if values.get("peft_type") != "LORA":
-        raise ValueError(
-            f'{path} has `peft_type` {values.get("peft_type")!r}; hf_meta loads LoRA adapters only (`"LORA"`).'
-        )
-    r = values.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"{path}: `r` must be a positive int, got {r!r}.")
-    rank_pattern = values.get("rank_pattern") or {}
-    alpha_pattern = values.get("alpha_pattern") or {}
-    ranks = {r, *rank_pattern.values()}
-    for name, (shape, dtype) in header.items():
-        if dtype not in ("F32", "F16", "BF16", "F64"):
-            raise ValueError(f"{folder / 'adapter_model.safetensors'}: tensor {name} has dtype {dtype}, not a float.")
-        rank = shape[0] if ".lora_A." in name else shape[-1] if ".lora_B." in name else None
-        if len(shape) != 2 or (rank is not None and rank not in ranks):
-            raise ValueError(
-                f"{path} says `r`={r}{f' (rank_pattern {rank_pattern})' if rank_pattern else ''} but tensor {name} of "
-                f"{folder / 'adapter_model.safetensors'} has shape {shape}; the config does not match the weights "
-                "(edited or from another adapter). Restore the adapter's own adapter_config.json."
-            )
-    use_rslora = bool(values.get("use_rslora"))
-    for key, alpha in [("lora_alpha", values.get("lora_alpha")), *alpha_pattern.items()]:
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-            raise ValueError(f"{path}: `lora_alpha` ({key}) must be a finite number, got {alpha!r}.")
-        for rank in ranks:
-            scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
-            if abs(scaling) > MAX_LORA_SCALING:
-                raise ValueError(
-                    f"{path}: `lora_alpha` {alpha} with `r` {rank} scales the LoRA update by {scaling:.3g}, beyond "
-                    f"{MAX_LORA_SCALING:g}: the adapter would swamp the base model (a forged or corrupted config). "
-                    "Restore the adapter's own adapter_config.json."
-                )
-    try:
-        return LoraConfig.from_pretrained(str(folder))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path} is not a valid LoRA config ({type(err).__name__}: {err}).") from None
-
-
-def _check_adapter_fits(
-    encoder: torch.nn.Module,
-    config: LoraConfig,
-    header: dict[str, tuple[list[int], str]],
-    weights_file: Path,
-    base: str,
-) -> None:
-    """The tensors `config` creates on `encoder` (names and shapes) must be exactly those of the file's header.
-
-    Run before peft allocates anything, so a forged config (another `target_modules`, an `r` of 30000) is refused
-    at the cost of reading a JSON file and a safetensors header.
-    """
-    rank_pattern = config.rank_pattern or {}
-    expected: dict[str, list[int]] = {}
-    for key, module in encoder.named_modules():
-        if not key or not check_target_module_exists(config, key):
-            continue
-        if not isinstance(module, torch.nn.Linear):
-            continue  # hf_meta adapts Linear projections; other layer types are left to peft's own checks
-        rank = next((rank for pattern, rank in rank_pattern.items() if re.search(pattern, key)), config.r)
-        expected[f"base_model.model.{key}.lora_A.weight"] = [rank, module.in_features]
-        expected[f"base_model.model.{key}.lora_B.weight"] = [module.out_features, rank]
-    stored = {name: shape for name, (shape, _) in header.items()}
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    wrong = sorted(name for name in set(expected) & set(stored) if expected[name] != stored[name])
-    if missing or unexpected or wrong:
-        targets = config.target_modules
-        targets = sorted(targets) if isinstance(targets, set) else targets
-        details = []
-        if missing:
-            details.append(
-                f"{len(missing)} tensor(s) the config creates are missing from the file (e.g. {missing[0]})"
-            )
-        if unexpected:
-            details.append(
-                f"{len(unexpected)} tensor(s) of the file have no place in the model (e.g. {unexpected[0]})"
-            )
-        if wrong:
-            name = wrong[0]
-            details.append(f"{len(wrong)} shape(s) differ (e.g. {name}: file {stored[name]}, model {expected[name]})")
-        raise ValueError(
-            f"The adapter in {weights_file.parent} does not fit the base model {base!r} with its adapter_config.json "
-            f"(`target_modules` {targets!r}, "
-            f"`r` {config.r}): {'; '.join(details)}. Pass the `base_model=` it was trained on, or restore the "
-            "adapter's own files."
-        )
-
-
-def _check_finite_file(path: Path) -> None:
-    bad = [name for name, tensor in load_file(str(path)).items() if not torch.isfinite(tensor).all()]
-    if bad:
-        raise ValueError(
-            f"{path} holds NaN or inf in {len(bad)} tensor(s) (e.g. {bad[0]}): the adapter was saved after training "
-            "diverged. Retrain it with a lower learning rate (or use an earlier checkpoint)."
-        )
-
-
-def _choose_base_model(
-    base_model: str | None, named_base: str | None, adaptation_config: AdaptationConfig, folder: Path
-) -> str:
-    """`base_model=` if given, else the adapter's `base_model_name_or_path` unless it is a local path that does not
-    exist here (an adapter saved on another machine), then the Hub id in `adaptation_config.json`."""
-    if base_model:
-        return str(base_model)
-    candidates = [named_base, adaptation_config.base_model]
-    usable = [c for c in candidates if c and (not is_local_path(c) or os.path.isdir(c))]
-    if usable:
-        if named_base and named_base != usable[0]:
-            logger.warning(f"The adapter names the base model {named_base!r}, which is not here; using {usable[0]!r}.")
-        return usable[0]
-    raise ValueError(
-        f"{folder / 'adapter_config.json'} names no usable base model (got {named_base!r}, "
-        f"{ADAPTATION_CONFIG_NAME} {adaptation_config.base_model!r}); pass `base_model=` (a Hub id or a local "
-        "folder of the encoder)."
-    )
-
-
-def _load_tokenizer(folder: Path | None, base_path: str):
-    """The adapter folder's tokenizer when it has one, else the base model's; a partial tokenizer is refused."""
-    source = base_path
-    if folder is not None and (folder / "tokenizer_config.json").is_file():
-        if not any((folder / name).is_file() for name in VOCABULARY_FILES):
-            raise ValueError(
-                f"{folder} has tokenizer_config.json but no vocabulary ({', '.join(VOCABULARY_FILES[:3])}, ...): the "
-                "tokenizer would turn every word into `[UNK]`. Copy the tokenizer's files in (e.g. "
-                "`tokenizer.save_pretrained(folder)`), or delete tokenizer_config.json to use the base model's."
-            )
-        source = str(folder)
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-
-
-def _check_tokenizer(tokenizer, model: PeftModel) -> None:
-    """The tokenizer must fit the embedding table: no id beyond its rows, and not a vocabulary a fraction its size."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    rows = getattr(embeddings, "num_embeddings", None)
-    if rows is None:
-        return
-    size = len(tokenizer)
-    where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
-    if size > rows:
-        raise ValueError(
-            f"The tokenizer from {where} has {size} tokens but the model's embedding table only {rows} rows: ids "
-            f"from {rows} on would crash at predict. Use the tokenizer the base model was trained with."
-        )
-    if size < rows // 2:
-        raise ValueError(
-            f"The tokenizer from {where} has {size} tokens for an embedding table of {rows} rows: it is partial or "
-            "another model's (every word would map to a few ids, e.g. `[UNK]`). Use the tokenizer the base model "
-            "was trained with (its tokenizer.json / vocab file)."
-        )
-
-
-def _position_limit(model: PeftModel) -> int:
-    """How many tokens the model can encode: `max_position_embeddings` minus RoBERTa-style padding offsets."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    config = base.config
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int) or limit <= 0:
-        return 100_000
-    if config.model_type in PADDING_OFFSET_MODEL_TYPES:
-        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
-    return limit
 
 
 def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:

@@ -8,29 +8,28 @@ Sources are 2-way episodes of movie reviews (MR), product reviews (books, dvd, e
 reviews and IMDB. Every source sentence that also appears in any SST-2 split is removed first: SST was built from
 the MR sentences, so without this filter meta-training would see the test set. Needs the `bench` extra.
 
-    accelerate launch recipes/fewshot_sentiment.py
+    # the default run on a CPU-only machine (about 15 minutes on 2 cores: 320 episodes)
+    accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/fewshot_sentiment.py
     accelerate launch recipes/fewshot_sentiment.py --max_steps 400 --plot_shots 2 4 16 --push_to_hub \\
         --hub_model_id me/hf-meta-minilm-sentiment
 
 The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
 """
 
-import os
-
 from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer
-from hf_meta.bench.comparison import compare_methods, format_table, summarize
-from hf_meta.bench.plots import PLOT_FILE, plot_accuracy_vs_shots
+from hf_meta.bench.comparison import compare_methods
 from hf_meta.bench.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks
 from hf_meta.bench.scripts import (
+    card_arguments,
     load_encoder,
+    lora_config,
     meta_training_episodes,
     parse_script_arguments,
+    report,
     resolve_data_dir,
-    write_results,
 )
-from hf_meta.data import HUB_REPO_IDS
 
 
 def main() -> None:
@@ -42,9 +41,12 @@ def main() -> None:
         n_way=[2],
         k_shot=[8],
         num_query=8,
+        # Chosen on held-out sentiment collections (benchmarks/meta_throughput.py --family sentiment), never SST-2:
+        # the prototype head with LoRA in every layer; LoRA in the top layers only, or a fitted head, scored lower.
+        head_fit_steps=0,
         output_dir="outputs/fewshot_sentiment",
-        max_steps=40,
-        logging_steps=5,
+        max_steps=80,
+        logging_steps=10,
     )
     if script_args.target != "sst2" or script_args.n_way != [2]:
         raise ValueError(
@@ -66,7 +68,13 @@ def main() -> None:
 
     # Meta-train
     model, tokenizer = load_encoder(script_args.model_name_or_path)
-    trainer = MetaTrainer(model=model, args=training_args, train_dataset=train_episodes, processing_class=tokenizer)
+    trainer = MetaTrainer(
+        model=model,
+        args=training_args,
+        peft_config=lora_config(model, script_args.lora_top_layers),
+        train_dataset=train_episodes,
+        processing_class=tokenizer,
+    )
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
     trainer.train()
     trainer.save_model()
@@ -78,28 +86,21 @@ def main() -> None:
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
     methods = {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}
     rows = compare_methods(tasks, methods, frozen=fresh)
-    summary = sorted(summarize(rows), key=lambda row: (row["shots"] != script_args.shots, row["shots"]))
     description = (
         f"SST-2, {script_args.shots} labelled sentences per class from the sentence-level training file, seeds "
         f"{script_args.seeds}, accuracy on the GLUE dev set (872); meta-trained on {', '.join(script_args.sources)} "
         f"(SST-2 sentences removed) for {training_args.max_steps} meta-steps."
     )
-    print(f"\n{description}\n{format_table(summary)}")
-    write_results(
-        os.path.join(training_args.output_dir, "results.json"), description=description, summary=summary, rows=rows
+    summary, plot_file = report(
+        rows,
+        output_dir=training_args.output_dir,
+        description=description,
+        headline_shots=script_args.shots,
+        title="sst2",
     )
-    plot_file = None
-    if script_args.plot_shots:
-        plot_file = PLOT_FILE
-        plot_accuracy_vs_shots(summary, os.path.join(training_args.output_dir, plot_file), title="sst2")
 
     # Model card (and the Hub)
-    card = {
-        "datasets": [HUB_REPO_IDS.get(name, name) for name in script_args.sources],
-        "results": summary,
-        "results_description": description,
-        "plot_file": plot_file,
-    }
+    card = card_arguments(script_args.sources, summary, description, plot_file)
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
     else:

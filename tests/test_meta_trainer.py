@@ -224,3 +224,12 @@ def test_training_args_are_saved_as_json_not_pickle(tmp_path, episodes, tokenize
     out = tmp_path / "out"
     assert not (out / "training_args.bin").exists()
     assert json.loads((out / "training_args.json").read_text())["inner_steps"] == 2
+
+
+def test_fomaml_with_no_inner_step_trains_through_the_fitted_head(tmp_path, episodes, tokenizer):
+    """`inner_steps=0`: the head is fitted on the support set, the LoRA moves only in the outer loop."""
+    trainer = make_trainer(tmp_path, episodes, tokenizer, inner_steps=0, max_steps=2)
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    assert any(not torch.equal(before[name], after[name]) for name in before if "lora_" in name)

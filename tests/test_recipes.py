@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_recipe(name: str, output_dir: Path, data_dir: Path, *extra: str) -> dict:
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "recipes" / "accelerate_configs" / "single_process.yaml"),
+        "--config_file", str(ROOT / "recipes" / "accelerate_configs" / "cpu.yaml"),
         str(ROOT / "recipes" / name),
         "--output_dir", str(output_dir), "--data_dir", str(data_dir),
         "--max_steps", "2", "--gradient_accumulation_steps", "1", "--report_to", "none", *extra,

@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import WORDS, tiny_encoder
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, classifier
+from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, adapter_checks, build_episodes, classifier
 from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
 from hf_meta.classifier import HEAD_FILE, LABELS_FILE
 from hf_meta.metrics import AccuracyWithCI
@@ -175,7 +176,7 @@ def test_tiny_vocabulary_is_refused(base_dir, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
     with pytest.raises(ValueError, match="5 tokens for an embedding table of 30522 rows"):
-        classifier._check_tokenizer(BertTokenizerFast(vocab_file=str(vocab)), tiny_encoder())
+        adapter_checks.check_tokenizer(BertTokenizerFast(vocab_file=str(vocab)), tiny_encoder())
 
 
 # ---- 5. fit overrides -------------------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ def test_forged_adapter_is_refused_before_peft_allocates(adapter_dir, base_dir, 
 def test_every_auto_class_gets_trust_remote_code_false(adapter_dir, base_dir, monkeypatch):
     calls = []
     for auto in ("AutoModel", "AutoTokenizer", "AutoConfig"):
-        cls = getattr(classifier, auto)
+        cls = getattr(transformers, auto)  # patched on the class: every module that calls it is seen
         real = cls.from_pretrained
 
         def record(*args, _real=real, _auto=auto, **kwargs):
@@ -407,7 +408,7 @@ def test_truncation_warns_once_per_classifier(adapter_dir, base_dir):
 
 
 def test_position_limit_subtracts_roberta_padding_offset():
-    from hf_meta.classifier import _position_limit
+    from hf_meta.adapter_checks import position_limit as _position_limit
 
     assert _position_limit(tiny_encoder("bert")) == 128
     roberta = tiny_encoder("roberta")

@@ -8,12 +8,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peft import LoraConfig
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedModel
 
 from ..data import DATA_DIR_ENV_VAR
 from ..io_utils import atomic_write_text
 from ..meta_training_args import MetaTrainingArguments
-from ..modeling import resolve_model_path
+from ..modeling import default_lora_config, resolve_model_path
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # A source checkout sits beside the project's `shared/data` folder (an editable install finds it from here).
@@ -58,6 +59,13 @@ class ScriptArguments:
     n_way: list[int] = field(default_factory=lambda: [10, 20], metadata={"help": "Episode ways: N, or low high."})
     k_shot: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "Episode shots: K, or low high."})
     num_query: int = field(default=3, metadata={"help": "Query examples per class and episode."})
+    lora_top_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Put LoRA in the top N layers only (the frozen layers below then run once per sentence); "
+            "default: every layer."
+        },
+    )
 
     def __post_init__(self):
         if self.target in self.sources:
@@ -88,6 +96,13 @@ def load_encoder(model_name_or_path: str) -> tuple[PreTrainedModel, object]:
     return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
+def lora_config(model: PreTrainedModel, top_layers: int | None) -> LoraConfig:
+    """hf_meta's default LoRA set-up for `model`, in every layer or in the top `top_layers` only."""
+    return default_lora_config(
+        model.config.model_type, top_layers=top_layers, num_layers=model.config.num_hidden_layers
+    )
+
+
 def meta_training_episodes(args: MetaTrainingArguments) -> int:
     """How many episodes `args.max_steps` meta-steps consume over all processes."""
     if args.max_steps <= 0:
@@ -99,3 +114,35 @@ def write_results(path: str | os.PathLike, **content) -> None:
     """Write a results JSON atomically (the command that produced it is recorded under `command`)."""
     content = {"command": " ".join(["python", *sys.argv]), **content}
     atomic_write_text(path, json.dumps(content, indent=2))
+
+
+def report(
+    rows: list[dict], *, output_dir: str | os.PathLike, description: str, headline_shots: int, title: str
+) -> tuple[list[dict], str | None]:
+    """Summarise the rows of `compare_methods`, print the table, write `results.json` and, when there are several
+    shot counts, the accuracy-vs-shots plot to `output_dir`.
+
+    Returns the summary (the headline shot count first) and the plot's file name (`None` without a plot).
+    """
+    from .comparison import format_table, summarize
+    from .plots import PLOT_FILE, plot_accuracy_vs_shots
+
+    summary = sorted(summarize(rows), key=lambda row: (row["shots"] != headline_shots, row["shots"]))
+    print(f"\n{description}\n{format_table(summary)}")
+    write_results(Path(output_dir) / "results.json", description=description, summary=summary, rows=rows)
+    if len({row["shots"] for row in summary}) < 2:
+        return summary, None
+    plot_accuracy_vs_shots(summary, Path(output_dir) / PLOT_FILE, title=title)
+    return summary, PLOT_FILE
+
+
+def card_arguments(sources: list[str], summary: list[dict], description: str, plot_file: str | None) -> dict:
+    """What `trainer.push_to_hub(**...)` / `trainer.create_model_card(**...)` put in the model card."""
+    from ..data import HUB_REPO_IDS
+
+    return {
+        "datasets": [HUB_REPO_IDS.get(name, name) for name in sources],
+        "results": summary,
+        "results_description": description,
+        "plot_file": plot_file,
+    }
