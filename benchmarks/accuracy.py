@@ -27,7 +27,7 @@ split, one seed, FOMAML only, 10 meta-steps, 30 episodes for B; SetFit on A and 
     python benchmarks/accuracy.py --protocols B --targets banking77 --class_splits 1
     python benchmarks/accuracy.py                                  # the full run
     python benchmarks/accuracy.py --quick --meta_steps 1 --episodes 2 --sst2_seeds 0 --test_examples 100 \\
-        --setfit_protocols --output /tmp/accuracy.json             # smoke run
+        --setfit_protocols --output outputs/accuracy.json             # smoke run
 
 Writes `benchmarks/results/accuracy.json`: rows {"protocol", "dataset", "shots", "method", "accuracy", "ci95",
 "runs"} (mean and 95% CI over seeds for A and C, over episodes for B) plus the settings, machine and command.

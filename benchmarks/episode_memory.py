@@ -7,7 +7,7 @@ else. Each setting runs in a fresh process (peak RSS is a high-water mark); the 
 imports, the total peak and the seconds `build_episodes` took.
 
     python benchmarks/episode_memory.py
-    python benchmarks/episode_memory.py --quick --output /tmp/episode_memory.json   # smoke run
+    python benchmarks/episode_memory.py --quick --output outputs/episode_memory.json   # smoke run
 
 Writes `benchmarks/results/episode_memory.json`.
 """

@@ -6,7 +6,7 @@ For each shot count: accuracy of the prototype head alone (`head_fit_steps=0`) a
 examples of each intent in `train_5`). This is the sweep the default `head_l2` is chosen from.
 
     python benchmarks/head_l2.py
-    python benchmarks/head_l2.py --quick --output /tmp/head_l2.json   # smoke run: 1 shot, 2 values, 200 sentences
+    python benchmarks/head_l2.py --quick --output outputs/head_l2.json   # smoke run: 1 shot, 2 values, 200 sentences
 
 Writes `benchmarks/results/head_l2.json`.
 """

@@ -10,7 +10,7 @@ task: 77 intents, the published 5-shot file, the full test set), on a meta-learn
 
     python benchmarks/intent_gap.py --adapter outputs/fewshot_intent
     python benchmarks/intent_gap.py --quick --adapter sentence-transformers/all-MiniLM-L6-v2 \\
-        --output /tmp/intent_gap.json   # smoke run: a fresh adapter stands in, 1 shot, 200 test sentences
+        --output outputs/intent_gap.json   # smoke run: a fresh adapter stands in, 1 shot, 200 test sentences
 
 Writes `benchmarks/results/intent_gap.json`.
 """

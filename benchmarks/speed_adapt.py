@@ -12,7 +12,7 @@ placement (the cache changes speed only).
 - `top3_cache_speedup`: top 3 without the cache / with it.
 
     python benchmarks/speed_adapt.py
-    python benchmarks/speed_adapt.py --quick --output /tmp/speed.json   # smoke run: 1 shot, 200 test sentences
+    python benchmarks/speed_adapt.py --quick --output outputs/speed.json   # smoke run: 1 shot, 200 test sentences
 
 Writes the `adapt` part and the two `adapt_seconds_*` keys of `benchmarks/results/speed.json` (other parts kept).
 SetFit's training time on the same shots is `speed_setfit.py`.

@@ -10,7 +10,7 @@ fresh-adapter accuracy on `--accuracy_episodes` held-out episodes is measured fo
 - `top2_vs_all_layers_speedup`: all-layers seconds / top-2 seconds with the cache.
 
     python benchmarks/speed_cache.py
-    python benchmarks/speed_cache.py --quick --output /tmp/speed.json   # smoke run
+    python benchmarks/speed_cache.py --quick --output outputs/speed.json   # smoke run
 
 Writes the `cache` part and `top_layer_cache_speedup` of `benchmarks/results/speed.json` (other parts kept).
 """

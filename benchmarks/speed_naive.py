@@ -10,7 +10,7 @@ fresh process, so its peak RSS counts only its own allocations.
 - `naive_peak_rss_ratio`: naive peak RSS / `MetaTrainer` peak RSS.
 
     python benchmarks/speed_naive.py
-    python benchmarks/speed_naive.py --quick --output /tmp/speed.json   # smoke run
+    python benchmarks/speed_naive.py --quick --output outputs/speed.json   # smoke run
 
 Writes the `hf_meta` and `naive` parts and the two ratios of `benchmarks/results/speed.json` (other parts kept).
 """

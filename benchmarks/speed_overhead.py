@@ -7,7 +7,7 @@ rounds of (trainer, bare) so that neither always runs first on a cold process. B
 by SGD (`head_fit_steps=0`); the trainer with the fitted head (the default) is timed beside them.
 
     python benchmarks/speed_overhead.py
-    python benchmarks/speed_overhead.py --quick --output /tmp/speed.json   # smoke run
+    python benchmarks/speed_overhead.py --quick --output outputs/speed.json   # smoke run
 
 Writes the `overhead` part and `overhead_ratio` of `benchmarks/results/speed.json` (other parts are kept).
 """

@@ -8,7 +8,7 @@ On CPU give each process its share of the cores (`OMP_NUM_THREADS`).
     accelerate launch --config_file recipes/accelerate_configs/single_process.yaml benchmarks/speed_processes.py
     OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch \\
         --config_file recipes/accelerate_configs/multi_process.yaml benchmarks/speed_processes.py
-    python benchmarks/speed_processes.py --quick --output /tmp/speed.json   # smoke run, one process
+    python benchmarks/speed_processes.py --quick --output outputs/speed.json   # smoke run, one process
 
 Writes `episodes_per_second_<N>p` into the `processes` part of `benchmarks/results/speed.json` (other parts and
 the other process count kept), and `two_process_speedup` once both counts are there.

@@ -5,7 +5,7 @@ episodes at the texts' natural length, and for 5-way 5-shot episodes at fixed to
 that truncation, not the data, sets the length). `--episodes` timed episodes per setting, after one warm-up.
 
     python benchmarks/speed_scaling.py
-    python benchmarks/speed_scaling.py --quick --output /tmp/speed.json   # smoke run: 2 small settings
+    python benchmarks/speed_scaling.py --quick --output outputs/speed.json   # smoke run: 2 small settings
 
 Writes the `scaling` part of `benchmarks/results/speed.json` (other parts kept).
 """

@@ -5,7 +5,7 @@ batch 16, then a logistic-regression head), model load included, and its accurac
 the optional extra: `pip install 'hf_meta[setfit]'`. On 2 CPU cores this is a long run; size it for the machine.
 
     python benchmarks/speed_setfit.py
-    python benchmarks/speed_setfit.py --quick --output /tmp/speed.json   # smoke run: 1 shot, 1 pair, 200 sentences
+    python benchmarks/speed_setfit.py --quick --output outputs/speed.json   # smoke run: 1 shot, 1 pair, 200 sentences
 
 Writes the `setfit` part and `setfit_seconds_77x5` of `benchmarks/results/speed.json` (other parts kept).
 """
