@@ -16,7 +16,8 @@ target test set):
     i. a with no LoRA inner step
 
     HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py                       # about 20 minutes on 2 CPU cores
-    HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py --episodes 8 --eval_episodes 4 --output outputs/meta_throughput_smoke.json
+    HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py --episodes 8 --eval_episodes 4 \\
+        --output outputs/meta_throughput_smoke.json   # smoke run
 
 Accuracy deltas are paired per validation episode (same episodes, same support sets) with a 95% CI.
 """
