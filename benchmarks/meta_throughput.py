@@ -15,7 +15,7 @@ target test set):
     h. a with 2 inner steps at twice the step size
     i. a with no LoRA inner step
 
-    HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py                       # about 20 minutes on 2 CPU cores
+    HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py                       # about 10 minutes on 2 CPU cores
     HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py --episodes 8 --eval_episodes 4 \\
         --output outputs/meta_throughput_smoke.json   # smoke run
 
