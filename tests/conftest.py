@@ -61,6 +61,27 @@ def tiny_encoder(kind: str = "bert", seed: int = 0, vocab_size: int = 30522):
     raise ValueError(kind)
 
 
+def top_layer_lora(base, layers: list[int], r: int = 4):
+    """`base` with LoRA on `layers` only (the rest frozen), eval mode, and a non-zero `lora_B` so the adapter
+    changes the output."""
+    from peft import LoraConfig, get_peft_model
+
+    from hf_meta.modeling import lora_target_modules
+
+    config = LoraConfig(
+        r=r,
+        target_modules=lora_target_modules(base.config.model_type),
+        layers_to_transform=layers,
+        init_lora_weights="gaussian",
+    )
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    return model
+
+
 WORDS = [
     "card arrival late",
     "exchange rate euro",

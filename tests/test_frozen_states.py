@@ -3,28 +3,13 @@
 import datasets
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder
-from peft import LoraConfig, get_peft_model
+from conftest import WORDS, tiny_encoder, top_layer_lora
+from peft import LoraConfig
 
 from hf_meta import AdaptationConfig, EpisodeCollator, MetaTrainer, MetaTrainingArguments, build_episodes
 from hf_meta.adaptation import episode_meta_gradient, split_episode
 from hf_meta.frozen_states import FrozenStates
-from hf_meta.modeling import FunctionalEncoder, lora_target_modules, meta_parameters
-
-
-def top_layer_lora(base, layers):
-    config = LoraConfig(
-        r=4,
-        target_modules=lora_target_modules(base.config.model_type),
-        layers_to_transform=layers,
-        init_lora_weights="gaussian",
-    )
-    model = get_peft_model(base, config).eval()
-    with torch.no_grad():  # a non-zero lora_B so the adapter changes the output
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.1)
-    return model
+from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
 
 def assert_same_episode(encoder, episode, tokenizer, states, config):

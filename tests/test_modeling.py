@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_encoder
+from conftest import tiny_encoder, top_layer_lora
 from peft import LoraConfig, get_peft_model
 
 from hf_meta.modeling import FROZEN_STATES, FunctionalEncoder, _Replay, lora_target_modules, meta_parameters
@@ -10,18 +10,7 @@ from hf_meta.modeling import FROZEN_STATES, FunctionalEncoder, _Replay, lora_tar
 
 @pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
 def test_frozen_layer_cache_matches_full_forward(kind, tokenizer):
-    base = tiny_encoder(kind, vocab_size=tokenizer.vocab_size)
-    config = LoraConfig(
-        r=4,
-        target_modules=lora_target_modules(base.config.model_type),
-        layers_to_transform=[1],
-        init_lora_weights="gaussian",
-    )
-    model = get_peft_model(base, config).eval()
-    with torch.no_grad():  # a non-zero lora_B so the adapter changes the output
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.1)
+    model = top_layer_lora(tiny_encoder(kind, vocab_size=tokenizer.vocab_size), [1])
     encoder = FunctionalEncoder(model)
     assert encoder.frozen_depth == 1
     batch = dict(tokenizer(["refund not showing up", "card arrived?"], padding=True, return_tensors="pt"))
@@ -67,13 +56,7 @@ def test_length_sorted_chunks_match_one_padded_batch(tokenizer):
 def test_cache_keeps_length_sorted_chunks(tokenizer):
     """Cached lower-layer states are stored per length-sorted chunk, so the cache never pads short texts to the
     longest one; embeddings and gradients still match one padded full forward pass."""
-    base = tiny_encoder()
-    config = LoraConfig(r=2, target_modules=["query", "value"], layers_to_transform=[1], init_lora_weights="gaussian")
-    model = get_peft_model(base, config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.1)
+    model = top_layer_lora(tiny_encoder(), [1], r=2)
     texts = ["short", "a much longer sentence about a card that never arrived at all", "mid length text", "x y", "z"]
     batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
     weights = {n: p.detach().clone().requires_grad_() for n, p in meta_parameters(model).items()}
