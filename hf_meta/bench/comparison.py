@@ -11,6 +11,7 @@ import numpy as np
 from transformers.utils.logging import tqdm
 
 from ..classifier import FewShotClassifier
+from ..label_names import label_phrase, names_are_usable
 from ..metrics import accuracy, mean_ci95
 from .baselines import logistic_regression, nearest_prototype
 
@@ -60,15 +61,18 @@ def compare_methods(
     tasks: Sequence[FewShotTask],
     adapters: Mapping[str, FewShotClassifier],
     frozen: FewShotClassifier | None = None,
+    class_names: bool = True,
 ) -> list[dict]:
     """Accuracy of every adapter (fitted on each task's shots) and of the frozen baselines, on the same test sets.
 
     Args:
         tasks: the few-shot tasks.
-        adapters: method name -> classifier whose `fit` adapts from the task's shots (e.g. `hf_meta_fomaml`,
-            `fresh_lora`).
+        adapters: method name -> classifier whose `fit` adapts from the task's shots (e.g. `hf_meta`,
+            `fresh_lora`); anything with `fit(texts, labels)` and `predict(texts)` works (e.g. SetFit).
         frozen: a classifier on the pretrained encoder (a fresh adapter); its embeddings feed the `frozen_lr`
             (logistic regression) and `frozen_proto` (nearest prototype) baselines. Skipped when `None`.
+        class_names: also score `frozen_lr_names`, the logistic regression with each class's name (as a phrase) as
+            one more training example, where the labels are names rather than codes.
 
     Returns:
         One row per task and method: `dataset`, `shots`, `seed`, `method`, `accuracy`, `seconds` (fit + predict).
@@ -80,11 +84,18 @@ def compare_methods(
             start = time.perf_counter()
             if task.dataset not in test_embeddings:
                 test_embeddings[task.dataset] = frozen.embed(task.test_texts)
+            test = test_embeddings[task.dataset]
             train = frozen.embed(task.train_texts)
             for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
-                predictions = predict(train, task.train_labels, test_embeddings[task.dataset])
-                score = accuracy(predictions, task.test_labels)["accuracy"]
+                score = accuracy(predict(train, task.train_labels, test), task.test_labels)["accuracy"]
                 rows.append(_row(task, method, score, time.perf_counter() - start))
+            classes = list(dict.fromkeys(task.train_labels))
+            if class_names and names_are_usable(classes):
+                start = time.perf_counter()
+                names = frozen.embed([label_phrase(c) for c in classes])
+                predictions = logistic_regression(np.concatenate([train, names]), [*task.train_labels, *classes], test)
+                score = accuracy(predictions, task.test_labels)["accuracy"]
+                rows.append(_row(task, "frozen_lr_names", score, time.perf_counter() - start))
             progress.update(1)
         for method, classifier in adapters.items():
             start = time.perf_counter()
@@ -135,3 +146,59 @@ def format_table(summary: Sequence[dict]) -> str:
             f"{ci:>9}{row['runs']:>6}"
         )
     return "\n".join(lines)
+
+
+def paired_summary(
+    rows: Sequence[dict], method: str, keys: Sequence[str] = ("dataset", "shots"), draw_key: str = "seed"
+) -> list[dict]:
+    """Per group of `keys` and method: mean accuracy and 95% CI over draws, and the paired difference to `method`.
+
+    Every baseline row carries `paired_diff` / `paired_ci95`: `method` minus that baseline, computed per draw (same
+    labelled examples) over the draws both have. The `method` row carries the same against the *best* baseline of
+    its group (highest mean among those scored on every draw `method` was), named in `versus`, and `verdict`:
+    `win` or `loss` when the paired 95% CI excludes zero, else `tie`.
+    """
+    groups: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        group = groups.setdefault(tuple(row[key] for key in keys), {})
+        scores = group.setdefault(row["method"], {"by_draw": {}, "seconds": []})
+        scores["by_draw"][row[draw_key]] = row["accuracy"]
+        scores["seconds"].append(row.get("seconds", 0.0))
+    summary = []
+    for group, methods in groups.items():
+        ours = methods.get(method, {"by_draw": {}})["by_draw"]
+        stats = {}
+        for name, scores in methods.items():
+            values = list(scores["by_draw"].values())
+            mean, ci95 = mean_ci95(values)
+            stats[name] = {
+                **dict(zip(keys, group)),
+                "method": name,
+                "accuracy": mean,
+                "ci95": None if np.isnan(ci95) else ci95,
+                "draws": len(values),
+                "seconds": float(np.mean(scores["seconds"])),
+            }
+            if name != method and ours:
+                stats[name].update(_paired(ours, scores["by_draw"]))
+        full = [name for name in stats if name != method and ours and set(ours) <= set(methods[name]["by_draw"])]
+        if method in stats and full:
+            best = max(full, key=lambda name: stats[name]["accuracy"])
+            paired = _paired(ours, methods[best]["by_draw"])
+            stats[method].update(paired, versus=best, verdict=_verdict(paired))
+        summary.extend(stats.values())
+    return summary
+
+
+def _paired(ours: Mapping, theirs: Mapping) -> dict:
+    draws = sorted(set(ours) & set(theirs))
+    mean, ci95 = mean_ci95([ours[d] - theirs[d] for d in draws])
+    return {"paired_diff": mean, "paired_ci95": None if np.isnan(ci95) else ci95, "paired_draws": len(draws)}
+
+
+def _verdict(paired: dict) -> str:
+    """`win` / `loss` when the paired 95% CI excludes zero on that side; `tie` otherwise (or with one draw)."""
+    diff, ci95 = paired["paired_diff"], paired["paired_ci95"]
+    if ci95 is None or abs(diff) <= ci95:
+        return "tie"
+    return "win" if diff > 0 else "loss"

@@ -15,6 +15,8 @@ from .scripts import resolve_data_dir
 
 INTENT_COLLECTIONS = ("banking77", "clinc150", "hwu64")
 SENTIMENT_SOURCES = ("mr", "amazon_books", "amazon_dvd", "amazon_electronics", "amazon_kitchen", "airline", "imdb")
+SENTIMENT_TARGETS = ("sst2", "sst5")
+TOPIC_SOURCES = ("huffpost", "20newsgroups", "reuters")
 
 
 def mixed_episodes(
@@ -71,20 +73,92 @@ def intent_tasks(target: str, shots: Sequence[int], data_dir: str, seed: int = 0
 def sentiment_episodes(
     sources: Sequence[str], data_dir: str, num_episodes: int, *, k_shot: int, num_query: int, seed: int
 ) -> datasets.Dataset:
-    """2-way episodes from sentiment collections with every SST-2 sentence removed (protocol C meta-training).
+    """2-way episodes from sentiment collections with every SST-2 and SST-5 sentence removed (sentiment
+    meta-training).
 
     SST was built from the MR sentences: 731 of the 872 SST-2 dev sentences are in MR, so without this filter
-    meta-training would see the test set.
+    meta-training would see the test sets.
     """
     if any(source.startswith("sst") for source in sources):
         raise ValueError(f"`sources` {list(sources)} holds an SST collection: it contains the target's sentences.")
-    sst2 = load_collection("sst2", data_dir)
-    target_texts = [text for split in sst2.values() for text in split["text"]]
+    target_texts = _all_texts(SENTIMENT_TARGETS, data_dir)
     pools = []
     for source in sources:
         collection = load_collection(source, data_dir)
         pools.append(remove_overlap(datasets.concatenate_datasets(list(collection.values())), target_texts))
     return mixed_episodes(pools, num_episodes, n_way=2, k_shot=k_shot, num_query=num_query, seed=seed)
+
+
+def topic_episodes(
+    sources: Sequence[str],
+    data_dir: str,
+    num_episodes: int,
+    *,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+) -> datasets.Dataset:
+    """Episodes from topic collections (default HuffPost, 20 Newsgroups, Reuters), with any AG News text removed."""
+    if "ag_news" in sources:
+        raise ValueError(f"`sources` {list(sources)} holds `ag_news`, the topic target; meta-train on the others.")
+    target_texts = _all_texts(["ag_news"], data_dir)
+    pools = [
+        remove_overlap(datasets.concatenate_datasets(list(load_collection(source, data_dir).values())), target_texts)
+        for source in sources
+    ]
+    return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
+
+
+def _all_texts(collections: Iterable[str], data_dir: str) -> list[str]:
+    return [
+        text for name in collections for split in load_collection(name, data_dir).values() for text in split["text"]
+    ]
+
+
+def _named(dataset: datasets.Dataset) -> tuple[list[str], list[str]]:
+    names = dataset.features["label"].names
+    return dataset["text"], [names[i] for i in dataset["label"]]
+
+
+def drawn_tasks(
+    name: str, pool: datasets.Dataset, test: datasets.Dataset, shots: Sequence[int], draws: Sequence[int]
+) -> list[FewShotTask]:
+    """One task per shot count and draw: `shots` examples per class sampled from `pool` with the draw's seed (the
+    same examples for every method), scored on all of `test`."""
+    test_texts, test_labels = _named(test)
+    return [
+        FewShotTask(name, k, draw, *sample_shots(pool, k, draw), test_texts, test_labels)
+        for k in sorted(set(shots))
+        for draw in draws
+    ]
+
+
+def intent_draw_tasks(target: str, shots: Sequence[int], draws: Sequence[int], data_dir: str) -> list[FewShotTask]:
+    """Full-way intent: every intent of `target`, shots drawn from its whole training split, its full test set."""
+    collection = load_collection(target, data_dir)
+    return drawn_tasks(target, collection["train"], collection["test"], shots, draws)
+
+
+def sentiment_tasks(target: str, shots: Sequence[int], draws: Sequence[int], data_dir: str) -> list[FewShotTask]:
+    """SST-2 (SetFit's protocol: shots from the sentence-level training file, GLUE dev set) or SST-5 (its
+    sentence-level training file, its test set)."""
+    if target not in SENTIMENT_TARGETS:
+        raise ValueError(f"`target` must be one of {SENTIMENT_TARGETS}, got {target!r}.")
+    collection = load_collection(target, data_dir)
+    test = collection["validation"] if target == "sst2" else collection["test"]
+    return drawn_tasks(target, collection["train"], test, shots, draws)
+
+
+def ag_news_tasks(shots: Sequence[int], draws: Sequence[int], data_dir: str, test_size: int | None = None):
+    """AG News (only its test split ships): shots drawn from one fixed, class-stratified half, scored on the other
+    half (its first `test_size` texts when given, a fixed subset)."""
+    collection = load_collection("ag_news", data_dir)["test"]
+    halves = collection.train_test_split(test_size=0.5, stratify_by_column="label", seed=0)
+    test = halves["test"]
+    if test_size is not None:
+        test = test.select(range(min(test_size, len(test))))
+    return drawn_tasks("ag_news", halves["train"], test, shots, draws)
 
 
 def sst2_tasks(shots: Sequence[int], seeds: Sequence[int], data_dir: str) -> list[FewShotTask]:

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -516,6 +517,49 @@ def _read_ag_news(root: Path) -> _RawCollection:
     )
 
 
+def _newsgroup_post(raw: bytes, max_chars: int = 1000) -> str:
+    """Subject and body of a raw 20 Newsgroups post, without the other headers, quoted replies or attribution lines.
+
+    The headers (sender, organisation, newsgroups) name the class outright, and quoted text repeats other posts:
+    scikit-learn's `remove=("headers", "footers", "quotes")` exists for the same reason.
+    """
+    text = raw.decode("latin-1")
+    header, _, body = text.partition("\n\n")
+    subject = next(
+        (line[len("Subject:") :].strip() for line in header.splitlines() if line.startswith("Subject:")), ""
+    )
+    kept = [
+        line.strip()
+        for line in body.splitlines()
+        if line.strip() and not line.lstrip().startswith((">", "|")) and not _ATTRIBUTION.search(line)
+    ]
+    return " ".join([subject, *kept])[:max_chars]
+
+
+_ATTRIBUTION = re.compile(r"(writes|wrote|said):?\s*$|^In article", re.IGNORECASE)
+
+
+def _read_20newsgroups(root: Path) -> _RawCollection:
+    path = root / "20newsgroups" / "20news-bydate.tar.gz"
+    posts: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    with tarfile.open(_require(path), mode="r:gz") as archive:
+        for member in archive:
+            parts = member.name.split("/")  # 20news-bydate-<train|test>/<newsgroup>/<id>
+            if not member.isfile() or len(parts) != 3 or not parts[0].startswith("20news-bydate-"):
+                continue
+            split = parts[0].removeprefix("20news-bydate-")
+            if split in posts:
+                posts[split].append((parts[1], _newsgroup_post(archive.extractfile(member).read())))
+    if not posts["train"] or not posts["test"]:
+        raise ValueError(f"{str(path)!r}: expected `20news-bydate-{{train,test}}/<newsgroup>/<id>` posts.")
+    names = sorted({group for group, _ in posts["train"]})
+    index = {name: i for i, name in enumerate(names)}
+    return _RawCollection(
+        names,
+        {split: ([text for _, text in rows], [index[group] for group, _ in rows]) for split, rows in posts.items()},
+    )
+
+
 def _read_json_lines_collection(file: str, root: Path) -> _RawCollection:
     path = root / file
     records = _read_json_lines(path)
@@ -561,6 +605,7 @@ _READERS: dict[str, _Reader] = {
     "imdb": _read_imdb,
     **{f"tweet_eval_{task}": functools.partial(_read_tweet_eval, task) for task in TWEET_EVAL_SPLITS},
     "ag_news": _read_ag_news,
+    "20newsgroups": _read_20newsgroups,
     "huffpost": functools.partial(_read_json_lines_collection, "huffpost/huffpost.json"),
     "reuters": functools.partial(_read_json_lines_collection, "reuters/reuters.json"),
 }
