@@ -1,253 +1,335 @@
-"""Accuracy against same-backbone baselines on the three protocols of DESIGN.md §3 (each has one code path, here).
+"""Is hf_meta better than what a user would pick instead, on their kind of task? The project's evaluation protocol.
 
-Every method sees the same labelled examples. Backbone: all-MiniLM-L6-v2 unless `--model` names another. The tasks
-and meta-training episodes come from `hf_meta.bench.protocols`, shared with the recipes.
+Three task families, one meta-trained adapter per target, never trained on the target's collection:
 
-- Protocol A, full-way: BANKING77, HWU64 and CLINC150 with their published 5- and 10-shot files (every intent),
-  full test set; each target meta-trained only on the *other* intent collections, over `--meta_seeds`.
-- Protocol B, held-out classes: ProtAugment class splits, 5-way 1-shot and 5-shot episodes with 5 queries per
-  class, meta-trained on the split's training classes (training split sentences) and evaluated on its test
-  classes (test split sentences), `--episodes` episodes per setting.
-- Protocol C, sentiment: SST-2 with 8 sentences per class from the sentence-level training file, `--sst2_seeds`,
-  GLUE dev set; meta-trained on the other sentiment collections with every SST-2 sentence removed.
+- intent: BANKING77, HWU64 and CLINC150 full-way (every intent), each meta-trained on the other two;
+- sentiment: SST-2 and SST-5 (same adapter), meta-trained on product, airline and movie reviews with every SST
+  sentence removed;
+- topic: AG News (4 classes; only its test split ships, so shots come from one fixed half and the score from the
+  other), meta-trained on HuffPost, 20 Newsgroups and Reuters with any AG News text removed.
 
-Methods, on every protocol:
-- `frozen_lr`: logistic regression on the pretrained encoder's embeddings (`C` cross-validated on the shots);
-- `frozen_proto`: nearest class prototype on the pretrained encoder's embeddings (no fitting at all);
-- `fresh_lora`: a fresh LoRA adapter adapted by `FewShotClassifier.fit` (fitted head + inner loop), no meta-training;
-- `hf_meta_<algorithm>`: the meta-learned adapter, same `fit`;
-- `setfit`: SetFit at its defaults, on the protocols in `--setfit_protocols` when the optional extra is installed.
+Every row is scored over several *draws* of the labelled examples (seeded samples from the training pool), the same
+draws for every method. Methods: `hf_meta` (the meta-learned adapter, `FewShotClassifier.fit`), `fresh_lora` (the
+same adaptation from a fresh adapter), `frozen_lr` (logistic regression on the pretrained embeddings, `C`
+cross-validated on the shots), `frozen_lr_names` (the same with each class's name as one more example, where the
+labels are names), `frozen_proto` (nearest prototype), and `setfit` (its defaults) on the first draw(s) of the
+families where it fits the budget. Each row reports mean ± 95% CI over draws and hf_meta minus the best baseline,
+paired per draw, ± its 95% CI: a `win` only when that CI excludes zero.
 
-The full run (the defaults: 3 targets x 3 seeds x 2 algorithms on A, 3 datasets x 5 splits x 2 algorithms with 600
-episodes per setting on B, and C) is sized for a GPU. `--quick` runs one small setting per protocol (one target and
-split, one seed, FOMAML only, 10 meta-steps, 30 episodes for B; SetFit on A and C only); explicit options override it.
+Meta-training uses each family's recipe settings (`recipes/fewshot_intent.py` for intent and topic,
+`recipes/fewshot_sentiment.py` for sentiment), chosen on source validation data, never on a target.
 
-    python benchmarks/accuracy.py --quick
-    python benchmarks/accuracy.py --quick --setfit_protocols        # without SetFit
-    python benchmarks/accuracy.py --protocols B --targets banking77 --class_splits 1
-    python benchmarks/accuracy.py                                  # the full run
-    python benchmarks/accuracy.py --quick --meta_steps 1 --episodes 2 --sst2_seeds 0 --test_examples 100 \\
-        --setfit_protocols --output outputs/accuracy.json             # smoke run
+`--budget cpu` (the default) finishes in about an hour on 2 CPU cores; `--budget gpu` is the larger protocol (more
+draws, shots and meta-steps, SetFit everywhere). Parts (one adapter each) are merged into the results file, so a
+part can be rerun alone; `--families heldout_classes` adds the secondary 5-way held-out-class table (ProtAugment
+split 1, saturated for this backbone).
 
-Writes `benchmarks/results/accuracy.json`: rows {"protocol", "dataset", "shots", "method", "accuracy", "ci95",
-"runs"} (mean and 95% CI over seeds for A and C, over episodes for B) plus the settings, machine and command.
+    python benchmarks/accuracy.py                                   # the default CPU protocol
+    python benchmarks/accuracy.py --families intent --targets hwu64 # one part, merged into the results
+    python benchmarks/accuracy.py --families heldout_classes        # the secondary table
+    python benchmarks/accuracy.py --budget gpu                      # the large protocol
+    python benchmarks/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
+
+Writes `benchmarks/results/accuracy.json`: `rows` (family, target, shots, method, accuracy, ci95, draws,
+paired_diff, paired_ci95, seconds; hf_meta rows add `versus` and `verdict`), the per-draw `parts`, and the time
+each part took. `python benchmarks/readme_results.py` turns it into the README's tables and plots.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
-import numpy as np
+import datasets
 from _common import data_dir, make_parser, parse, write_json
 from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.bench.baselines import (
-    SETFIT_MISSING,
-    SetFitBaseline,
-    logistic_regression,
-    nearest_prototype,
-    setfit_available,
-)
-from hf_meta.bench.comparison import FewShotTask, compare_methods, format_table, summarize
+from hf_meta.bench.baselines import SETFIT_MISSING, SetFitBaseline, setfit_available
+from hf_meta.bench.comparison import FewShotTask, compare_methods, paired_summary, paired_table
 from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
     SENTIMENT_SOURCES,
+    TOPIC_SOURCES,
+    ag_news_tasks,
+    intent_draw_tasks,
     intent_episodes,
-    intent_tasks,
     load_class_split,
     sentiment_episodes,
-    sst2_tasks,
+    sentiment_tasks,
+    topic_episodes,
 )
-from hf_meta.bench.scripts import load_encoder
-from hf_meta.metrics import accuracy
+from hf_meta.bench.scripts import load_encoder, lora_config
 
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    draws: int
+    intent_shots: tuple[int, ...]
+    sentiment_shots: tuple[int, ...]
+    topic_shots: tuple[int, ...]
+    meta_steps: dict[str, int]  # per family, meta-steps of 4 episodes
+    setfit_draws: int
+    setfit_families: tuple[str, ...]
+    topic_test_size: int | None
+    heldout_episodes: int
+
+
+BUDGETS = {
+    "cpu": Budget(
+        draws=5,
+        intent_shots=(1, 5, 10),
+        sentiment_shots=(8,),
+        topic_shots=(1, 8),
+        meta_steps={"intent": 250, "sentiment": 60, "topic": 150, "heldout_classes": 100},
+        # SetFit trains the whole encoder on pairs: 77-150-way intent would cost tens of CPU-minutes per draw.
+        setfit_draws=1,
+        setfit_families=("sentiment", "topic"),
+        topic_test_size=2000,
+        heldout_episodes=100,
+    ),
+    "gpu": Budget(
+        draws=10,
+        intent_shots=(1, 2, 5, 10),
+        sentiment_shots=(2, 8, 16),
+        topic_shots=(1, 8, 16),
+        meta_steps={"intent": 2000, "sentiment": 500, "topic": 1000, "heldout_classes": 500},
+        setfit_draws=3,
+        setfit_families=("intent", "sentiment", "topic"),
+        topic_test_size=None,
+        heldout_episodes=600,
+    ),
+}
 QUICK = dict(
-    targets=["banking77"],
-    algorithms=["fomaml"],
-    meta_steps=10,
-    meta_seeds=[0],
-    full_way_shots=[5],
-    class_splits=[1],
-    episodes=30,
-    setfit_protocols=["A", "C"],  # on B SetFit would train once per episode
+    draws=2,
+    families=["intent", "sentiment"],
+    targets=["banking77", "sst2"],
+    meta_steps=3,
+    shots=[2],
+    test_examples=200,
+    setfit_families=[],
 )
 
+# Meta-training settings per family, the recipes' (chosen on source validation data, see their comments).
+INTENT_SETTINGS = dict(lora_top_layers=3, training=dict(inner_steps=0), n_way=(10, 20), k_shot=(1, 5), num_query=3)
+FAMILY_SETTINGS = {
+    "intent": INTENT_SETTINGS,
+    "topic": {**INTENT_SETTINGS, "n_way": (3, 10), "k_shot": (1, 8)},
+    "sentiment": dict(lora_top_layers=None, training=dict(head_fit_steps=0), n_way=2, k_shot=8, num_query=8),
+    "heldout_classes": {**INTENT_SETTINGS, "n_way": (5, 10)},
+}
 
-def meta_train(args, episodes, algorithm: str, seed: int, name: str) -> tuple[FewShotClassifier, FewShotClassifier]:
-    """`(meta-learned, fresh)`: classifiers on the adapter meta-trained on `episodes`, and on its initial state."""
+
+@dataclasses.dataclass
+class Part:
+    """One meta-trained adapter and the targets it is scored on."""
+
+    family: str
+    name: str
+    sources: list[str]
+    episodes: Callable[..., datasets.Dataset]  # called with `num_episodes=` and `seed=`
+    tasks: Callable[[], list[FewShotTask]]
+
+
+def parts(args, budget: Budget) -> list[Part]:
+    """The adapters to meta-train (one per intent target, one for sentiment, one for topic) and their tasks."""
+    draws = list(range(args.draws or budget.draws))
+    shots = {family: args.shots or getattr(budget, f"{family}_shots") for family in ("intent", "sentiment", "topic")}
+    found = []
+    if "intent" in args.families:
+        for target in INTENT_COLLECTIONS:
+            sources = [name for name in INTENT_COLLECTIONS if name != target]
+            episodes = partial(intent_episodes, sources, args.data_dir, **_shape("intent"))
+            tasks = partial(intent_draw_tasks, target, shots["intent"], draws, args.data_dir)
+            found.append(Part("intent", target, sources, episodes, tasks))
+    if "sentiment" in args.families:
+        episodes = partial(sentiment_episodes, SENTIMENT_SOURCES, args.data_dir, **_shape("sentiment", n_way=False))
+        tasks = partial(_sentiment_tasks, shots["sentiment"], draws, args.data_dir)
+        found.append(Part("sentiment", "sst2+sst5", list(SENTIMENT_SOURCES), episodes, tasks))
+    if "topic" in args.families:
+        episodes = partial(topic_episodes, TOPIC_SOURCES, args.data_dir, **_shape("topic"))
+        tasks = partial(ag_news_tasks, shots["topic"], draws, args.data_dir, budget.topic_test_size)
+        found.append(Part("topic", "ag_news", list(TOPIC_SOURCES), episodes, tasks))
+    return [part for part in found if not args.targets or set(part.name.split("+")) & set(args.targets)]
+
+
+def _sentiment_tasks(shots, draws, data_dir) -> list[FewShotTask]:
+    return [task for target in ("sst2", "sst5") for task in sentiment_tasks(target, shots, draws, data_dir)]
+
+
+def _shape(family: str, n_way: bool = True) -> dict:
+    """The family's episode shape as keyword arguments of its episode builder."""
+    keys = ("n_way", "k_shot", "num_query") if n_way else ("k_shot", "num_query")
+    return {key: FAMILY_SETTINGS[family][key] for key in keys}
+
+
+def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClassifier, FewShotClassifier]:
+    """`(meta-learned, fresh)` classifiers: the adapter after meta-training on the part's sources, and its init."""
+    settings = FAMILY_SETTINGS[part.family]
     set_seed(seed)
     model, tokenizer = load_encoder(args.model)
     training_args = MetaTrainingArguments(
-        output_dir=f"outputs/accuracy_{name}",
-        algorithm=algorithm,
-        max_steps=args.meta_steps,
+        output_dir=f"outputs/accuracy/{part.name}",
+        max_steps=steps,
         gradient_accumulation_steps=4,
-        logging_steps=max(1, args.meta_steps // 5),
+        logging_steps=max(1, steps // 5),
         report_to="none",
         save_strategy="no",
         seed=seed,
         base_model=args.model,
         disable_tqdm=not args.progress,
+        **settings["training"],
     )
-    trainer = MetaTrainer(model=model, args=training_args, train_dataset=episodes, processing_class=tokenizer)
+    trainer = MetaTrainer(
+        model=model,
+        args=training_args,
+        peft_config=lora_config(model, settings["lora_top_layers"]),
+        train_dataset=part.episodes(num_episodes=steps * 4, seed=seed),
+        processing_class=tokenizer,
+    )
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # snapshots the initial weights
     trainer.train()
     return FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config), fresh
 
 
-def meta_trained_methods(args, episodes, seed: int, name: str) -> tuple[dict, FewShotClassifier]:
-    """`({"hf_meta_<algorithm>": classifier, "fresh_lora": fresh}, fresh)` for every algorithm in `--algorithms`.
-
-    Every algorithm starts from the same seeded adapter, so one fresh classifier serves all of them."""
-    methods, fresh = {}, None
-    for algorithm in args.algorithms:
-        methods[f"hf_meta_{algorithm}"], fresh_here = meta_train(args, episodes, algorithm, seed, name)
-        fresh = fresh if fresh is not None else fresh_here
-    return {**methods, "fresh_lora": fresh}, fresh
-
-
-def setfit_methods(args, protocol: str) -> dict:
-    """`{"setfit": SetFitBaseline}` when the extra is installed and this protocol runs it, else nothing."""
-    if not setfit_available() or protocol not in args.setfit_protocols:
-        return {}
-    return {"setfit": SetFitBaseline(args.model, num_iterations=args.setfit_iterations)}
-
-
 def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]:
     if n is None:
         return tasks
-    return [
-        dataclasses.replace(task, test_texts=task.test_texts[:n], test_labels=task.test_labels[:n]) for task in tasks
-    ]
+    return [dataclasses.replace(t, test_texts=t.test_texts[:n], test_labels=t.test_labels[:n]) for t in tasks]
 
 
-def protocol_a(args) -> list[dict]:
-    rows = []
-    for target in args.targets:
-        sources = [name for name in INTENT_COLLECTIONS if name != target]
-        tasks = limit_test_set(intent_tasks(target, args.full_way_shots, args.data_dir), args.test_examples)
-        for seed in args.meta_seeds:
-            episodes = intent_episodes(
-                sources, args.data_dir, args.meta_steps * 4, n_way=(10, 20), k_shot=(1, 5), num_query=3, seed=seed
-            )
-            methods, fresh = meta_trained_methods(args, episodes, seed, f"A_{target}")
-            if seed == args.meta_seeds[0]:  # SetFit does not depend on the meta-training seed: score it once
-                methods.update(setfit_methods(args, "A"))
-            rows += [{**row, "protocol": "A", "meta_seed": seed} for row in compare_methods(tasks, methods, fresh)]
-    return rows
+def run_part(args, budget: Budget, part: Part) -> dict:
+    """Meta-train the part's adapter, then score every method on every draw of its targets."""
+    start = time.time()
+    meta, fresh = meta_train(args, part, args.meta_steps or budget.meta_steps[part.family])
+    meta_seconds = time.time() - start
+    tasks = limit_test_set(part.tasks(), args.test_examples)
+    rows = compare_methods(tasks, {"hf_meta": meta, "fresh_lora": fresh}, frozen=fresh)
+    setfit_families = budget.setfit_families if args.setfit_families is None else args.setfit_families
+    if part.family in setfit_families and setfit_available():
+        first_draws = [task for task in tasks if task.seed < budget.setfit_draws]
+        rows += compare_methods(first_draws, {"setfit": SetFitBaseline(args.model)})
+    seconds = time.time() - start
+    print(
+        f"budget: {part.family}/{part.name}: meta-training {meta_seconds:.0f} s, evaluation "
+        f"{seconds - meta_seconds:.0f} s"
+    )
+    return {
+        "family": part.family,
+        "sources": part.sources,
+        "rows": [{**row, "family": part.family, "target": row.pop("dataset")} for row in rows],
+        "meta_training_seconds": round(meta_seconds, 1),
+        "evaluation_seconds": round(seconds - meta_seconds, 1),
+    }
 
 
-def episode_scores(frozen: FewShotClassifier, methods: dict, episodes) -> dict[str, list[float]]:
-    """Query accuracy per episode of every method: the two baselines on the frozen embeddings (`frozen` is a fresh
-    adapter, whose embeddings are the pretrained encoder's), the other methods fitted on the support set."""
-    scores = {"frozen_lr": [], "frozen_proto": [], **{method: [] for method in methods}}
-    for episode in episodes:
-        labels = episode["query_label"]
-        support, query = frozen.embed(episode["support_text"]), frozen.embed(episode["query_text"])
-        for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
-            predictions = predict(support, episode["support_label"], query)
-            scores[method].append(accuracy(predictions, labels)["accuracy"])
-        for method, classifier in methods.items():
-            predictions = classifier.fit(episode["support_text"], episode["support_label"]).predict(
-                episode["query_text"]
-            )
-            scores[method].append(accuracy(np.asarray(predictions), labels)["accuracy"])
-    return scores
+def run_heldout_classes(args, budget: Budget) -> dict[str, dict]:
+    """Secondary table: 5-way 1- and 5-shot episodes on ProtAugment split 1's test classes, meta-trained on its
+    training classes; one row per episode (the draws of this table)."""
+    from hf_meta.bench.baselines import logistic_regression, nearest_prototype
+    from hf_meta.metrics import accuracy
 
-
-def protocol_b(args) -> list[dict]:
-    rows = []
-    for dataset in args.targets:
+    results = {}
+    for dataset in args.targets or INTENT_COLLECTIONS:
+        start = time.time()
         collection = load_collection(dataset, args.data_dir)
-        for split in args.class_splits:
-            train_classes, _, test_classes = load_class_split(dataset, split, args.data_dir)
-            episodes = build_episodes(
-                collection["train"],
-                classes=train_classes,
-                n_way=(5, 10),
-                k_shot=(1, 5),
+        train_classes, _, test_classes = load_class_split(dataset, 1, args.data_dir)
+        episodes = partial(build_episodes, collection["train"], classes=train_classes, **_shape("heldout_classes"))
+        part = Part("heldout_classes", dataset, [dataset], episodes, list)
+        meta, fresh = meta_train(args, part, args.meta_steps or budget.meta_steps["heldout_classes"])
+        rows = []
+        for shots in (1, 5):
+            test = build_episodes(
+                collection["test"],
+                classes=test_classes,
+                n_way=5,
+                k_shot=shots,
                 num_query=5,
-                num_episodes=args.meta_steps * 4,
-                seed=split,
+                num_episodes=budget.heldout_episodes,
+                seed=1000,
             )
-            methods, fresh = meta_trained_methods(args, episodes, split, f"B_{dataset}")
-            methods.update(setfit_methods(args, "B"))
-            for shots in (1, 5):
-                eval_set = build_episodes(
-                    collection["test"],
-                    classes=test_classes,
-                    n_way=5,
-                    k_shot=shots,
-                    num_query=5,
-                    num_episodes=args.episodes,
-                    seed=1000 + split,
-                )
-                for method, values in episode_scores(fresh, methods, eval_set).items():
+            for index, episode in enumerate(test):
+                support, query = fresh.embed(episode["support_text"]), fresh.embed(episode["query_text"])
+                predictions = {
+                    "frozen_lr": logistic_regression(support, episode["support_label"], query),
+                    "frozen_proto": nearest_prototype(support, episode["support_label"], query),
+                }
+                for method, classifier in (("hf_meta", meta), ("fresh_lora", fresh)):
+                    classifier.fit(episode["support_text"], episode["support_label"])
+                    predictions[method] = classifier.predict(episode["query_text"])
+                for method, predicted in predictions.items():
+                    score = accuracy(list(predicted), episode["query_label"])["accuracy"]
                     rows.append(
                         {
-                            "protocol": "B",
-                            "dataset": dataset,
+                            "family": "heldout_classes",
+                            "target": dataset,
                             "shots": shots,
-                            "split": split,
+                            "seed": index,
                             "method": method,
-                            "episode_accuracies": values,
+                            "accuracy": score,
                         }
                     )
-    return rows
-
-
-def protocol_c(args) -> list[dict]:
-    tasks = limit_test_set(sst2_tasks([8], args.sst2_seeds, args.data_dir), args.test_examples)
-    episodes = sentiment_episodes(SENTIMENT_SOURCES, args.data_dir, args.meta_steps * 4, k_shot=8, num_query=8, seed=0)
-    methods, fresh = meta_trained_methods(args, episodes, 0, "C")
-    methods.update(setfit_methods(args, "C"))
-    return [{**row, "protocol": "C"} for row in compare_methods(tasks, methods, fresh)]
-
-
-PROTOCOLS = {"A": protocol_a, "B": protocol_b, "C": protocol_c}
+        results[f"heldout_classes/{dataset}"] = {
+            "family": "heldout_classes",
+            "sources": [dataset],
+            "rows": rows,
+            "meta_training_seconds": 0.0,
+            "evaluation_seconds": round(time.time() - start, 1),
+        }
+    return results
 
 
 def main(argv=None) -> None:
     parser = make_parser(__doc__, "accuracy.json")
-    parser.add_argument("--protocols", nargs="+", default=["A", "B", "C"], choices=sorted(PROTOCOLS))
-    parser.add_argument("--targets", nargs="+", default=list(INTENT_COLLECTIONS), help="Collections of A and B.")
-    parser.add_argument("--algorithms", nargs="+", default=["fomaml", "reptile"], choices=["fomaml", "reptile"])
-    parser.add_argument("--meta_steps", type=int, default=300, help="Meta-steps of 4 episodes each.")
-    parser.add_argument("--meta_seeds", type=int, nargs="+", default=[0, 1, 2], help="Protocol A.")
-    parser.add_argument("--full_way_shots", type=int, nargs="+", default=[5, 10], help="Protocol A.")
-    parser.add_argument("--class_splits", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="Protocol B.")
-    parser.add_argument("--episodes", type=int, default=600, help="Protocol B: test episodes per setting.")
-    parser.add_argument("--sst2_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Protocol C.")
-    parser.add_argument("--test_examples", type=int, default=None, help="A and C: only the first N test texts.")
+    parser.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
     parser.add_argument(
-        "--setfit_protocols",
-        nargs="*",
-        default=["A", "B", "C"],
-        choices=sorted(PROTOCOLS),
-        help="Protocols on which SetFit runs (none when given no value).",
+        "--families",
+        nargs="+",
+        default=["intent", "sentiment", "topic"],
+        choices=["intent", "sentiment", "topic", "heldout_classes"],
     )
-    parser.add_argument("--setfit_iterations", type=int, default=20, help="SetFit pairs per example (its default).")
+    parser.add_argument("--targets", nargs="+", default=None, help="Only the parts holding these targets.")
+    parser.add_argument("--draws", type=int, default=None, help="Draws of the labelled examples (budget default).")
+    parser.add_argument("--shots", type=int, nargs="+", default=None, help="Shot counts of every family.")
+    parser.add_argument("--meta_steps", type=int, default=None, help="Meta-steps of every adapter.")
+    parser.add_argument("--test_examples", type=int, default=None, help="Only the first N test texts (smoke runs).")
+    parser.add_argument(
+        "--setfit_families", nargs="*", default=None, help="Families on which SetFit runs (budget default)."
+    )
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     args = parse(parser, argv, QUICK)
     args.data_dir = str(data_dir(args))
-    setfit_note = f"setfit: run on protocol(s) {args.setfit_protocols}" if setfit_available() else SETFIT_MISSING
+    budget = BUDGETS[args.budget]
 
     start = time.time()
-    rows = []
-    for protocol in args.protocols:
-        rows += PROTOCOLS[protocol](args)
-    table = summarize(rows, keys=("protocol", "dataset", "shots", "method"))
-    for protocol in args.protocols:
-        print(f"\nProtocol {protocol}\n" + format_table([row for row in table if row["protocol"] == protocol]))
-    print(f"\n{setfit_note}\nwall time: {time.time() - start:.0f} s")
+    previous = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
+    done = dict(previous.get("parts", {})) if previous.get("budget") == args.budget else {}
+    if "heldout_classes" in args.families:
+        done.update(run_heldout_classes(args, budget))
+    for part in parts(args, budget):
+        done[f"{part.family}/{part.name}"] = run_part(args, budget, part)
+
+    rows = [row for part in done.values() for row in part["rows"]]
+    summary = paired_summary(rows, "hf_meta", keys=("family", "target", "shots"))
+    for family in dict.fromkeys(row["family"] for row in summary):
+        print(f"\n{family}\n" + paired_table([row for row in summary if row["family"] == family]))
+    total = sum(part["meta_training_seconds"] + part["evaluation_seconds"] for part in done.values())
+    print(f"\nbudget: this run {time.time() - start:.0f} s; all parts in the file {total:.0f} s")
+    if not setfit_available():
+        print(SETFIT_MISSING)
     write_json(
         args.output,
+        budget=args.budget,
         settings={k: v for k, v in vars(args).items() if k not in ("output", "data_dir")},
-        notes=[setfit_note],
-        wall_seconds=time.time() - start,
-        rows=table,
+        budget_settings=dataclasses.asdict(budget),
+        family_settings=FAMILY_SETTINGS,
+        total_seconds=round(total, 1),
+        rows=summary,
+        parts=done,
     )
 
 

@@ -33,6 +33,7 @@ ALL_COLLECTIONS = [
     "tweet_eval_offensive",
     "tweet_eval_sentiment",
     "ag_news",
+    "20newsgroups",
     "huffpost",
     "reuters",
 ]
@@ -180,6 +181,17 @@ def test_topic_collections(load):
     huffpost, reuters = load("huffpost"), load("reuters")
     assert _num_rows(huffpost) == {"train": 36900} and len(_names(huffpost)) == 41
     assert _num_rows(reuters) == {"train": 620} and _names(reuters) == [str(i) for i in range(31)]
+
+
+def test_20newsgroups_strips_headers_and_quotes(load):
+    newsgroups = load("20newsgroups")
+    assert _num_rows(newsgroups) == {"train": 11314, "test": 7532}
+    assert len(_names(newsgroups)) == 20 and "sci.space" in _names(newsgroups)
+    texts = newsgroups["train"]["text"]
+    # The sender and newsgroup headers name the class; quoted replies repeat other posts.
+    assert not any(text.startswith(("From:", "Newsgroups:")) or "\n>" in text for text in texts[:500])
+    assert texts[0].startswith("Alt.Atheism FAQ: Atheist Resources")
+    assert all(len(text) <= 1000 for text in texts)
 
 
 def test_imdb(load):

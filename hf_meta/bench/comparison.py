@@ -149,7 +149,7 @@ def format_table(summary: Sequence[dict]) -> str:
 
 
 def paired_summary(
-    rows: Sequence[dict], method: str, keys: Sequence[str] = ("dataset", "shots"), draw_key: str = "seed"
+    rows: Sequence[dict], method: str, keys: Sequence[str] = ("family", "target", "shots"), draw_key: str = "seed"
 ) -> list[dict]:
     """Per group of `keys` and method: mean accuracy and 95% CI over draws, and the paired difference to `method`.
 
@@ -202,3 +202,43 @@ def _verdict(paired: dict) -> str:
     if ci95 is None or abs(diff) <= ci95:
         return "tie"
     return "win" if diff > 0 else "loss"
+
+
+METHOD_ORDER = ("hf_meta", "fresh_lora", "frozen_lr", "frozen_lr_names", "frozen_proto", "setfit")
+
+
+def paired_table(summary: Sequence[dict], method: str = "hf_meta", markdown: bool = False) -> str:
+    """`paired_summary` rows as one line per task (`target`, `shots`): each method's accuracy ± 95% CI in %, then
+    `method` minus the best baseline, paired per draw, ± its 95% CI, and the verdict. Plain text or Markdown."""
+    tasks = list(dict.fromkeys((row["target"], row["shots"]) for row in summary))
+    present = set(row["method"] for row in summary)
+    methods = [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+    header = ["target", "shots", *methods, f"{method} − best baseline", "verdict"]
+    lines = []
+    for target, shots in tasks:
+        by_method = {row["method"]: row for row in summary if (row["target"], row["shots"]) == (target, shots)}
+        cells = [target, str(shots), *(_cell(by_method.get(m)) for m in methods)]
+        ours = by_method.get(method, {})
+        if "versus" in ours:
+            diff = f"{100 * ours['paired_diff']:+.1f} ± {_pct(ours['paired_ci95'])} ({ours['versus']})"
+            cells += [diff, ours["verdict"]]
+        else:
+            cells += ["n/a", "n/a"]
+        lines.append(cells)
+    if markdown:
+        rows = [header, ["---"] * len(header), *lines]
+        return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *lines])
+
+
+def _pct(ci95: float | None) -> str:
+    return "n/a" if ci95 is None else f"{100 * ci95:.1f}"
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    draws = "" if row["draws"] > 1 else " (1 draw)"
+    ci = "" if row["ci95"] is None else f" ± {100 * row['ci95']:.1f}"
+    return f"{100 * row['accuracy']:.1f}{ci}{draws}"

@@ -1,0 +1,105 @@
+"""Regenerate the README's protocol results (tables and one plot per family) from `benchmarks/results/accuracy.json`,
+so the README can never drift from the measured numbers.
+
+The generated block sits between `<!-- accuracy:begin -->` and `<!-- accuracy:end -->` in README.md; everything
+else in the README is left alone. `--check` only compares (exit status 1 when the README is stale), which is what
+the test suite runs.
+
+    python benchmarks/readme_results.py            # rewrite the block and the plots
+    python benchmarks/readme_results.py --check    # is the README up to date with the JSON?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hf_meta.bench.comparison import paired_table
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+
+FAMILIES = {
+    "intent": "Intent, full-way: every intent of the target, shots drawn from its training split, its full test set; "
+    "meta-trained on the other two intent collections.",
+    "sentiment": "Sentiment: SST-2 (GLUE dev set) and SST-5 (test set), shots drawn from their sentence-level "
+    "training files; one adapter meta-trained on MR, Amazon, airline and IMDB reviews with every SST sentence "
+    "removed.",
+    "topic": "Topic: AG News, shots drawn from one fixed half of its test file (the only split that ships), scored on "
+    "the other half; meta-trained on HuffPost, 20 Newsgroups and Reuters.",
+    "heldout_classes": "Secondary: 5-way episodes of held-out classes (ProtAugment split 1), meta-trained on the "
+    "split's training classes; mean and paired CI over episodes, not draws.",
+}
+
+
+def plot_file(family: str) -> str:
+    return f"benchmarks/results/accuracy_{family}.png"
+
+
+def render(results: dict) -> str:
+    """The README block for `results` (the content of accuracy.json), markers excluded."""
+    rows = results["rows"]
+    parts = results.get("parts", {})
+    lines = [
+        f"`{results['command']}` on {results['machine']}. Mean accuracy (%) ± 95% CI over "
+        f"{results['budget_settings']['draws']} draws of the labelled examples (the same draws for every method); "
+        "the last columns are hf_meta minus the best baseline of the row, paired per draw, ± its 95% CI: a **win** "
+        "or a **loss** only when that CI excludes zero. SetFit ran on the first draw only where it appears "
+        "(its full-encoder training does not fit the CPU budget for 77-150-way intent).",
+    ]
+    for family in dict.fromkeys(row["family"] for row in rows):
+        family_rows = [row for row in rows if row["family"] == family]
+        seconds = sum(
+            part["meta_training_seconds"] + part["evaluation_seconds"]
+            for part in parts.values()
+            if part["family"] == family
+        )
+        lines += ["", f"**{FAMILIES.get(family, family)}** ({seconds / 60:.0f} min)", ""]
+        lines.append(paired_table(family_rows, markdown=True))
+        if len({row["shots"] for row in family_rows}) > 1:
+            lines += ["", f"![{family} accuracy against shots]({plot_file(family)})"]
+    total = results.get("total_seconds")
+    if total is not None:
+        lines += ["", f"Total time of the protocol, meta-training included: {total / 60:.0f} min."]
+    return "\n".join(lines)
+
+
+def replace_block(readme: str, block: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"README.md has no `{BEGIN}` ... `{END}` block to fill.")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--readme", default=str(README))
+    parser.add_argument("--check", action="store_true", help="Exit 1 if the README block differs from the JSON.")
+    args = parser.parse_args(argv)
+    results = json.loads(Path(args.results).read_text())
+    readme = Path(args.readme).read_text()
+    updated = replace_block(readme, render(results))
+    if args.check:
+        if updated != readme:
+            print(f"{args.readme} is stale: run `python benchmarks/readme_results.py`.")
+            return 1
+        return 0
+    from hf_meta.bench.plots import plot_targets
+
+    for family in dict.fromkeys(row["family"] for row in results["rows"]):
+        family_rows = [row for row in results["rows"] if row["family"] == family]
+        if len({row["shots"] for row in family_rows}) > 1:
+            plot_targets(family_rows, ROOT / plot_file(family), title=family)
+    Path(args.readme).write_text(updated)
+    print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The evaluation protocol's harness: drawn tasks, the paired summary, and the README tables generated from JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from hf_meta.bench.comparison import paired_summary, paired_table
+from hf_meta.bench.protocols import ag_news_tasks, sentiment_tasks
+from hf_meta.label_names import label_phrase, names_are_usable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_results():
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(scores: dict[str, list[float]], shots: int = 5) -> list[dict]:
+    return [
+        {"family": "intent", "target": "banking77", "shots": shots, "seed": draw, "method": method, "accuracy": acc}
+        for method, values in scores.items()
+        for draw, acc in enumerate(values)
+    ]
+
+
+def test_paired_summary_pairs_per_draw_against_the_best_baseline():
+    # hf_meta is 2 points above frozen_lr on every draw although the draws differ by 10 points: only pairing sees it.
+    rows = _rows(
+        {
+            "hf_meta": [0.62, 0.72, 0.82, 0.67, 0.77],
+            "frozen_lr": [0.60, 0.70, 0.80, 0.65, 0.75],
+            "frozen_proto": [0.50, 0.60, 0.70, 0.55, 0.65],
+        }
+    )
+    summary = {row["method"]: row for row in paired_summary(rows, "hf_meta", keys=("family", "target", "shots"))}
+    ours = summary["hf_meta"]
+    assert ours["versus"] == "frozen_lr" and ours["verdict"] == "win"
+    assert ours["paired_diff"] == pytest.approx(0.02) and ours["paired_ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert ours["ci95"] > 4 * ours["paired_diff"]  # unpaired, the draws' spread hides the difference
+    assert summary["frozen_proto"]["paired_diff"] == pytest.approx(0.12)
+    assert summary["frozen_lr"]["draws"] == 5
+
+
+def test_paired_summary_calls_ties_and_losses():
+    tie = _rows({"hf_meta": [0.70, 0.72, 0.69], "frozen_lr": [0.71, 0.70, 0.70]})
+    loss = _rows({"hf_meta": [0.60, 0.61, 0.59], "frozen_lr": [0.70, 0.72, 0.69]})
+
+    def verdict(rows):
+        return next(r for r in paired_summary(rows, "hf_meta") if r["method"] == "hf_meta")["verdict"]
+
+    assert verdict(tie) == "tie" and verdict(loss) == "loss"
+
+
+def test_a_baseline_scored_on_fewer_draws_is_not_the_best_baseline():
+    rows = _rows({"hf_meta": [0.70, 0.72, 0.69], "frozen_lr": [0.60, 0.61, 0.59]}) + _rows({"setfit": [0.99]})
+    ours = next(r for r in paired_summary(rows, "hf_meta") if r["method"] == "hf_meta")
+    assert ours["versus"] == "frozen_lr"
+
+
+def test_paired_table_markdown():
+    rows = paired_summary(
+        _rows({"hf_meta": [0.62, 0.72, 0.82], "frozen_lr": [0.60, 0.70, 0.80]}),
+        "hf_meta",
+        ("family", "target", "shots"),
+    )
+    table = paired_table(rows, markdown=True).splitlines()
+    assert table[0].startswith("| target | shots | hf_meta | frozen_lr |")
+    assert table[2].startswith("| banking77 | 5 | 72.0 ± ")
+    assert table[2].endswith("| +2.0 ± 0.0 (frozen_lr) | win |")
+
+
+def test_readme_block_is_generated_and_checked(tmp_path):
+    module = _readme_results()
+    rows = paired_summary(
+        _rows({"hf_meta": [0.6, 0.7], "frozen_lr": [0.5, 0.6]}), "hf_meta", ("family", "target", "shots")
+    )
+    results = {"command": "python x", "machine": "m", "budget_settings": {"draws": 2}, "rows": rows, "parts": {}}
+    (tmp_path / "accuracy.json").write_text(json.dumps(results))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- accuracy:begin -->\nold numbers\n<!-- accuracy:end -->\noutro\n")
+    argv = ["--results", str(tmp_path / "accuracy.json"), "--readme", str(readme)]
+    assert module.main([*argv, "--check"]) == 1  # stale
+    readme.write_text(module.replace_block(readme.read_text(), module.render(results)))
+    assert module.main([*argv, "--check"]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old numbers" not in text
+    assert "| banking77 | 5 | 65.0 ± " in text
+
+
+def test_readme_matches_the_committed_results():
+    """The README's protocol tables are the ones `benchmarks/readme_results.py` renders from accuracy.json."""
+    assert _readme_results().main(["--check"]) == 0
+
+
+def test_drawn_tasks_are_seeded_and_share_the_test_set(data_dir):
+    first, second = sentiment_tasks("sst5", [8], [0, 1], data_dir)
+    again = sentiment_tasks("sst5", [8], [0], data_dir)[0]
+    assert first.train_texts == again.train_texts and first.train_texts != second.train_texts
+    assert len(first.train_texts) == 40 and first.test_texts == second.test_texts and len(first.test_texts) == 2210
+
+
+def test_ag_news_shots_never_come_from_the_scored_half(data_dir):
+    (task,) = ag_news_tasks([8], [0], data_dir)
+    assert len(task.test_texts) == 3800 and not set(task.train_texts) & set(task.test_texts)
+    assert sorted(set(task.train_labels)) == ["Business", "Sci/Tech", "Sports", "World"]
+
+
+@pytest.mark.parametrize(
+    "name, phrase",
+    [
+        ("card_arrival", "card arrival"),
+        ("alarm-set", "alarm set"),
+        ("AddToPlaylist", "add to playlist"),
+        ("alarm/query", "alarm query"),
+        ("very negative", "very negative"),
+    ],
+)
+def test_label_phrase(name, phrase):
+    assert label_phrase(name) == phrase
+
+
+def test_codes_are_not_names():
+    assert (
+        names_are_usable(["World", "Sci/Tech"]) and not names_are_usable(["0", "1"]) and not names_are_usable([0, 1])
+    )
