@@ -85,7 +85,7 @@ BUDGETS = {
         intent_shots=(1, 5, 10),
         sentiment_shots=(8,),
         topic_shots=(1, 8),
-        meta_steps={"intent": 250, "sentiment": 60, "topic": 150, "heldout_classes": 100},
+        meta_steps={"intent": 150, "sentiment": 40, "topic": 100, "heldout_classes": 100},
         # SetFit trains the whole encoder on pairs: 77-150-way intent would cost tens of CPU-minutes per draw.
         setfit_draws=1,
         setfit_families=("sentiment", "topic"),
