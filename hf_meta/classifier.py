@@ -157,6 +157,26 @@ class FewShotClassifier:
         config = AdaptationConfig(base_model=hub_id_of(model, hub_id))
         return cls(model, load_tokenizer(None, path), config)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder, the adapter and every `fit` / `predict` computation live."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> FewShotClassifier:
+        """Move the encoder, the meta-initialised adapter and any fitted weights to `device` (e.g. `"cuda"`).
+
+        Example:
+            ```python
+            >>> clf = FewShotClassifier.from_pretrained("out").to("cuda")
+            >>> clf.fit(texts, labels).predict(["my card still hasn't arrived"])   # adapts and predicts on the GPU
+            ```
+        """
+        self.model.to(device)
+        self.meta_weights = {name: w.to(device) for name, w in self.meta_weights.items()}
+        if self.weights is not None:
+            self.weights = {name: w.to(device) for name, w in self.weights.items()}
+        return self
+
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
     def fit(self, texts: Sequence[str], labels: Sequence, **overrides: Any) -> FewShotClassifier:
@@ -181,7 +201,7 @@ class FewShotClassifier:
         encoder = self._encoder_for(config)
         index = {label: i for i, label in enumerate(classes)}
         batch = self._tokenize(texts, config)
-        batch["labels"] = torch.tensor([index[label] for label in labels])
+        batch["labels"] = torch.tensor([index[label] for label in labels], device=self.device)
         self.model.eval()
         weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config)
         bad = non_finite(weights)
@@ -242,7 +262,7 @@ class FewShotClassifier:
         # One tokenisation; the encoder runs it in length-sorted chunks of `batch_size`.
         batch = self._tokenize(texts, self.adaptation_config)
         logits = predict_logits(self.encoder, self.weights, batch, self.adaptation_config)
-        return logits.softmax(-1).numpy()
+        return logits.softmax(-1).cpu().numpy()
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -250,7 +270,7 @@ class FewShotClassifier:
         texts = _check_texts(texts, "texts", allow_empty_list=True)
         if not texts:
             return np.zeros((0, self.model.config.hidden_size), np.float32)
-        return self.encoder(self.meta_weights, self._tokenize(texts, self.adaptation_config)).numpy()
+        return self.encoder(self.meta_weights, self._tokenize(texts, self.adaptation_config)).cpu().numpy()
 
     def predict(self, texts: Sequence[str]) -> list:
         """Predicted labels, in the label space given to `fit`."""
@@ -355,7 +375,7 @@ class FewShotClassifier:
                 "classifier.)",
             )
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        return {key: encoded[key].to(self.device) for key in ("input_ids", "attention_mask")}
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -406,7 +426,7 @@ class FewShotClassifier:
             self.tokenizer.save_pretrained(staging)
             config.save_pretrained(staging)
             if self.weights is not None:
-                save_file({"weight": self.weights[HEAD].detach().contiguous()}, str(staging / HEAD_FILE))
+                save_file({"weight": self.weights[HEAD].detach().cpu().contiguous()}, str(staging / HEAD_FILE))
                 atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
 
     def push_to_hub(
@@ -500,7 +520,7 @@ class FewShotClassifier:
             )
         if not torch.isfinite(head).all():
             raise ValueError(f"{folder / HEAD_FILE} holds NaN or inf: the classifier diverged; fit and save it again.")
-        self.weights = {**self.meta_weights, HEAD: head}
+        self.weights = {**self.meta_weights, HEAD: head.to(self.device)}
         self.classes_ = classes
         shots = stored.get("shots")
         self.shots_ = shots if isinstance(shots, list) and len(shots) == len(classes) else None
