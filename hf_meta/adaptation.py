@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import logging
 
-from .choices import Algorithm, HeadInit, Pooling, check_choice
+from .choices import Algorithm, HeadInit, HeadPrior, Pooling, check_choice
 from .frozen_states import FrozenStates
 from .inner_loop import (
     Weights,
@@ -26,9 +27,13 @@ from .inner_loop import (
     initial_head,
     reptile_meta_gradient,
     sgd_adapt,
+    weighted_cross_entropy,
 )
 from .io_utils import atomic_write_text
+from .label_names import label_phrase, names_are_usable
 from .modeling import ROW_STATES, FunctionalEncoder
+
+logger = logging.get_logger(__name__)
 
 ADAPTATION_CONFIG_NAME = "adaptation_config.json"
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
@@ -41,6 +46,7 @@ _NUMERIC_CHECKS = {
     "inner_steps": (lambda v: _is_int(v) and 0 <= v <= 10_000, "an int in [0, 10000]"),
     "inner_learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1e3)"),
     "max_length": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an int in [1, 100000]"),
+    "label_name_weight": (lambda v: _is_number(v) and 0 <= v <= 1e3, "a number in [0, 1000]"),
 }
 
 
@@ -80,7 +86,29 @@ class AdaptationConfig:
             "towards the prototypes) before the inner loop; 0 keeps the prototypes."
         },
     )
-    head_l2: float = field(default=0.03, metadata={"help": "Pull of the fitted head towards the prototypes."})
+    head_l2: float = field(
+        default=0.03,
+        metadata={"help": "Pull of the fitted head towards the prototypes (against the loss `head_prior` names)."},
+    )
+    head_prior: HeadPrior = field(
+        default="mean",
+        metadata={
+            "help": "What `head_l2` pulls against: the 'mean' support cross-entropy (the same relative pull at any "
+            "shot count) or the 'sum' (a fixed prior that fades as shots grow; use a larger `head_l2`, e.g. 2)."
+        },
+    )
+    # Class names
+    use_label_names: bool = field(
+        default=True,
+        metadata={
+            "help": "Embed each class's name as a phrase ('card_arrival' -> 'card arrival') with the same fast "
+            "weights and add it to the support set as one extra labelled example (head fit and support loss; not "
+            "the prototypes). Skipped when the names are codes ('0'..'40', int labels)."
+        },
+    )
+    label_name_weight: float = field(
+        default=1.0, metadata={"help": "Weight of a class-name example in the head fit and the support loss."}
+    )
     # Inner loop
     inner_steps: int = field(default=5, metadata={"help": "SGD steps on the support loss (LoRA weights and head)."})
     inner_learning_rate: float = field(default=0.05, metadata={"help": "SGD step size of the inner loop."})
@@ -96,8 +124,10 @@ class AdaptationConfig:
         """Check every adaptation setting; the one validator, shared with [`MetaTrainingArguments`]."""
         check_choice("pooling", self.pooling, Pooling)
         check_choice("head_init", self.head_init, HeadInit)
-        if not isinstance(self.normalize_embeddings, bool):
-            raise ValueError(f"`normalize_embeddings` must be a bool, got {self.normalize_embeddings!r}.")
+        check_choice("head_prior", self.head_prior, HeadPrior)
+        for name in ("normalize_embeddings", "use_label_names"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool (true or false), got {getattr(self, name)!r}.")
         for name, (ok, allowed) in _NUMERIC_CHECKS.items():
             if not ok(getattr(self, name)):
                 raise ValueError(f"`{name}` must be {allowed}, got {getattr(self, name)!r}.")
@@ -157,12 +187,23 @@ class EpisodeCollator:
     `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
     ids and the frozen lower layers' output from there instead (`support_frozen_row_states`, ...), so neither the
     tokenizer nor the frozen layers run per episode; an episode with a sentence outside that set is tokenised.
+
+    With `use_label_names`, the phrase of each class name (see [`label_phrase`]) is tokenised too, one row per
+    class in class order (`names_input_ids`, `names_attention_mask`); episodes whose names are codes get none.
     """
 
-    def __init__(self, tokenizer, max_length: int = 64, frozen_states: FrozenStates | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 64,
+        frozen_states: FrozenStates | None = None,
+        use_label_names: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.frozen_states = frozen_states
+        self.use_label_names = use_label_names
+        self._logged_codes = False
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.frozen_states is not None and self.frozen_states.covers(texts):
@@ -185,12 +226,27 @@ class EpisodeCollator:
             for key, value in self.tokenize(row[f"{part}_text"]).items():
                 batch[f"{part}_{key}"] = value
             batch[f"{part}_labels"] = torch.tensor(row[f"{part}_label"], dtype=torch.long)
+        if self.use_label_names:
+            if names_are_usable(row["class_names"]):
+                for key, value in self.tokenize(episode_name_phrases(row["class_names"])).items():
+                    batch[f"names_{key}"] = value
+            elif not self._logged_codes:
+                self._logged_codes = True
+                logger.info(
+                    f"Class names such as {list(row['class_names'])[:3]} carry no words; episodes with such names "
+                    "adapt without name examples."
+                )
         return batch
+
+
+def episode_name_phrases(class_names: list) -> list[str]:
+    """The phrase of each class name, in class order (what the collator tokenises and the frozen cache covers)."""
+    return [label_phrase(name) for name in class_names]
 
 
 def split_episode(batch: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
     """The `support` or `query` half of a collated episode: `input_ids`, `attention_mask`, `labels` (and the
-    precomputed frozen states when the collator had them)."""
+    precomputed frozen states when the collator had them); `names` gives the class-name rows (empty if none)."""
     return {
         key: batch[f"{part}_{key}"]
         for key in ("input_ids", "attention_mask", "labels", ROW_STATES)
@@ -209,30 +265,78 @@ def adapt(
     support: dict[str, torch.Tensor],
     num_classes: int,
     config: AdaptationConfig,
+    names: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Weights, list[float]]:
     """Run the inner loop on a support set from the LoRA weights `init`.
 
     The first support forward pass both builds the (fitted) head and gives the first step's loss, so the loop
     costs exactly `inner_steps` forward and backward passes.
 
+    Args:
+        names: the tokenised class-name phrases, row `c` for class `c` (`input_ids`, `attention_mask`), used when
+            `config.use_label_names`: each is embedded at the current fast weights and joins the head fit and the
+            support loss as one example of its class with weight `config.label_name_weight`. The prototypes (the
+            head's start and prior) stay the sentences' own: a name is not a sentence, and averaged in it hurts.
+
     Returns:
         The adapted fast weights (LoRA tensors and the head under `HEAD`) and the support loss before each step.
+
+    Example:
+        ```python
+        >>> weights, losses = adapt(encoder, meta_weights, support, num_classes=3, config=AdaptationConfig())
+        ```
     """
     labels = support["labels"]
     support = encoder.cache_frozen_layers(support)
+    if not (config.use_label_names and names and config.label_name_weight > 0):
+        names = None
+    if names is not None:
+        names = encoder.cache_frozen_layers({key: value for key, value in names.items() if key != "labels"})
+        if len(names["input_ids"]) != num_classes:
+            raise ValueError(
+                f"`names` has {len(names['input_ids'])} rows but the task has {num_classes} classes; give one "
+                "name phrase per class, in class order."
+            )
+        all_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+        sample_weight = torch.cat(
+            [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
+        ).to(labels.device)
+    else:
+        all_labels, sample_weight = labels, None
     lora = detached_copy(init)
+
+    def embed_all(w: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support embeddings and, after them, the name embeddings at the same fast weights."""
+        embeddings = encoder(w, support)
+        if names is None:
+            return embeddings, embeddings
+        return embeddings, torch.cat([embeddings, encoder(w, names)])
+
     with torch.enable_grad():
-        embeddings = encoder(lora, support)
+        embeddings, with_names = embed_all(lora)
         head = initial_head(embeddings, labels, num_classes, config.head_init)
         if config.head_fit_steps:
             # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the
             # same embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
-            head = fit_head(embeddings, labels, head, config.logit_scale, config.head_l2, config.head_fit_steps)
+            head = fit_head(
+                with_names,
+                all_labels,
+                head,
+                config.logit_scale,
+                config.head_l2,
+                config.head_fit_steps,
+                sample_weight=sample_weight,
+                head_prior=config.head_prior,
+            )
         weights = {**lora, HEAD: head.requires_grad_(True)}
-        first_loss = F.cross_entropy(head_logits(embeddings, head, config.logit_scale), labels)
+        first_loss = weighted_cross_entropy(
+            head_logits(with_names, head, config.logit_scale), all_labels, sample_weight
+        )
 
         def support_loss(w: Weights) -> torch.Tensor:
-            return F.cross_entropy(task_logits(encoder, w, support, config.logit_scale), labels)
+            lora_w = {name: t for name, t in w.items() if name != HEAD}
+            logits = head_logits(embed_all(lora_w)[1], w[HEAD], config.logit_scale)
+            return weighted_cross_entropy(logits, all_labels, sample_weight)
 
         if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
             return weights, []
@@ -263,8 +367,9 @@ def episode_meta_gradient(
     num_classes = int(episode["num_classes"])
     names = list(meta_weights)
     support, query = split_episode(episode, "support"), split_episode(episode, "query")
+    name_rows = split_episode(episode, "names")
     if algorithm == "fomaml":
-        adapted, _ = adapt(encoder, meta_weights, support, num_classes, config)
+        adapted, _ = adapt(encoder, meta_weights, support, num_classes, config, name_rows)
         with torch.enable_grad():
             logits = task_logits(encoder, adapted, query, config.logit_scale)
             loss = F.cross_entropy(logits, query["labels"])
@@ -272,7 +377,7 @@ def episode_meta_gradient(
         accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
         return EpisodeOutcome(loss.detach(), accuracy, grads)
     task = {key: _concat_padded(support[key], query[key]) for key in support}  # Reptile
-    adapted, losses = adapt(encoder, meta_weights, task, num_classes, config)
+    adapted, losses = adapt(encoder, meta_weights, task, num_classes, config, name_rows)
     loss = torch.tensor(losses[-1] if losses else float("nan"))
     return EpisodeOutcome(loss, None, reptile_meta_gradient(meta_weights, adapted, names))
 
@@ -300,5 +405,6 @@ def episode_query_logits(
 ) -> torch.Tensor:
     """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched."""
     support = split_episode(episode, "support")
-    adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config)
+    names = split_episode(episode, "names")
+    adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config, names)
     return predict_logits(encoder, adapted, split_episode(episode, "query"), config)

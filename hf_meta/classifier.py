@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .adapter_checks import (
     refuse_remote_code,
 )
 from .io_utils import atomic_directory, atomic_write_text
+from .label_names import label_phrase, names_are_usable
 from .metrics import accuracy
 from .modeling import (
     FunctionalEncoder,
@@ -159,8 +160,20 @@ class FewShotClassifier:
 
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
-    def fit(self, texts: Sequence[str], labels: Sequence, **overrides: Any) -> FewShotClassifier:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence,
+        label_descriptions: Mapping[Any, str] | None = None,
+        **overrides: Any,
+    ) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
+
+        With `use_label_names` (on unless the adapter's settings or an override turn it off) and string labels,
+        each class's name becomes a phrase (`"card_arrival"` -> `"card arrival"`) that joins the labelled examples
+        as one extra example of its class (weight `label_name_weight`). `label_descriptions` gives the text of
+        some or all classes instead of their names (`{"card_arrival": "my new card has not arrived yet"}`); int
+        labels use names only when every class is described. Names that are codes (`"0"`, `"17"`) are skipped.
 
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
@@ -171,6 +184,7 @@ class FewShotClassifier:
             >>> clf.fit(texts, labels, inner_steps=10, max_length=128)
             >>> clf.adaptation_config.inner_steps
             10
+            >>> clf.fit(texts, labels, label_descriptions={"apr": "annual percentage rate"})
             ```
         """
         texts = _check_texts(texts, "texts")
@@ -182,8 +196,11 @@ class FewShotClassifier:
         index = {label: i for i, label in enumerate(classes)}
         batch = self._tokenize(texts, config)
         batch["labels"] = torch.tensor([index[label] for label in labels])
+        descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
+        phrases = _name_phrases(classes, descriptions) if config.use_label_names else None
+        names = self._tokenize(phrases, config) if phrases else None
         self.model.eval()
-        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config)
+        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config, names)
         bad = non_finite(weights)
         if bad:
             raise FloatingPointError(
@@ -561,6 +578,43 @@ def _check_texts(
         if not allow_blank and not text.strip():
             raise ValueError(f"`{name}[{i}]` is empty or whitespace; drop it or give it text.")
     return texts
+
+
+def _check_descriptions(classes: list, label_descriptions: Any) -> dict:
+    """`label_descriptions` checked against the classes of `fit`: a mapping from known labels to non-empty text."""
+    if label_descriptions is None:
+        return {}
+    if not isinstance(label_descriptions, Mapping):
+        raise TypeError(
+            f"`label_descriptions` must be a dict from label to text, got {type(label_descriptions).__name__}; "
+            "e.g. `{'card_arrival': 'my card has not arrived'}`."
+        )
+    known = set(classes)
+    for label, text in label_descriptions.items():
+        label = label.item() if isinstance(label, np.generic) else label
+        if label not in known:
+            raise ValueError(
+                f"`label_descriptions` names the label {label!r}, which is not among the labels given to `fit` "
+                f"({classes[:5]}{'...' if len(classes) > 5 else ''}); describe only classes that have examples."
+            )
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"`label_descriptions[{label!r}]` must be a non-empty string, got {text!r}; give the text that "
+                "describes the class, or leave the class out to use its name."
+            )
+    return {(k.item() if isinstance(k, np.generic) else k): v.strip() for k, v in label_descriptions.items()}
+
+
+def _name_phrases(classes: list, descriptions: dict) -> list[str] | None:
+    """One phrase per class (its description, else its name as a phrase), or None when the names are codes."""
+    undescribed = [c for c in classes if c not in descriptions]
+    if undescribed and not names_are_usable(undescribed if len(undescribed) < len(classes) else classes):
+        logger.info(
+            f"Class names such as {undescribed[:3]} carry no words; `fit` adapts without name examples (describe "
+            "every class with `label_descriptions` to use them)."
+        )
+        return None
+    return [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
 
 
 def _check_labels(labels: Sequence) -> tuple[list, list]:

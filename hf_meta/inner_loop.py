@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .choices import HeadInit, check_choice
+from .choices import HeadInit, HeadPrior, check_choice
 
 Weights = dict[str, torch.Tensor]
 
@@ -38,30 +38,69 @@ def initial_head(
 
 
 def fit_head(
-    embeddings: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, scale: float, l2: float, steps: int
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    prior: torch.Tensor,
+    scale: float,
+    l2: float,
+    steps: int,
+    sample_weight: torch.Tensor | None = None,
+    head_prior: HeadPrior = "mean",
 ) -> torch.Tensor:
     """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS.
 
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
     towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way
     tasks a fitted linear head beats prototypes by several points.
+
+    Args:
+        sample_weight: one weight per example (e.g. a class-name example counts `label_name_weight`); default 1.
+        head_prior: `"mean"` pulls against the (weighted) mean cross-entropy, so the pull's relative strength is
+            the same at any number of shots; `"sum"` pulls against the summed cross-entropy (a fixed Gaussian prior
+            in a MAP fit), so each class row is pulled as hard as one example and the pull fades as shots grow.
+
+    Example:
+        ```python
+        >>> head = fit_head(embeddings, labels, prototypes, scale=20.0, l2=1.0, steps=100, head_prior="sum")
+        ```
     """
+    check_choice("head_prior", head_prior, HeadPrior)
     # float64: in float32 the line search ends on rounding noise, so the same task on two machines (or thread
     # counts) gives heads ~1e-5 apart; in float64 they differ only as much as their inputs do.
     dtype = embeddings.dtype
     embeddings, prior = embeddings.detach().double(), prior.detach().double()
+    weight = None if sample_weight is None else sample_weight.detach().double()
     head = prior.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([head], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(head_logits(embeddings, head, scale), labels) + l2 * (head - prior).pow(2).sum()
+        logits = head_logits(embeddings, head, scale)
+        data = weighted_cross_entropy(logits, labels, weight, reduction=head_prior)
+        loss = data + l2 * (head - prior).pow(2).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(objective)
     return head.detach().to(dtype)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy with one weight per example: the weighted mean (`"mean"`) or the weighted sum (`"sum"`).
+
+    Example:
+        ```python
+        >>> weighted_cross_entropy(logits, labels, torch.tensor([1.0, 1.0, 0.5]))  # the third counts half
+        ```
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    if weight is None:
+        weight = torch.ones_like(losses)
+    total = (weight.to(losses) * losses).sum()
+    return total if reduction == "sum" else total / weight.sum().clamp_min(1e-12).to(losses)
 
 
 def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:

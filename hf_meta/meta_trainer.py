@@ -13,10 +13,17 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
-from .adaptation import AdaptationConfig, EpisodeCollator, episode_meta_gradient, episode_query_logits
+from .adaptation import (
+    AdaptationConfig,
+    EpisodeCollator,
+    episode_meta_gradient,
+    episode_name_phrases,
+    episode_query_logits,
+)
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
 from .io_utils import atomic_directory
+from .label_names import names_are_usable
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
@@ -95,7 +102,8 @@ class MetaTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or EpisodeCollator(processing_class, args.max_length),
+            data_collator=data_collator
+            or EpisodeCollator(processing_class, args.max_length, use_label_names=args.use_label_names),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -115,10 +123,16 @@ class MetaTrainer(Trainer):
             if dataset is not None:
                 for column in ("support_text", "query_text"):
                     texts.update(text for episode in dataset[column] for text in episode)
+                if self.args.use_label_names:  # the name phrases are embedded in every inner step too
+                    for class_names in dataset["class_names"]:
+                        if names_are_usable(class_names):
+                            texts.update(episode_name_phrases(class_names))
         # The main process computes (or finds) the Arrow file; the others then read the same file.
         with self.args.main_process_first(desc="frozen-layer states"):
             states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.args.max_length)
-        return EpisodeCollator(tokenizer, self.args.max_length, frozen_states=states)
+        return EpisodeCollator(
+            tokenizer, self.args.max_length, frozen_states=states, use_label_names=self.args.use_label_names
+        )
 
     # ---- Training -------------------------------------------------------------------------------------------
 
