@@ -6,6 +6,7 @@ The same functions run during meta-training ([`MetaTrainer`]), evaluation and at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers.utils import logging
 
 from .choices import Algorithm, HeadInit, HeadPrior, Pooling, check_choice
@@ -25,6 +28,7 @@ from .inner_loop import (
     fit_head,
     head_logits,
     initial_head,
+    learning_rate_hypergradient,
     reptile_meta_gradient,
     sgd_adapt,
     weighted_cross_entropy,
@@ -112,6 +116,14 @@ class AdaptationConfig:
     # Inner loop
     inner_steps: int = field(default=5, metadata={"help": "SGD steps on the support loss (LoRA weights and head)."})
     inner_learning_rate: float = field(default=0.05, metadata={"help": "SGD step size of the inner loop."})
+    learn_inner_learning_rates: bool = field(
+        default=False,
+        metadata={
+            "help": "Meta-learn one inner learning rate per LoRA tensor and for the head, and the logit scale "
+            "(Meta-SGD / MAML++ LSLR, first-order hypergradients); saved with the adapter and used by `fit`. Needs "
+            "`inner_steps` >= 1: with the fitted head alone there is no step to size."
+        },
+    )
     base_model: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base encoder, written to saved adapters (needed when loaded from a folder)."},
@@ -125,7 +137,7 @@ class AdaptationConfig:
         check_choice("pooling", self.pooling, Pooling)
         check_choice("head_init", self.head_init, HeadInit)
         check_choice("head_prior", self.head_prior, HeadPrior)
-        for name in ("normalize_embeddings", "use_label_names"):
+        for name in ("normalize_embeddings", "use_label_names", "learn_inner_learning_rates"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool (true or false), got {getattr(self, name)!r}.")
         for name, (ok, allowed) in _NUMERIC_CHECKS.items():
@@ -178,6 +190,84 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+INNER_LOOP_FILE = "inner_loop.safetensors"
+
+
+class LearnedInnerLoop(torch.nn.Module):
+    """Meta-learned inner-loop step sizes, one per LoRA tensor and one for the head, and the logit scale.
+
+    Meta-SGD (Li et al. 2017) / MAML++ LSLR (Antoniou et al. 2019) with first-order hypergradients: the
+    parameters are logarithms (so the rates stay positive) that the Trainer's optimizer updates beside the LoRA
+    weights. Saved as `inner_loop.safetensors` beside the adapter and used by `FewShotClassifier.fit`. With
+    `inner_steps=0` (the fitted head alone) there is no step to size and only the logit scale would matter, so
+    `learn_inner_learning_rates` needs `inner_steps >= 1`.
+
+    Example:
+        ```python
+        >>> inner = LearnedInnerLoop(list(meta_weights), inner_learning_rate=0.05, logit_scale=20.0)
+        >>> inner.learning_rates()[HEAD], inner.logit_scale()
+        (tensor(0.0500), 20.0)
+        ```
+    """
+
+    def __init__(self, tensor_names: list[str], inner_learning_rate: float, logit_scale: float):
+        super().__init__()
+        self.names = [*tensor_names, HEAD]
+        self.log_learning_rates = torch.nn.Parameter(torch.full((len(self.names),), math.log(inner_learning_rate)))
+        self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(logit_scale)))
+
+    def learning_rates(self) -> dict[str, torch.Tensor]:
+        """The current step size of each fast weight (detached: the inner loop never differentiates them)."""
+        rates = self.log_learning_rates.detach().exp()
+        return {name: rates[i] for i, name in enumerate(self.names)}
+
+    def logit_scale(self) -> float:
+        return float(self.log_logit_scale.detach().exp())
+
+    def adaptation_config(self, config: AdaptationConfig) -> AdaptationConfig:
+        """`config` with the learned logit scale (what is saved in `adaptation_config.json`)."""
+        return dataclasses.replace(config, logit_scale=self.logit_scale())
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        save_file(
+            {
+                "log_learning_rates": self.log_learning_rates.detach().cpu().contiguous(),
+                "log_logit_scale": self.log_logit_scale.detach().cpu().reshape(1),
+            },
+            os.path.join(save_directory, INNER_LOOP_FILE),
+            metadata={"names": json.dumps(self.names)},
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> LearnedInnerLoop:
+        """Read `inner_loop.safetensors`; errors name the file and what is wrong with it."""
+        path = os.path.join(directory, INNER_LOOP_FILE)
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = json.loads((f.metadata() or {})["names"])
+                rates, scale = f.get_tensor("log_learning_rates"), f.get_tensor("log_logit_scale")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"No {INNER_LOOP_FILE} in {directory!s}, but its `adaptation_config.json` sets "
+                "`learn_inner_learning_rates`; save the adapter again, or load it and fit with "
+                "`learn_inner_learning_rates=False`."
+            ) from None
+        except Exception as err:  # a corrupt header, a missing key: safetensors raises several types
+            raise ValueError(f"{path} is not an hf_meta inner-loop file ({type(err).__name__}: {err}).") from None
+        if len(names) != len(rates) or not (torch.isfinite(rates).all() and torch.isfinite(scale).all()):
+            raise ValueError(f"{path} holds {len(rates)} rates for {len(names)} names, or NaN/inf; save it again.")
+        inner = cls(names[:-1], 1.0, 1.0)
+        with torch.no_grad():
+            inner.log_learning_rates.copy_(rates)
+            inner.log_logit_scale.copy_(scale.reshape(()))
+        return inner
+
+    def summary(self) -> dict[str, float]:
+        """Learned step sizes by tensor name (and `logit_scale`), rounded, for model cards and logs."""
+        rates = {name: round(float(rate), 5) for name, rate in self.learning_rates().items()}
+        return {**rates, "logit_scale": round(self.logit_scale(), 3)}
 
 
 class EpisodeCollator:
@@ -266,6 +356,8 @@ def adapt(
     num_classes: int,
     config: AdaptationConfig,
     names: dict[str, torch.Tensor] | None = None,
+    learning_rates: Weights | None = None,
+    gradient_sum: Weights | None = None,
 ) -> tuple[Weights, list[float]]:
     """Run the inner loop on a support set from the LoRA weights `init`.
 
@@ -277,6 +369,9 @@ def adapt(
             `config.use_label_names`: each is embedded at the current fast weights and joins the head fit and the
             support loss as one example of its class with weight `config.label_name_weight`. The prototypes (the
             head's start and prior) stay the sentences' own: a name is not a sentence, and averaged in it hurts.
+        learning_rates: one inner learning rate per fast-weight name (LoRA tensors and `HEAD`), e.g. the learned
+            ones of [`LearnedInnerLoop`]; default `config.inner_learning_rate` for all.
+        gradient_sum: receives the per-tensor sum of the support gradients (see [`sgd_adapt`]).
 
     Returns:
         The adapted fast weights (LoRA tensors and the head under `HEAD`) and the support loss before each step.
@@ -340,7 +435,8 @@ def adapt(
 
         if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
             return weights, []
-        return sgd_adapt(support_loss, weights, config.inner_steps, config.inner_learning_rate, first_loss)
+        lr = learning_rates if learning_rates is not None else config.inner_learning_rate
+        return sgd_adapt(support_loss, weights, config.inner_steps, lr, first_loss, gradient_sum)
 
 
 @dataclass
@@ -348,6 +444,8 @@ class EpisodeOutcome:
     loss: torch.Tensor  # detached query loss (FOMAML) or last inner loss on all the task's data (Reptile)
     accuracy: float | None  # query accuracy at the adapted weights (FOMAML only; Reptile never sees a held-out set)
     meta_gradient: Weights
+    # Gradients for the parameters of a `LearnedInnerLoop` (`log_learning_rates`, `log_logit_scale`), FOMAML only.
+    inner_loop_gradient: dict[str, torch.Tensor] | None = None
 
 
 def episode_meta_gradient(
@@ -356,18 +454,28 @@ def episode_meta_gradient(
     episode: dict[str, torch.Tensor],
     config: AdaptationConfig,
     algorithm: Algorithm = "fomaml",
+    inner_loop: LearnedInnerLoop | None = None,
 ) -> EpisodeOutcome:
     """The meta-gradient of one episode for the LoRA weights `meta_weights`.
 
     - `fomaml`: adapt on the support set, then the query-loss gradient at the adapted LoRA weights.
     - `reptile`: adapt on support and query together (all of the task's labelled data, as in Nichol et al.),
       then `theta - phi_T`.
+
+    With `inner_loop` (FOMAML only), the inner steps use its learned per-tensor learning rates and logit scale,
+    and `inner_loop_gradient` holds the first-order hypergradients of its parameters.
     """
     check_choice("algorithm", algorithm, Algorithm)
     num_classes = int(episode["num_classes"])
     names = list(meta_weights)
     support, query = split_episode(episode, "support"), split_episode(episode, "query")
     name_rows = split_episode(episode, "names")
+    if inner_loop is not None and algorithm != "fomaml":
+        raise ValueError(f"`learn_inner_learning_rates` needs `algorithm='fomaml'`, got {algorithm!r}.")
+    if algorithm == "fomaml" and inner_loop is not None:
+        return _episode_with_learned_inner_loop(
+            encoder, meta_weights, support, query, name_rows, num_classes, config, inner_loop
+        )
     if algorithm == "fomaml":
         adapted, _ = adapt(encoder, meta_weights, support, num_classes, config, name_rows)
         with torch.enable_grad():
@@ -380,6 +488,42 @@ def episode_meta_gradient(
     adapted, losses = adapt(encoder, meta_weights, task, num_classes, config, name_rows)
     loss = torch.tensor(losses[-1] if losses else float("nan"))
     return EpisodeOutcome(loss, None, reptile_meta_gradient(meta_weights, adapted, names))
+
+
+def _episode_with_learned_inner_loop(
+    encoder: FunctionalEncoder,
+    meta_weights: Weights,
+    support: dict[str, torch.Tensor],
+    query: dict[str, torch.Tensor],
+    name_rows: dict[str, torch.Tensor],
+    num_classes: int,
+    config: AdaptationConfig,
+    inner_loop: LearnedInnerLoop,
+) -> EpisodeOutcome:
+    """FOMAML with learned step sizes: the LoRA meta-gradient plus the hypergradients of the log learning rates
+    (`lr_i * d query_loss / d lr_i`, see [`learning_rate_hypergradient`]) and of the log logit scale (its ordinary
+    gradient through the query loss at the adapted weights)."""
+    names = list(meta_weights)
+    config = inner_loop.adaptation_config(config)
+    learning_rates = inner_loop.learning_rates()
+    gradient_sum: Weights = {}
+    adapted, _ = adapt(encoder, meta_weights, support, num_classes, config, name_rows, learning_rates, gradient_sum)
+    with torch.enable_grad():
+        log_scale = inner_loop.log_logit_scale.detach().clone().requires_grad_(True)
+        logits = task_logits(encoder, adapted, query, log_scale.exp())
+        loss = F.cross_entropy(logits, query["labels"])
+        tensors = [adapted[name] for name in inner_loop.names]
+        *grads, scale_grad = torch.autograd.grad(loss, [*tensors, log_scale])
+    query_gradient = dict(zip(inner_loop.names, grads))
+    hyper = learning_rate_hypergradient(query_gradient, gradient_sum)
+    lr_grad = torch.stack([hyper[name] * learning_rates[name] for name in inner_loop.names])  # d / d log lr
+    accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
+    return EpisodeOutcome(
+        loss.detach(),
+        accuracy,
+        {name: query_gradient[name] for name in names},
+        {"log_learning_rates": lr_grad.detach(), "log_logit_scale": scale_grad.detach()},
+    )
 
 
 def _concat_padded(a: torch.Tensor | list, b: torch.Tensor | list) -> torch.Tensor | list:
@@ -401,10 +545,19 @@ def predict_logits(
 
 
 def episode_query_logits(
-    encoder: FunctionalEncoder, meta_weights: Weights, episode: dict[str, torch.Tensor], config: AdaptationConfig
+    encoder: FunctionalEncoder,
+    meta_weights: Weights,
+    episode: dict[str, torch.Tensor],
+    config: AdaptationConfig,
+    inner_loop: LearnedInnerLoop | None = None,
 ) -> torch.Tensor:
-    """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched."""
+    """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched.
+
+    With `inner_loop`, its learned step sizes and logit scale are used."""
     support = split_episode(episode, "support")
     names = split_episode(episode, "names")
-    adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config, names)
+    rates = None
+    if inner_loop is not None:
+        config, rates = inner_loop.adaptation_config(config), inner_loop.learning_rates()
+    adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config, names, rates)
     return predict_logits(encoder, adapted, split_episode(episode, "query"), config)

@@ -18,7 +18,15 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
-from .adaptation import ADAPTATION_CONFIG_NAME, HEAD, AdaptationConfig, adapt, predict_logits
+from .adaptation import (
+    ADAPTATION_CONFIG_NAME,
+    HEAD,
+    INNER_LOOP_FILE,
+    AdaptationConfig,
+    LearnedInnerLoop,
+    adapt,
+    predict_logits,
+)
 from .adapter_checks import (
     check_adapter_fits,
     check_finite_file,
@@ -80,6 +88,8 @@ class FewShotClassifier:
         self.adaptation_config = adaptation_config
         self.encoder = self._encoder_for(adaptation_config)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
+        # Meta-learned step sizes (`learn_inner_learning_rates`), read by `from_pretrained` when the adapter has them.
+        self.inner_loop: LearnedInnerLoop | None = None
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
@@ -141,6 +151,8 @@ class FewShotClassifier:
             ) from None
         tokenizer = load_tokenizer(folder, base_path)
         classifier = cls(model, tokenizer, adaptation_config)
+        if adaptation_config.learn_inner_learning_rates:
+            classifier._set_inner_loop(LearnedInnerLoop.from_pretrained(folder), folder)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
         return classifier
@@ -199,8 +211,10 @@ class FewShotClassifier:
         descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
         phrases = _name_phrases(classes, descriptions) if config.use_label_names else None
         names = self._tokenize(phrases, config) if phrases else None
+        # The meta-learned step sizes, unless this fit turns them off (`learn_inner_learning_rates=False`).
+        rates = self.inner_loop.learning_rates() if self.inner_loop and config.learn_inner_learning_rates else None
         self.model.eval()
-        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config, names)
+        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config, names, rates)
         bad = non_finite(weights)
         if bad:
             raise FloatingPointError(
@@ -213,6 +227,16 @@ class FewShotClassifier:
         self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
+
+    def _set_inner_loop(self, inner_loop: LearnedInnerLoop, folder: Path) -> None:
+        expected = [*self.meta_weights, HEAD]
+        if inner_loop.names != expected:
+            missing = sorted(set(expected) - set(inner_loop.names))[:2]
+            raise ValueError(
+                f"{folder / INNER_LOOP_FILE} has step sizes for {len(inner_loop.names)} tensors, but the adapter has "
+                f"{len(expected)} (e.g. no rate for {missing}); it belongs to another adapter: save them together."
+            )
+        self.inner_loop = inner_loop
 
     def _config_with(self, overrides: dict[str, Any]) -> AdaptationConfig:
         """The loaded settings with `overrides` applied and validated."""
@@ -406,6 +430,8 @@ class FewShotClassifier:
                     "`fit` diverged. Lower the learning rates and fit or train again."
                 )
         config = self.adaptation_config
+        if config.learn_inner_learning_rates and self.inner_loop is None:
+            config = dataclasses.replace(config, learn_inner_learning_rates=False)  # nothing learned to save
         if base and not is_local_path(base) and config.base_model != base:
             config = dataclasses.replace(config, base_model=base)
         peft_config = self.model.peft_config["default"]
@@ -422,6 +448,8 @@ class FewShotClassifier:
                 peft_config.base_model_name_or_path = named_base
             self.tokenizer.save_pretrained(staging)
             config.save_pretrained(staging)
+            if self.inner_loop is not None:
+                self.inner_loop.save_pretrained(staging)
             if self.weights is not None:
                 save_file({"weight": self.weights[HEAD].detach().contiguous()}, str(staging / HEAD_FILE))
                 atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
@@ -542,6 +570,7 @@ def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
                 allow_patterns=[
                     *ADAPTER_FILES,
                     ADAPTATION_CONFIG_NAME,
+                    INNER_LOOP_FILE,
                     HEAD_FILE,
                     LABELS_FILE,
                     "tokenizer*",

@@ -113,7 +113,10 @@ def sgd_step(loss: torch.Tensor, weights: Weights, lr: float | Weights) -> Weigh
 
     `lr` is a float or one learning rate per weight name (Meta-SGD style).
     """
-    grads = torch.autograd.grad(loss, list(weights.values()))
+    return _step(weights, torch.autograd.grad(loss, list(weights.values())), lr)
+
+
+def _step(weights: Weights, grads: tuple[torch.Tensor, ...], lr: float | Weights) -> Weights:
     with torch.no_grad():
         return {
             name: (w - (lr[name] if isinstance(lr, dict) else lr) * g).requires_grad_(True)
@@ -127,6 +130,7 @@ def sgd_adapt(
     steps: int,
     lr: float | Weights,
     first_loss: torch.Tensor | None = None,
+    gradient_sum: Weights | None = None,
 ) -> tuple[Weights, list[float]]:
     """`steps` SGD steps of `loss_fn` from `weights`; returns the adapted weights and the loss before each step.
 
@@ -136,13 +140,36 @@ def sgd_adapt(
         steps: number of SGD steps.
         lr: step size, a float or one per weight name.
         first_loss: `loss_fn(weights)` when the caller already computed it (saves one forward pass).
+        gradient_sum: a dict that receives, per weight name, the sum of the support gradients of all steps (what
+            [`learning_rate_hypergradient`] needs); left untouched when None.
     """
     losses = []
     for step in range(steps):
         loss = first_loss if step == 0 and first_loss is not None else loss_fn(weights)
         losses.append(loss.item())
-        weights = sgd_step(loss, weights, lr)
+        grads = torch.autograd.grad(loss, list(weights.values()))
+        if gradient_sum is not None:
+            for name, g in zip(weights, grads):
+                gradient_sum[name] = gradient_sum[name] + g.detach() if name in gradient_sum else g.detach()
+        weights = _step(weights, grads, lr)
     return weights, losses
+
+
+def learning_rate_hypergradient(query_gradient: Weights, gradient_sum: Weights) -> Weights:
+    """First-order hypergradient of the query loss for each tensor's inner learning rate (Meta-SGD / MAML++ LSLR).
+
+    With `phi_T = theta - sum_t lr_i * g_t,i` and the Jacobians of later steps taken as the identity (first order),
+    `d query_loss / d lr_i = -<g_query(phi_T)_i, sum_t g_t,i>`: a step size grows while the support steps point
+    where the query loss falls. Exact for a single step.
+
+    Example:
+        ```python
+        >>> sums = {}
+        >>> adapted, _ = sgd_adapt(support_loss, weights, steps=3, lr=lrs, gradient_sum=sums)
+        >>> learning_rate_hypergradient(dict(zip(names, torch.autograd.grad(query_loss(adapted), ...))), sums)
+        ```
+    """
+    return {name: -(g * gradient_sum[name]).sum() for name, g in query_gradient.items() if name in gradient_sum}
 
 
 def detached_copy(weights: Weights) -> Weights:

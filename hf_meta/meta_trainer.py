@@ -16,6 +16,7 @@ from transformers.utils import logging
 from .adaptation import (
     AdaptationConfig,
     EpisodeCollator,
+    LearnedInnerLoop,
     episode_meta_gradient,
     episode_name_phrases,
     episode_query_logits,
@@ -112,6 +113,12 @@ class MetaTrainer(Trainer):
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
         if args.precompute_frozen_states and self.encoder.frozen_depth > 0 and data_collator is None:
             self.data_collator = self._collator_with_frozen_states(processing_class)
+        # Meta-SGD: the learned step sizes and logit scale are meta-parameters too; they live beside the model (not
+        # in it, so the saved adapter stays plain LoRA) and join the optimizer in `create_optimizer`.
+        self.inner_loop: LearnedInnerLoop | None = None
+        if args.learn_inner_learning_rates:
+            names = list(meta_parameters(self.model))
+            self.inner_loop = LearnedInnerLoop(names, args.inner_learning_rate, args.logit_scale).to(args.device)
         # Episodes carry no `labels` key; the loss is divided by the accumulation steps by `training_step`.
         self.model_accepts_loss_kwargs = False
         self._query_accuracy = torch.zeros(2, dtype=torch.float64)  # (sum of accuracies, episodes) since last log
@@ -136,6 +143,15 @@ class MetaTrainer(Trainer):
 
     # ---- Training -------------------------------------------------------------------------------------------
 
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer over the LoRA weights, plus the learned inner loop's parameters (no decay)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.inner_loop is not None and not any(
+            p is self.inner_loop.log_learning_rates for group in optimizer.param_groups for p in group["params"]
+        ):
+            optimizer.add_param_group({"params": list(self.inner_loop.parameters()), "weight_decay": 0.0})
+        return optimizer
+
     def _get_train_sampler(self, *args, **kwargs):
         # Episodes are already i.i.d. draws: a fixed order makes the episodes of each meta-step the same for any
         # number of processes, and a resumed run sees exactly the episodes it would have seen.
@@ -154,8 +170,12 @@ class MetaTrainer(Trainer):
         self.model.eval()  # dropout off: the meta-learned adaptation is the deterministic one run at test time
         meta = meta_parameters(self.model)
         _check_finite_weights(meta, f"before meta-step {self.state.global_step + 1}")
-        outcome = episode_meta_gradient(self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm)
+        outcome = episode_meta_gradient(
+            self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm, self.inner_loop
+        )
         gradients = [outcome.meta_gradient[name].to(param.dtype) for name, param in meta.items()]
+        extra = dict(self.inner_loop.named_parameters()) if self.inner_loop is not None else {}
+        gradients += [outcome.inner_loop_gradient[name].to(param) for name, param in extra.items()]
         if self.accelerator.num_processes > 1:
             gradients = self._average_across_processes(gradients)
         if not (torch.isfinite(outcome.loss) and all(torch.isfinite(g).all() for g in gradients)):
@@ -165,7 +185,8 @@ class MetaTrainer(Trainer):
             )
         if outcome.accuracy is not None:
             self._query_accuracy += torch.tensor([outcome.accuracy, 1.0], dtype=torch.float64)
-        surrogate = sum((param * grad).sum() for param, grad in zip(meta.values(), gradients))
+        params = [*meta.values(), *extra.values()]
+        surrogate = sum((param * grad).sum() for param, grad in zip(params, gradients))
         return outcome.loss.to(surrogate) + surrogate - surrogate.detach()
 
     def _average_across_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -209,7 +230,7 @@ class MetaTrainer(Trainer):
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
             with self.compute_loss_context_manager():
-                logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config)
+                logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config, self.inner_loop)
             labels = inputs["query_labels"]
             loss = torch.nn.functional.cross_entropy(logits.float(), labels).item()
             episodes.append((logits.argmax(-1).tolist(), labels.tolist(), loss))
@@ -244,8 +265,16 @@ class MetaTrainer(Trainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(staging)
             (staging / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
-            self.adaptation_config.save_pretrained(staging)
+            self.saved_adaptation_config().save_pretrained(staging)
+            if self.inner_loop is not None:
+                self.inner_loop.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
+
+    def saved_adaptation_config(self) -> AdaptationConfig:
+        """The settings written beside the adapter: with a learned inner loop, its logit scale."""
+        if self.inner_loop is None:
+            return self.adaptation_config
+        return self.inner_loop.adaptation_config(self.adaptation_config)
 
     def create_model_card(
         self,
@@ -285,7 +314,8 @@ class MetaTrainer(Trainer):
             )
         max_steps = self.state.max_steps or self.args.max_steps
         card = render_model_card(
-            adaptation_config=self.adaptation_config,
+            adaptation_config=self.saved_adaptation_config(),
+            learned_inner_loop=self.inner_loop.summary() if self.inner_loop is not None else None,
             algorithm=self.args.algorithm,
             collections=[datasets] if isinstance(datasets, str) else list(datasets or []),
             results=results,
