@@ -49,6 +49,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sum_l2", type=float, nargs="+", default=SUM_L2, help="`head_l2` under head_prior=sum.")
     parser.add_argument("--lora_steps", type=int, default=0, help="Also fit with this many LoRA steps (+names).")
     parser.add_argument("--eval_examples", type=int, default=None, help="Score only the first N texts.")
+    parser.add_argument("--skip_baselines", action="store_true", help="Only the `head_prior='sum'` arms.")
+    parser.add_argument("--name_weight", type=float, default=1.0, help="`label_name_weight` of the +names arms.")
+    parser.add_argument("--part", default=None, help="Part of the results file to write (default: the split).")
     args = parse(parser, argv, quick=dict(shots=[1], seeds=[0], sum_l2=[1.0], eval_examples=100))
     warnings.filterwarnings("ignore", message=".*longer than `max_length`.*")
     hwu = load_collection("hwu64", data_dir(args))
@@ -79,18 +82,36 @@ def main(argv=None) -> None:
             texts, labels = sample_shots(hwu["train"], shots, seed)
             support = clf.embed(texts)
             row = {"shots": shots, "seed": seed}
-            row["frozen LR"] = lr_accuracy(support, labels)
-            row["frozen LR + names"] = lr_accuracy(np.concatenate([support, name_embeddings]), [*labels, *names])
-            row["prototypes"] = fitted_accuracy(texts, labels, head_fit_steps=0, use_label_names=False)
-            row["fit mean l2=0.03"] = fitted_accuracy(texts, labels, use_label_names=False, head_prior="mean")
-            row["fit mean +names"] = fitted_accuracy(texts, labels, use_label_names=True, head_prior="mean")
+            weight = {"label_name_weight": args.name_weight}
+            if not args.skip_baselines:
+                row["frozen LR"] = lr_accuracy(support, labels)
+                row["frozen LR + names"] = lr_accuracy(np.concatenate([support, name_embeddings]), [*labels, *names])
+                row["prototypes"] = fitted_accuracy(texts, labels, head_fit_steps=0, use_label_names=False)
+                row["fit mean l2=0.03"] = fitted_accuracy(
+                    texts, labels, use_label_names=False, head_prior="mean", head_l2=0.03
+                )
+                row["fit mean +names"] = fitted_accuracy(texts, labels, head_prior="mean", head_l2=0.03, **weight)
             for l2 in args.sum_l2:
-                row[f"fit sum l2={l2:g}"] = fitted_accuracy(texts, labels, head_prior="sum", head_l2=l2)
+                row[f"fit sum l2={l2:g} +names"] = fitted_accuracy(
+                    texts, labels, head_prior="sum", head_l2=l2, use_label_names=True, **weight
+                )
+            row[f"fit sum l2={args.sum_l2[0]:g}"] = fitted_accuracy(
+                texts, labels, head_prior="sum", head_l2=args.sum_l2[0], use_label_names=False
+            )
             if args.lora_steps:
                 for use_names in (False, True):
-                    clf.fit(texts, labels, inner_steps=args.lora_steps, use_label_names=use_names)
+                    clf.fit(
+                        texts,
+                        labels,
+                        inner_steps=args.lora_steps,
+                        use_label_names=use_names,
+                        head_prior="sum",
+                        head_l2=args.sum_l2[0],
+                    )
                     accuracy = float((np.array(clf.predict(eval_texts)) == eval_labels).mean())
-                    row[f"LoRA {args.lora_steps} steps{' +names' if use_names else ''}"] = accuracy
+                    row[f"LoRA {args.lora_steps} steps sum l2={args.sum_l2[0]:g}{' +names' if use_names else ''}"] = (
+                        accuracy
+                    )
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             print(f"shots={shots} seed={seed}: {row['seconds']} s", flush=True)
@@ -106,9 +127,9 @@ def main(argv=None) -> None:
     )
     merge_json(
         args.output,
-        args.split,
+        args.part or args.split,
         {"dataset": f"hwu64 {args.split} ({len(eval_texts)} texts)", "seeds": args.seeds, "rows": rows},
-        summary={f"summary_{args.split}": summary},
+        summary={f"summary_{args.part or args.split}": summary},
     )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
+from typing import Any
 
 import datasets
 import numpy as np
@@ -250,6 +253,58 @@ class MetaTrainer(Trainer):
         }
         return EvalLoopOutput(predictions=predictions, label_ids=label_ids, metrics=metrics, num_samples=len(episodes))
 
+    def select_adaptation(self, grid: dict[str, list], eval_dataset: datasets.Dataset | None = None) -> dict[str, Any]:
+        """Choose adaptation settings by meta-validation: score every combination of `grid` on validation episodes
+        (held-out source classes) and keep the best in `trainer.adaptation_config`, which `save_model` writes.
+
+        Each combination adapts to every episode's support set from the current meta-parameters and is scored
+        by the mean query accuracy over episodes; ties go to the earlier combination, so list the current value
+        first. Settings that change the tokenisation or the encoder (`max_length`, `pooling`,
+        `normalize_embeddings`), `learn_inner_learning_rates` and `base_model` cannot be swept.
+
+        Args:
+            grid: setting name -> candidate values, e.g. `{"head_l2": [1.0, 0.3], "inner_steps": [0, 5]}`.
+            eval_dataset: episodes to score on; default the trainer's `eval_dataset`.
+
+        Returns:
+            `{"best": {setting: value}, "accuracy": best score, "scores": [{"settings": ..., "accuracy": ...}]}`.
+
+        Example:
+            ```python
+            >>> trainer.train()
+            >>> trainer.select_adaptation({"head_prior": ["sum", "mean"], "label_name_weight": [1.0, 2.0]})["best"]
+            {'head_prior': 'sum', 'label_name_weight': 1.0}
+            >>> trainer.save_model()   # adaptation_config.json holds the chosen settings
+            ```
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None or isinstance(dataset, dict):
+            raise ValueError(
+                "`select_adaptation` needs one episode dataset: pass `eval_dataset=` (validation episodes of "
+                f"held-out source classes); the trainer's `eval_dataset` is {type(dataset).__name__}."
+            )
+        _check_episode_dataset("eval_dataset", dataset)
+        combinations = _grid_combinations(grid)
+        if len(combinations) > 64:
+            logger.warning(f"`select_adaptation` scores {len(combinations)} combinations; each adapts every episode.")
+        self.model.eval()
+        meta = dict(meta_parameters(self.model))
+        episodes = [self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset)]
+        scores = []
+        for settings in combinations:
+            config = dataclasses.replace(self.adaptation_config, **settings)  # validated in __post_init__
+            accuracies = []
+            for inputs in episodes:
+                logits = episode_query_logits(self.encoder, meta, inputs, config, self.inner_loop)
+                accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
+            accuracies = self.accelerator.gather_for_metrics(accuracies, use_gather_object=True)
+            scores.append({"settings": settings, "accuracy": float(np.mean(accuracies))})
+            logger.info(f"select_adaptation: {settings} -> query accuracy {scores[-1]['accuracy']:.4f}")
+        best = max(scores, key=lambda row: row["accuracy"])  # the first of equal scores
+        self.adaptation_config = dataclasses.replace(self.adaptation_config, **best["settings"])
+        logger.info(f"select_adaptation kept {best['settings']} (query accuracy {best['accuracy']:.4f})")
+        return {"best": best["settings"], "accuracy": best["accuracy"], "scores": scores}
+
     # ---- Saving ---------------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -330,6 +385,25 @@ class MetaTrainer(Trainer):
             extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+_UNSWEEPABLE = ("base_model", "max_length", "pooling", "normalize_embeddings", "learn_inner_learning_rates")
+
+
+def _grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a settings grid, in order (the first value of each setting first)."""
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"`grid` must be a non-empty dict of setting -> list of values, got {grid!r}.")
+    known = set(AdaptationConfig.field_names()) - set(_UNSWEEPABLE)
+    for name, values in grid.items():
+        if name not in known:
+            raise ValueError(
+                f"`grid` key {name!r} is not a setting `select_adaptation` can sweep; choose from {sorted(known)}."
+            )
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"`grid[{name!r}]` must be a non-empty list of values, got {values!r}.")
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
 def _splits(dataset) -> list:
