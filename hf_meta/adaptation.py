@@ -91,14 +91,18 @@ class AdaptationConfig:
         },
     )
     head_l2: float = field(
-        default=0.03,
-        metadata={"help": "Pull of the fitted head towards the prototypes (against the loss `head_prior` names)."},
+        default=0.1,
+        metadata={
+            "help": "Pull of the fitted head towards the prototypes, against the loss `head_prior` names (adapters "
+            "saved before `head_prior` existed used 0.03 against the mean)."
+        },
     )
     head_prior: HeadPrior = field(
-        default="mean",
+        default="sum",
         metadata={
-            "help": "What `head_l2` pulls against: the 'mean' support cross-entropy (the same relative pull at any "
-            "shot count) or the 'sum' (a fixed prior that fades as shots grow; use a larger `head_l2`, e.g. 2)."
+            "help": "What `head_l2` pulls against: the 'sum' of the support cross-entropies (a fixed prior, so the "
+            "pull fades as shots grow and is the same for any number of classes) or their 'mean' (the same relative "
+            "pull at any shot count; the behaviour before this setting existed)."
         },
     )
     # Class names
@@ -175,6 +179,8 @@ class AdaptationConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
         known = set(cls.field_names())
+        # Saved before `head_prior` existed: their `head_l2` was a pull against the mean loss.
+        values.setdefault("head_prior", "mean")
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")

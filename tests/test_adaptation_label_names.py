@@ -194,3 +194,15 @@ def test_fit_skips_names_for_int_and_code_labels(classifier):
 def test_fit_refuses_bad_label_descriptions(classifier, descriptions, error, message):
     with pytest.raises(error, match=message):
         classifier.fit(TEXTS, LABELS, label_descriptions=descriptions, use_label_names=False)
+
+
+def test_adapters_saved_before_head_prior_keep_the_mean_prior(tmp_path):
+    AdaptationConfig().save_pretrained(tmp_path)
+    assert AdaptationConfig.from_pretrained(tmp_path).head_prior == "sum"
+    path = tmp_path / "adaptation_config.json"
+    import json
+
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("head_prior", "use_label_names")}
+    path.write_text(json.dumps({**old, "head_l2": 0.03}))
+    loaded = AdaptationConfig.from_pretrained(tmp_path)
+    assert (loaded.head_prior, loaded.head_l2) == ("mean", 0.03)
