@@ -213,8 +213,8 @@ class LearnedInnerLoop(torch.nn.Module):
     Example:
         ```python
         >>> inner = LearnedInnerLoop(list(meta_weights), inner_learning_rate=0.05, logit_scale=20.0)
-        >>> inner.learning_rates()[HEAD], inner.logit_scale()
-        (tensor(0.0500), 20.0)
+        >>> round(float(inner.learning_rates()[HEAD]), 4), round(inner.logit_scale(), 4)
+        (0.05, 20.0)
         ```
     """
 
@@ -257,8 +257,8 @@ class LearnedInnerLoop(torch.nn.Module):
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"No {INNER_LOOP_FILE} in {directory!s}, but its `adaptation_config.json` sets "
-                "`learn_inner_learning_rates`; save the adapter again, or load it and fit with "
-                "`learn_inner_learning_rates=False`."
+                "`learn_inner_learning_rates`; copy the file saved with the adapter beside it, or set "
+                '"learn_inner_learning_rates": false in that JSON to adapt with `inner_learning_rate`.'
             ) from None
         except Exception as err:  # a corrupt header, a missing key: safetensors raises several types
             raise ValueError(f"{path} is not an hf_meta inner-loop file ({type(err).__name__}: {err}).") from None

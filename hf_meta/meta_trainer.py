@@ -260,7 +260,8 @@ class MetaTrainer(Trainer):
         Each combination adapts to every episode's support set from the current meta-parameters and is scored
         by the mean query accuracy over episodes; ties go to the earlier combination, so list the current value
         first. Settings that change the tokenisation or the encoder (`max_length`, `pooling`,
-        `normalize_embeddings`), `learn_inner_learning_rates` and `base_model` cannot be swept.
+        `normalize_embeddings`), `learn_inner_learning_rates` and `base_model` cannot be swept; sweeping
+        `use_label_names` needs a trainer built with it on (its collator then tokenises the names).
 
         Args:
             grid: setting name -> candidate values, e.g. `{"head_l2": [1.0, 0.3], "inner_steps": [0, 5]}`.
