@@ -206,3 +206,18 @@ def test_adapters_saved_before_head_prior_keep_the_mean_prior(tmp_path):
     path.write_text(json.dumps({**old, "head_l2": 0.03}))
     loaded = AdaptationConfig.from_pretrained(tmp_path)
     assert (loaded.head_prior, loaded.head_l2) == ("mean", 0.03)
+
+
+def test_meta_trainer_caches_the_name_phrases_with_the_sentences(tmp_path, toy_dataset, tokenizer):
+    from hf_meta import MetaTrainer, MetaTrainingArguments
+
+    episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=1, num_episodes=2, seed=0)
+    model = top_layer_lora(tiny_encoder("bert", vocab_size=tokenizer.vocab_size), [1])
+    args = MetaTrainingArguments(output_dir=str(tmp_path), max_length=16, report_to="none", disable_tqdm=True)
+    trainer = MetaTrainer(model=model, args=args, train_dataset=episodes, processing_class=tokenizer)
+    collator = trainer.data_collator
+    assert collator.use_label_names and collator.frozen_states is not None
+    for names in episodes["class_names"]:
+        assert collator.frozen_states.covers(episode_name_phrases(names))
+    batch = collator([episodes[0]])
+    assert "names_frozen_row_states" in batch and len(batch["names_input_ids"]) == 3
