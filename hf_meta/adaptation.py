@@ -6,6 +6,7 @@ The same functions run during meta-training ([`MetaTrainer`]), evaluation and at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,8 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.utils import logging
 
-from .choices import Algorithm, HeadInit, Pooling, check_choice
+from .choices import Algorithm, HeadInit, HeadPrior, Pooling, check_choice
 from .frozen_states import FrozenStates
 from .inner_loop import (
     Weights,
@@ -24,11 +28,16 @@ from .inner_loop import (
     fit_head,
     head_logits,
     initial_head,
+    learning_rate_hypergradient,
     reptile_meta_gradient,
     sgd_adapt,
+    weighted_cross_entropy,
 )
 from .io_utils import atomic_write_text
+from .label_names import label_phrase, names_are_usable
 from .modeling import ROW_STATES, FunctionalEncoder
+
+logger = logging.get_logger(__name__)
 
 ADAPTATION_CONFIG_NAME = "adaptation_config.json"
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
@@ -41,6 +50,7 @@ _NUMERIC_CHECKS = {
     "inner_steps": (lambda v: _is_int(v) and 0 <= v <= 10_000, "an int in [0, 10000]"),
     "inner_learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1e3)"),
     "max_length": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an int in [1, 100000]"),
+    "label_name_weight": (lambda v: _is_number(v) and 0 <= v <= 1e3, "a number in [0, 1000]"),
 }
 
 
@@ -80,10 +90,44 @@ class AdaptationConfig:
             "towards the prototypes) before the inner loop; 0 keeps the prototypes."
         },
     )
-    head_l2: float = field(default=0.03, metadata={"help": "Pull of the fitted head towards the prototypes."})
+    head_l2: float = field(
+        default=0.1,
+        metadata={
+            "help": "Pull of the fitted head towards the prototypes, against the loss `head_prior` names (adapters "
+            "saved before `head_prior` existed used 0.03 against the mean)."
+        },
+    )
+    head_prior: HeadPrior = field(
+        default="sum",
+        metadata={
+            "help": "What `head_l2` pulls against: the 'sum' of the support cross-entropies (a fixed prior, so the "
+            "pull fades as shots grow and is the same for any number of classes) or their 'mean' (the same relative "
+            "pull at any shot count; the behaviour before this setting existed)."
+        },
+    )
+    # Class names
+    use_label_names: bool = field(
+        default=True,
+        metadata={
+            "help": "Embed each class's name as a phrase ('card_arrival' -> 'card arrival') with the same fast "
+            "weights and add it to the support set as one extra labelled example (head fit and support loss; not "
+            "the prototypes). Skipped when the names are codes ('0'..'40', int labels)."
+        },
+    )
+    label_name_weight: float = field(
+        default=1.0, metadata={"help": "Weight of a class-name example in the head fit and the support loss."}
+    )
     # Inner loop
     inner_steps: int = field(default=5, metadata={"help": "SGD steps on the support loss (LoRA weights and head)."})
     inner_learning_rate: float = field(default=0.05, metadata={"help": "SGD step size of the inner loop."})
+    learn_inner_learning_rates: bool = field(
+        default=False,
+        metadata={
+            "help": "Meta-learn one inner learning rate per LoRA tensor and for the head, and the logit scale "
+            "(Meta-SGD / MAML++ LSLR, first-order hypergradients); saved with the adapter and used by `fit`. Needs "
+            "`inner_steps` >= 1: with the fitted head alone there is no step to size."
+        },
+    )
     base_model: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base encoder, written to saved adapters (needed when loaded from a folder)."},
@@ -96,8 +140,10 @@ class AdaptationConfig:
         """Check every adaptation setting; the one validator, shared with [`MetaTrainingArguments`]."""
         check_choice("pooling", self.pooling, Pooling)
         check_choice("head_init", self.head_init, HeadInit)
-        if not isinstance(self.normalize_embeddings, bool):
-            raise ValueError(f"`normalize_embeddings` must be a bool, got {self.normalize_embeddings!r}.")
+        check_choice("head_prior", self.head_prior, HeadPrior)
+        for name in ("normalize_embeddings", "use_label_names", "learn_inner_learning_rates"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool (true or false), got {getattr(self, name)!r}.")
         for name, (ok, allowed) in _NUMERIC_CHECKS.items():
             if not ok(getattr(self, name)):
                 raise ValueError(f"`{name}` must be {allowed}, got {getattr(self, name)!r}.")
@@ -133,6 +179,8 @@ class AdaptationConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
         known = set(cls.field_names())
+        # Saved before `head_prior` existed: their `head_l2` was a pull against the mean loss.
+        values.setdefault("head_prior", "mean")
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -150,6 +198,84 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+INNER_LOOP_FILE = "inner_loop.safetensors"
+
+
+class LearnedInnerLoop(torch.nn.Module):
+    """Meta-learned inner-loop step sizes, one per LoRA tensor and one for the head, and the logit scale.
+
+    Meta-SGD (Li et al. 2017) / MAML++ LSLR (Antoniou et al. 2019) with first-order hypergradients: the
+    parameters are logarithms (so the rates stay positive) that the Trainer's optimizer updates beside the LoRA
+    weights. Saved as `inner_loop.safetensors` beside the adapter and used by `FewShotClassifier.fit`. With
+    `inner_steps=0` (the fitted head alone) there is no step to size and only the logit scale would matter, so
+    `learn_inner_learning_rates` needs `inner_steps >= 1`.
+
+    Example:
+        ```python
+        >>> inner = LearnedInnerLoop(list(meta_weights), inner_learning_rate=0.05, logit_scale=20.0)
+        >>> round(float(inner.learning_rates()[HEAD]), 4), round(inner.logit_scale(), 4)
+        (0.05, 20.0)
+        ```
+    """
+
+    def __init__(self, tensor_names: list[str], inner_learning_rate: float, logit_scale: float):
+        super().__init__()
+        self.names = [*tensor_names, HEAD]
+        self.log_learning_rates = torch.nn.Parameter(torch.full((len(self.names),), math.log(inner_learning_rate)))
+        self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(logit_scale)))
+
+    def learning_rates(self) -> dict[str, torch.Tensor]:
+        """The current step size of each fast weight (detached: the inner loop never differentiates them)."""
+        rates = self.log_learning_rates.detach().exp()
+        return {name: rates[i] for i, name in enumerate(self.names)}
+
+    def logit_scale(self) -> float:
+        return float(self.log_logit_scale.detach().exp())
+
+    def adaptation_config(self, config: AdaptationConfig) -> AdaptationConfig:
+        """`config` with the learned logit scale (what is saved in `adaptation_config.json`)."""
+        return dataclasses.replace(config, logit_scale=self.logit_scale())
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        save_file(
+            {
+                "log_learning_rates": self.log_learning_rates.detach().cpu().contiguous(),
+                "log_logit_scale": self.log_logit_scale.detach().cpu().reshape(1),
+            },
+            os.path.join(save_directory, INNER_LOOP_FILE),
+            metadata={"names": json.dumps(self.names)},
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> LearnedInnerLoop:
+        """Read `inner_loop.safetensors`; errors name the file and what is wrong with it."""
+        path = os.path.join(directory, INNER_LOOP_FILE)
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = json.loads((f.metadata() or {})["names"])
+                rates, scale = f.get_tensor("log_learning_rates"), f.get_tensor("log_logit_scale")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"No {INNER_LOOP_FILE} in {directory!s}, but its `adaptation_config.json` sets "
+                "`learn_inner_learning_rates`; copy the file saved with the adapter beside it, or set "
+                '"learn_inner_learning_rates": false in that JSON to adapt with `inner_learning_rate`.'
+            ) from None
+        except Exception as err:  # a corrupt header, a missing key: safetensors raises several types
+            raise ValueError(f"{path} is not an hf_meta inner-loop file ({type(err).__name__}: {err}).") from None
+        if len(names) != len(rates) or not (torch.isfinite(rates).all() and torch.isfinite(scale).all()):
+            raise ValueError(f"{path} holds {len(rates)} rates for {len(names)} names, or NaN/inf; save it again.")
+        inner = cls(names[:-1], 1.0, 1.0)
+        with torch.no_grad():
+            inner.log_learning_rates.copy_(rates)
+            inner.log_logit_scale.copy_(scale.reshape(()))
+        return inner
+
+    def summary(self) -> dict[str, float]:
+        """Learned step sizes by tensor name (and `logit_scale`), rounded, for model cards and logs."""
+        rates = {name: round(float(rate), 5) for name, rate in self.learning_rates().items()}
+        return {**rates, "logit_scale": round(self.logit_scale(), 3)}
+
+
 class EpisodeCollator:
     """Tokenises one episode (a batch of exactly one row) once; the inner loop reuses the tensors every step.
 
@@ -157,12 +283,23 @@ class EpisodeCollator:
     `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
     ids and the frozen lower layers' output from there instead (`support_frozen_row_states`, ...), so neither the
     tokenizer nor the frozen layers run per episode; an episode with a sentence outside that set is tokenised.
+
+    With `use_label_names`, the phrase of each class name (see [`label_phrase`]) is tokenised too, one row per
+    class in class order (`names_input_ids`, `names_attention_mask`); episodes whose names are codes get none.
     """
 
-    def __init__(self, tokenizer, max_length: int = 64, frozen_states: FrozenStates | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 64,
+        frozen_states: FrozenStates | None = None,
+        use_label_names: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.frozen_states = frozen_states
+        self.use_label_names = use_label_names
+        self._logged_codes = False
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.frozen_states is not None and self.frozen_states.covers(texts):
@@ -185,12 +322,27 @@ class EpisodeCollator:
             for key, value in self.tokenize(row[f"{part}_text"]).items():
                 batch[f"{part}_{key}"] = value
             batch[f"{part}_labels"] = torch.tensor(row[f"{part}_label"], dtype=torch.long)
+        if self.use_label_names:
+            if names_are_usable(row["class_names"]):
+                for key, value in self.tokenize(episode_name_phrases(row["class_names"])).items():
+                    batch[f"names_{key}"] = value
+            elif not self._logged_codes:
+                self._logged_codes = True
+                logger.info(
+                    f"Class names such as {list(row['class_names'])[:3]} carry no words; episodes with such names "
+                    "adapt without name examples."
+                )
         return batch
+
+
+def episode_name_phrases(class_names: list) -> list[str]:
+    """The phrase of each class name, in class order (what the collator tokenises and the frozen cache covers)."""
+    return [label_phrase(name) for name in class_names]
 
 
 def split_episode(batch: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
     """The `support` or `query` half of a collated episode: `input_ids`, `attention_mask`, `labels` (and the
-    precomputed frozen states when the collator had them)."""
+    precomputed frozen states when the collator had them); `names` gives the class-name rows (empty if none)."""
     return {
         key: batch[f"{part}_{key}"]
         for key in ("input_ids", "attention_mask", "labels", ROW_STATES)
@@ -209,34 +361,88 @@ def adapt(
     support: dict[str, torch.Tensor],
     num_classes: int,
     config: AdaptationConfig,
+    names: dict[str, torch.Tensor] | None = None,
+    learning_rates: Weights | None = None,
+    gradient_sum: Weights | None = None,
 ) -> tuple[Weights, list[float]]:
     """Run the inner loop on a support set from the LoRA weights `init`.
 
     The first support forward pass both builds the (fitted) head and gives the first step's loss, so the loop
     costs exactly `inner_steps` forward and backward passes.
 
+    Args:
+        names: the tokenised class-name phrases, row `c` for class `c` (`input_ids`, `attention_mask`), used when
+            `config.use_label_names`: each is embedded at the current fast weights and joins the head fit and the
+            support loss as one example of its class with weight `config.label_name_weight`. The prototypes (the
+            head's start and prior) stay the sentences' own: a name is not a sentence, and averaged in it hurts.
+        learning_rates: one inner learning rate per fast-weight name (LoRA tensors and `HEAD`), e.g. the learned
+            ones of [`LearnedInnerLoop`]; default `config.inner_learning_rate` for all.
+        gradient_sum: receives the per-tensor sum of the support gradients (see [`sgd_adapt`]).
+
     Returns:
         The adapted fast weights (LoRA tensors and the head under `HEAD`) and the support loss before each step.
+
+    Example:
+        ```python
+        >>> weights, losses = adapt(encoder, meta_weights, support, num_classes=3, config=AdaptationConfig())
+        ```
     """
     labels = support["labels"]
     support = encoder.cache_frozen_layers(support)
+    if not (config.use_label_names and names and config.label_name_weight > 0):
+        names = None
+    if names is not None:
+        names = encoder.cache_frozen_layers({key: value for key, value in names.items() if key != "labels"})
+        if len(names["input_ids"]) != num_classes:
+            raise ValueError(
+                f"`names` has {len(names['input_ids'])} rows but the task has {num_classes} classes; give one "
+                "name phrase per class, in class order."
+            )
+        all_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+        sample_weight = torch.cat(
+            [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
+        ).to(labels.device)
+    else:
+        all_labels, sample_weight = labels, None
     lora = detached_copy(init)
+
+    def embed_all(w: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support embeddings and, after them, the name embeddings at the same fast weights."""
+        embeddings = encoder(w, support)
+        if names is None:
+            return embeddings, embeddings
+        return embeddings, torch.cat([embeddings, encoder(w, names)])
+
     with torch.enable_grad():
-        embeddings = encoder(lora, support)
+        embeddings, with_names = embed_all(lora)
         head = initial_head(embeddings, labels, num_classes, config.head_init)
         if config.head_fit_steps:
             # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the
             # same embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
-            head = fit_head(embeddings, labels, head, config.logit_scale, config.head_l2, config.head_fit_steps)
+            head = fit_head(
+                with_names,
+                all_labels,
+                head,
+                config.logit_scale,
+                config.head_l2,
+                config.head_fit_steps,
+                sample_weight=sample_weight,
+                head_prior=config.head_prior,
+            )
         weights = {**lora, HEAD: head.requires_grad_(True)}
-        first_loss = F.cross_entropy(head_logits(embeddings, head, config.logit_scale), labels)
+        first_loss = weighted_cross_entropy(
+            head_logits(with_names, head, config.logit_scale), all_labels, sample_weight
+        )
 
         def support_loss(w: Weights) -> torch.Tensor:
-            return F.cross_entropy(task_logits(encoder, w, support, config.logit_scale), labels)
+            lora_w = {name: t for name, t in w.items() if name != HEAD}
+            logits = head_logits(embed_all(lora_w)[1], w[HEAD], config.logit_scale)
+            return weighted_cross_entropy(logits, all_labels, sample_weight)
 
         if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
             return weights, []
-        return sgd_adapt(support_loss, weights, config.inner_steps, config.inner_learning_rate, first_loss)
+        lr = learning_rates if learning_rates is not None else config.inner_learning_rate
+        return sgd_adapt(support_loss, weights, config.inner_steps, lr, first_loss, gradient_sum)
 
 
 @dataclass
@@ -244,6 +450,8 @@ class EpisodeOutcome:
     loss: torch.Tensor  # detached query loss (FOMAML) or last inner loss on all the task's data (Reptile)
     accuracy: float | None  # query accuracy at the adapted weights (FOMAML only; Reptile never sees a held-out set)
     meta_gradient: Weights
+    # Gradients for the parameters of a `LearnedInnerLoop` (`log_learning_rates`, `log_logit_scale`), FOMAML only.
+    inner_loop_gradient: dict[str, torch.Tensor] | None = None
 
 
 def episode_meta_gradient(
@@ -252,19 +460,30 @@ def episode_meta_gradient(
     episode: dict[str, torch.Tensor],
     config: AdaptationConfig,
     algorithm: Algorithm = "fomaml",
+    inner_loop: LearnedInnerLoop | None = None,
 ) -> EpisodeOutcome:
     """The meta-gradient of one episode for the LoRA weights `meta_weights`.
 
     - `fomaml`: adapt on the support set, then the query-loss gradient at the adapted LoRA weights.
     - `reptile`: adapt on support and query together (all of the task's labelled data, as in Nichol et al.),
       then `theta - phi_T`.
+
+    With `inner_loop` (FOMAML only), the inner steps use its learned per-tensor learning rates and logit scale,
+    and `inner_loop_gradient` holds the first-order hypergradients of its parameters.
     """
     check_choice("algorithm", algorithm, Algorithm)
     num_classes = int(episode["num_classes"])
     names = list(meta_weights)
     support, query = split_episode(episode, "support"), split_episode(episode, "query")
+    name_rows = split_episode(episode, "names")
+    if inner_loop is not None and algorithm != "fomaml":
+        raise ValueError(f"`learn_inner_learning_rates` needs `algorithm='fomaml'`, got {algorithm!r}.")
+    if algorithm == "fomaml" and inner_loop is not None:
+        return _episode_with_learned_inner_loop(
+            encoder, meta_weights, support, query, name_rows, num_classes, config, inner_loop
+        )
     if algorithm == "fomaml":
-        adapted, _ = adapt(encoder, meta_weights, support, num_classes, config)
+        adapted, _ = adapt(encoder, meta_weights, support, num_classes, config, name_rows)
         with torch.enable_grad():
             logits = task_logits(encoder, adapted, query, config.logit_scale)
             loss = F.cross_entropy(logits, query["labels"])
@@ -272,9 +491,45 @@ def episode_meta_gradient(
         accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
         return EpisodeOutcome(loss.detach(), accuracy, grads)
     task = {key: _concat_padded(support[key], query[key]) for key in support}  # Reptile
-    adapted, losses = adapt(encoder, meta_weights, task, num_classes, config)
+    adapted, losses = adapt(encoder, meta_weights, task, num_classes, config, name_rows)
     loss = torch.tensor(losses[-1] if losses else float("nan"))
     return EpisodeOutcome(loss, None, reptile_meta_gradient(meta_weights, adapted, names))
+
+
+def _episode_with_learned_inner_loop(
+    encoder: FunctionalEncoder,
+    meta_weights: Weights,
+    support: dict[str, torch.Tensor],
+    query: dict[str, torch.Tensor],
+    name_rows: dict[str, torch.Tensor],
+    num_classes: int,
+    config: AdaptationConfig,
+    inner_loop: LearnedInnerLoop,
+) -> EpisodeOutcome:
+    """FOMAML with learned step sizes: the LoRA meta-gradient plus the hypergradients of the log learning rates
+    (`lr_i * d query_loss / d lr_i`, see [`learning_rate_hypergradient`]) and of the log logit scale (its ordinary
+    gradient through the query loss at the adapted weights)."""
+    names = list(meta_weights)
+    config = inner_loop.adaptation_config(config)
+    learning_rates = inner_loop.learning_rates()
+    gradient_sum: Weights = {}
+    adapted, _ = adapt(encoder, meta_weights, support, num_classes, config, name_rows, learning_rates, gradient_sum)
+    with torch.enable_grad():
+        log_scale = inner_loop.log_logit_scale.detach().clone().requires_grad_(True)
+        logits = task_logits(encoder, adapted, query, log_scale.exp())
+        loss = F.cross_entropy(logits, query["labels"])
+        tensors = [adapted[name] for name in inner_loop.names]
+        *grads, scale_grad = torch.autograd.grad(loss, [*tensors, log_scale])
+    query_gradient = dict(zip(inner_loop.names, grads))
+    hyper = learning_rate_hypergradient(query_gradient, gradient_sum)
+    lr_grad = torch.stack([hyper[name] * learning_rates[name] for name in inner_loop.names])  # d / d log lr
+    accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
+    return EpisodeOutcome(
+        loss.detach(),
+        accuracy,
+        {name: query_gradient[name] for name in names},
+        {"log_learning_rates": lr_grad.detach(), "log_logit_scale": scale_grad.detach()},
+    )
 
 
 def _concat_padded(a: torch.Tensor | list, b: torch.Tensor | list) -> torch.Tensor | list:
@@ -296,9 +551,19 @@ def predict_logits(
 
 
 def episode_query_logits(
-    encoder: FunctionalEncoder, meta_weights: Weights, episode: dict[str, torch.Tensor], config: AdaptationConfig
+    encoder: FunctionalEncoder,
+    meta_weights: Weights,
+    episode: dict[str, torch.Tensor],
+    config: AdaptationConfig,
+    inner_loop: LearnedInnerLoop | None = None,
 ) -> torch.Tensor:
-    """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched."""
+    """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched.
+
+    With `inner_loop`, its learned step sizes and logit scale are used."""
     support = split_episode(episode, "support")
-    adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config)
+    names = split_episode(episode, "names")
+    rates = None
+    if inner_loop is not None:
+        config, rates = inner_loop.adaptation_config(config), inner_loop.learning_rates()
+    adapted, _ = adapt(encoder, meta_weights, support, int(episode["num_classes"]), config, names, rates)
     return predict_logits(encoder, adapted, split_episode(episode, "query"), config)

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 Pooling = Literal["mean", "cls"]
 HeadInit = Literal["prototypes", "zero"]
+HeadPrior = Literal["mean", "sum"]
 Algorithm = Literal["fomaml", "reptile"]
 
 

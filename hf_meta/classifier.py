@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
-from .adaptation import ADAPTATION_CONFIG_NAME, HEAD, AdaptationConfig, adapt, predict_logits
+from .adaptation import (
+    ADAPTATION_CONFIG_NAME,
+    HEAD,
+    INNER_LOOP_FILE,
+    AdaptationConfig,
+    LearnedInnerLoop,
+    adapt,
+    predict_logits,
+)
 from .adapter_checks import (
     check_adapter_fits,
     check_finite_file,
@@ -32,6 +40,7 @@ from .adapter_checks import (
     refuse_remote_code,
 )
 from .io_utils import atomic_directory, atomic_write_text
+from .label_names import label_phrase, names_are_usable
 from .metrics import accuracy
 from .modeling import (
     FunctionalEncoder,
@@ -79,6 +88,8 @@ class FewShotClassifier:
         self.adaptation_config = adaptation_config
         self.encoder = self._encoder_for(adaptation_config)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
+        # Meta-learned step sizes (`learn_inner_learning_rates`), read by `from_pretrained` when the adapter has them.
+        self.inner_loop: LearnedInnerLoop | None = None
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
@@ -140,6 +151,8 @@ class FewShotClassifier:
             ) from None
         tokenizer = load_tokenizer(folder, base_path)
         classifier = cls(model, tokenizer, adaptation_config)
+        if adaptation_config.learn_inner_learning_rates:
+            classifier._set_inner_loop(LearnedInnerLoop.from_pretrained(folder), folder)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
         return classifier
@@ -179,8 +192,20 @@ class FewShotClassifier:
 
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
-    def fit(self, texts: Sequence[str], labels: Sequence, **overrides: Any) -> FewShotClassifier:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence,
+        label_descriptions: Mapping[Any, str] | None = None,
+        **overrides: Any,
+    ) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
+
+        With `use_label_names` (on unless the adapter's settings or an override turn it off) and string labels,
+        each class's name becomes a phrase (`"card_arrival"` -> `"card arrival"`) that joins the labelled examples
+        as one extra example of its class (weight `label_name_weight`). `label_descriptions` gives the text of
+        some or all classes instead of their names (`{"card_arrival": "my new card has not arrived yet"}`); int
+        labels use names only when every class is described. Names that are codes (`"0"`, `"17"`) are skipped.
 
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
@@ -191,6 +216,7 @@ class FewShotClassifier:
             >>> clf.fit(texts, labels, inner_steps=10, max_length=128)
             >>> clf.adaptation_config.inner_steps
             10
+            >>> clf.fit(texts, labels, label_descriptions={"apr": "annual percentage rate"})
             ```
         """
         texts = _check_texts(texts, "texts")
@@ -202,8 +228,13 @@ class FewShotClassifier:
         index = {label: i for i, label in enumerate(classes)}
         batch = self._tokenize(texts, config)
         batch["labels"] = torch.tensor([index[label] for label in labels], device=self.device)
+        descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
+        phrases = _name_phrases(classes, descriptions) if config.use_label_names else None
+        names = self._tokenize(phrases, config) if phrases else None
+        # The meta-learned step sizes, unless this fit turns them off (`learn_inner_learning_rates=False`).
+        rates = self.inner_loop.learning_rates() if self.inner_loop and config.learn_inner_learning_rates else None
         self.model.eval()
-        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config)
+        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config, names, rates)
         bad = non_finite(weights)
         if bad:
             raise FloatingPointError(
@@ -216,6 +247,16 @@ class FewShotClassifier:
         self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
+
+    def _set_inner_loop(self, inner_loop: LearnedInnerLoop, folder: Path) -> None:
+        expected = [*self.meta_weights, HEAD]
+        if inner_loop.names != expected:
+            missing = sorted(set(expected) - set(inner_loop.names))[:2]
+            raise ValueError(
+                f"{folder / INNER_LOOP_FILE} has step sizes for {len(inner_loop.names)} tensors, but the adapter has "
+                f"{len(expected)} (e.g. no rate for {missing}); it belongs to another adapter: save them together."
+            )
+        self.inner_loop = inner_loop
 
     def _config_with(self, overrides: dict[str, Any]) -> AdaptationConfig:
         """The loaded settings with `overrides` applied and validated."""
@@ -409,6 +450,8 @@ class FewShotClassifier:
                     "`fit` diverged. Lower the learning rates and fit or train again."
                 )
         config = self.adaptation_config
+        if config.learn_inner_learning_rates and self.inner_loop is None:
+            config = dataclasses.replace(config, learn_inner_learning_rates=False)  # nothing learned to save
         if base and not is_local_path(base) and config.base_model != base:
             config = dataclasses.replace(config, base_model=base)
         peft_config = self.model.peft_config["default"]
@@ -425,6 +468,8 @@ class FewShotClassifier:
                 peft_config.base_model_name_or_path = named_base
             self.tokenizer.save_pretrained(staging)
             config.save_pretrained(staging)
+            if self.inner_loop is not None:
+                self.inner_loop.save_pretrained(staging)
             if self.weights is not None:
                 save_file({"weight": self.weights[HEAD].detach().cpu().contiguous()}, str(staging / HEAD_FILE))
                 atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
@@ -545,6 +590,7 @@ def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
                 allow_patterns=[
                     *ADAPTER_FILES,
                     ADAPTATION_CONFIG_NAME,
+                    INNER_LOOP_FILE,
                     HEAD_FILE,
                     LABELS_FILE,
                     "tokenizer*",
@@ -581,6 +627,43 @@ def _check_texts(
         if not allow_blank and not text.strip():
             raise ValueError(f"`{name}[{i}]` is empty or whitespace; drop it or give it text.")
     return texts
+
+
+def _check_descriptions(classes: list, label_descriptions: Any) -> dict:
+    """`label_descriptions` checked against the classes of `fit`: a mapping from known labels to non-empty text."""
+    if label_descriptions is None:
+        return {}
+    if not isinstance(label_descriptions, Mapping):
+        raise TypeError(
+            f"`label_descriptions` must be a dict from label to text, got {type(label_descriptions).__name__}; "
+            "e.g. `{'card_arrival': 'my card has not arrived'}`."
+        )
+    known = set(classes)
+    for label, text in label_descriptions.items():
+        label = label.item() if isinstance(label, np.generic) else label
+        if label not in known:
+            raise ValueError(
+                f"`label_descriptions` names the label {label!r}, which is not among the labels given to `fit` "
+                f"({classes[:5]}{'...' if len(classes) > 5 else ''}); describe only classes that have examples."
+            )
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"`label_descriptions[{label!r}]` must be a non-empty string, got {text!r}; give the text that "
+                "describes the class, or leave the class out to use its name."
+            )
+    return {(k.item() if isinstance(k, np.generic) else k): v.strip() for k, v in label_descriptions.items()}
+
+
+def _name_phrases(classes: list, descriptions: dict) -> list[str] | None:
+    """One phrase per class (its description, else its name as a phrase), or None when the names are codes."""
+    undescribed = [c for c in classes if c not in descriptions]
+    if undescribed and not names_are_usable(undescribed if len(undescribed) < len(classes) else classes):
+        logger.info(
+            f"Class names such as {undescribed[:3]} carry no words; `fit` adapts without name examples (describe "
+            "every class with `label_descriptions` to use them)."
+        )
+        return None
+    return [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
 
 
 def _check_labels(labels: Sequence) -> tuple[list, list]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .choices import HeadInit, check_choice
+from .choices import HeadInit, HeadPrior, check_choice
 
 Weights = dict[str, torch.Tensor]
 
@@ -38,30 +38,69 @@ def initial_head(
 
 
 def fit_head(
-    embeddings: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, scale: float, l2: float, steps: int
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    prior: torch.Tensor,
+    scale: float,
+    l2: float,
+    steps: int,
+    sample_weight: torch.Tensor | None = None,
+    head_prior: HeadPrior = "mean",
 ) -> torch.Tensor:
     """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS.
 
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
     towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way
     tasks a fitted linear head beats prototypes by several points.
+
+    Args:
+        sample_weight: one weight per example (e.g. a class-name example counts `label_name_weight`); default 1.
+        head_prior: `"mean"` pulls against the (weighted) mean cross-entropy, so the pull's relative strength is
+            the same at any number of shots; `"sum"` pulls against the summed cross-entropy (a fixed Gaussian prior
+            in a MAP fit), so each class row is pulled as hard as one example and the pull fades as shots grow.
+
+    Example:
+        ```python
+        >>> head = fit_head(embeddings, labels, prototypes, scale=20.0, l2=1.0, steps=100, head_prior="sum")
+        ```
     """
+    check_choice("head_prior", head_prior, HeadPrior)
     # float64: in float32 the line search ends on rounding noise, so the same task on two machines (or thread
     # counts) gives heads ~1e-5 apart; in float64 they differ only as much as their inputs do.
     dtype = embeddings.dtype
     embeddings, prior = embeddings.detach().double(), prior.detach().double()
+    weight = None if sample_weight is None else sample_weight.detach().double()
     head = prior.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([head], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(head_logits(embeddings, head, scale), labels) + l2 * (head - prior).pow(2).sum()
+        logits = head_logits(embeddings, head, scale)
+        data = weighted_cross_entropy(logits, labels, weight, reduction=head_prior)
+        loss = data + l2 * (head - prior).pow(2).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(objective)
     return head.detach().to(dtype)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy with one weight per example: the weighted mean (`"mean"`) or the weighted sum (`"sum"`).
+
+    Example:
+        ```python
+        >>> weighted_cross_entropy(logits, labels, torch.tensor([1.0, 1.0, 0.5]))  # the third counts half
+        ```
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    if weight is None:
+        weight = torch.ones_like(losses)
+    total = (weight.to(losses) * losses).sum()
+    return total if reduction == "sum" else total / weight.sum().clamp_min(1e-12).to(losses)
 
 
 def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
@@ -74,7 +113,10 @@ def sgd_step(loss: torch.Tensor, weights: Weights, lr: float | Weights) -> Weigh
 
     `lr` is a float or one learning rate per weight name (Meta-SGD style).
     """
-    grads = torch.autograd.grad(loss, list(weights.values()))
+    return _step(weights, torch.autograd.grad(loss, list(weights.values())), lr)
+
+
+def _step(weights: Weights, grads: tuple[torch.Tensor, ...], lr: float | Weights) -> Weights:
     with torch.no_grad():
         return {
             name: (w - (lr[name] if isinstance(lr, dict) else lr) * g).requires_grad_(True)
@@ -88,6 +130,7 @@ def sgd_adapt(
     steps: int,
     lr: float | Weights,
     first_loss: torch.Tensor | None = None,
+    gradient_sum: Weights | None = None,
 ) -> tuple[Weights, list[float]]:
     """`steps` SGD steps of `loss_fn` from `weights`; returns the adapted weights and the loss before each step.
 
@@ -97,13 +140,36 @@ def sgd_adapt(
         steps: number of SGD steps.
         lr: step size, a float or one per weight name.
         first_loss: `loss_fn(weights)` when the caller already computed it (saves one forward pass).
+        gradient_sum: a dict that receives, per weight name, the sum of the support gradients of all steps (what
+            [`learning_rate_hypergradient`] needs); left untouched when None.
     """
     losses = []
     for step in range(steps):
         loss = first_loss if step == 0 and first_loss is not None else loss_fn(weights)
         losses.append(loss.item())
-        weights = sgd_step(loss, weights, lr)
+        grads = torch.autograd.grad(loss, list(weights.values()))
+        if gradient_sum is not None:
+            for name, g in zip(weights, grads):
+                gradient_sum[name] = gradient_sum[name] + g.detach() if name in gradient_sum else g.detach()
+        weights = _step(weights, grads, lr)
     return weights, losses
+
+
+def learning_rate_hypergradient(query_gradient: Weights, gradient_sum: Weights) -> Weights:
+    """First-order hypergradient of the query loss for each tensor's inner learning rate (Meta-SGD / MAML++ LSLR).
+
+    With `phi_T = theta - sum_t lr_i * g_t,i` and the Jacobians of later steps taken as the identity (first order),
+    `d query_loss / d lr_i = -<g_query(phi_T)_i, sum_t g_t,i>`: a step size grows while the support steps point
+    where the query loss falls. Exact for a single step.
+
+    Example:
+        ```python
+        >>> sums = {}
+        >>> adapted, _ = sgd_adapt(support_loss, weights, steps=3, lr=lrs, gradient_sum=sums)
+        >>> learning_rate_hypergradient(dict(zip(names, torch.autograd.grad(query_loss(adapted), ...))), sums)
+        ```
+    """
+    return {name: -(g * gradient_sum[name]).sum() for name, g in query_gradient.items() if name in gradient_sum}
 
 
 def detached_copy(weights: Weights) -> Weights:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
+from typing import Any
 
 import datasets
 import numpy as np
@@ -13,10 +16,18 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
-from .adaptation import AdaptationConfig, EpisodeCollator, episode_meta_gradient, episode_query_logits
+from .adaptation import (
+    AdaptationConfig,
+    EpisodeCollator,
+    LearnedInnerLoop,
+    episode_meta_gradient,
+    episode_name_phrases,
+    episode_query_logits,
+)
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
 from .io_utils import atomic_directory
+from .label_names import names_are_usable
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
@@ -95,7 +106,8 @@ class MetaTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or EpisodeCollator(processing_class, args.max_length),
+            data_collator=data_collator
+            or EpisodeCollator(processing_class, args.max_length, use_label_names=args.use_label_names),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -104,6 +116,12 @@ class MetaTrainer(Trainer):
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
         if args.precompute_frozen_states and self.encoder.frozen_depth > 0 and data_collator is None:
             self.data_collator = self._collator_with_frozen_states(processing_class)
+        # Meta-SGD: the learned step sizes and logit scale are meta-parameters too; they live beside the model (not
+        # in it, so the saved adapter stays plain LoRA) and join the optimizer in `create_optimizer`.
+        self.inner_loop: LearnedInnerLoop | None = None
+        if args.learn_inner_learning_rates:
+            names = list(meta_parameters(self.model))
+            self.inner_loop = LearnedInnerLoop(names, args.inner_learning_rate, args.logit_scale).to(args.device)
         # Episodes carry no `labels` key; the loss is divided by the accumulation steps by `training_step`.
         self.model_accepts_loss_kwargs = False
         self._query_accuracy = torch.zeros(2, dtype=torch.float64)  # (sum of accuracies, episodes) since last log
@@ -115,12 +133,27 @@ class MetaTrainer(Trainer):
             if dataset is not None:
                 for column in ("support_text", "query_text"):
                     texts.update(text for episode in dataset[column] for text in episode)
+                if self.args.use_label_names:  # the name phrases are embedded in every inner step too
+                    for class_names in dataset["class_names"]:
+                        if names_are_usable(class_names):
+                            texts.update(episode_name_phrases(class_names))
         # The main process computes (or finds) the Arrow file; the others then read the same file.
         with self.args.main_process_first(desc="frozen-layer states"):
             states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.args.max_length)
-        return EpisodeCollator(tokenizer, self.args.max_length, frozen_states=states)
+        return EpisodeCollator(
+            tokenizer, self.args.max_length, frozen_states=states, use_label_names=self.args.use_label_names
+        )
 
     # ---- Training -------------------------------------------------------------------------------------------
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer over the LoRA weights, plus the learned inner loop's parameters (no decay)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.inner_loop is not None and not any(
+            p is self.inner_loop.log_learning_rates for group in optimizer.param_groups for p in group["params"]
+        ):
+            optimizer.add_param_group({"params": list(self.inner_loop.parameters()), "weight_decay": 0.0})
+        return optimizer
 
     def _get_train_sampler(self, *args, **kwargs):
         # Episodes are already i.i.d. draws: a fixed order makes the episodes of each meta-step the same for any
@@ -140,8 +173,12 @@ class MetaTrainer(Trainer):
         self.model.eval()  # dropout off: the meta-learned adaptation is the deterministic one run at test time
         meta = meta_parameters(self.model)
         _check_finite_weights(meta, f"before meta-step {self.state.global_step + 1}")
-        outcome = episode_meta_gradient(self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm)
+        outcome = episode_meta_gradient(
+            self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm, self.inner_loop
+        )
         gradients = [outcome.meta_gradient[name].to(param.dtype) for name, param in meta.items()]
+        extra = dict(self.inner_loop.named_parameters()) if self.inner_loop is not None else {}
+        gradients += [outcome.inner_loop_gradient[name].to(param) for name, param in extra.items()]
         if self.accelerator.num_processes > 1:
             gradients = self._average_across_processes(gradients)
         if not (torch.isfinite(outcome.loss) and all(torch.isfinite(g).all() for g in gradients)):
@@ -151,7 +188,8 @@ class MetaTrainer(Trainer):
             )
         if outcome.accuracy is not None:
             self._query_accuracy += torch.tensor([outcome.accuracy, 1.0], dtype=torch.float64)
-        surrogate = sum((param * grad).sum() for param, grad in zip(meta.values(), gradients))
+        params = [*meta.values(), *extra.values()]
+        surrogate = sum((param * grad).sum() for param, grad in zip(params, gradients))
         return outcome.loss.to(surrogate) + surrogate - surrogate.detach()
 
     def _average_across_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -195,7 +233,7 @@ class MetaTrainer(Trainer):
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
             with self.compute_loss_context_manager():
-                logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config)
+                logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config, self.inner_loop)
             labels = inputs["query_labels"]
             loss = torch.nn.functional.cross_entropy(logits.float(), labels).item()
             episodes.append((logits.argmax(-1).tolist(), labels.tolist(), loss))
@@ -215,6 +253,59 @@ class MetaTrainer(Trainer):
         }
         return EvalLoopOutput(predictions=predictions, label_ids=label_ids, metrics=metrics, num_samples=len(episodes))
 
+    def select_adaptation(self, grid: dict[str, list], eval_dataset: datasets.Dataset | None = None) -> dict[str, Any]:
+        """Choose adaptation settings by meta-validation: score every combination of `grid` on validation episodes
+        (held-out source classes) and keep the best in `trainer.adaptation_config`, which `save_model` writes.
+
+        Each combination adapts to every episode's support set from the current meta-parameters and is scored
+        by the mean query accuracy over episodes; ties go to the earlier combination, so list the current value
+        first. Settings that change the tokenisation or the encoder (`max_length`, `pooling`,
+        `normalize_embeddings`), `learn_inner_learning_rates` and `base_model` cannot be swept; sweeping
+        `use_label_names` needs a trainer built with it on (its collator then tokenises the names).
+
+        Args:
+            grid: setting name -> candidate values, e.g. `{"head_l2": [1.0, 0.3], "inner_steps": [0, 5]}`.
+            eval_dataset: episodes to score on; default the trainer's `eval_dataset`.
+
+        Returns:
+            `{"best": {setting: value}, "accuracy": best score, "scores": [{"settings": ..., "accuracy": ...}]}`.
+
+        Example:
+            ```python
+            >>> trainer.train()
+            >>> trainer.select_adaptation({"head_prior": ["sum", "mean"], "label_name_weight": [1.0, 2.0]})["best"]
+            {'head_prior': 'sum', 'label_name_weight': 1.0}
+            >>> trainer.save_model()   # adaptation_config.json holds the chosen settings
+            ```
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None or isinstance(dataset, dict):
+            raise ValueError(
+                "`select_adaptation` needs one episode dataset: pass `eval_dataset=` (validation episodes of "
+                f"held-out source classes); the trainer's `eval_dataset` is {type(dataset).__name__}."
+            )
+        _check_episode_dataset("eval_dataset", dataset)
+        combinations = _grid_combinations(grid)
+        if len(combinations) > 64:
+            logger.warning(f"`select_adaptation` scores {len(combinations)} combinations; each adapts every episode.")
+        self.model.eval()
+        meta = dict(meta_parameters(self.model))
+        episodes = [self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset)]
+        scores = []
+        for settings in combinations:
+            config = dataclasses.replace(self.adaptation_config, **settings)  # validated in __post_init__
+            accuracies = []
+            for inputs in episodes:
+                logits = episode_query_logits(self.encoder, meta, inputs, config, self.inner_loop)
+                accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
+            accuracies = self.accelerator.gather_for_metrics(accuracies, use_gather_object=True)
+            scores.append({"settings": settings, "accuracy": float(np.mean(accuracies))})
+            logger.info(f"select_adaptation: {settings} -> query accuracy {scores[-1]['accuracy']:.4f}")
+        best = max(scores, key=lambda row: row["accuracy"])  # the first of equal scores
+        self.adaptation_config = dataclasses.replace(self.adaptation_config, **best["settings"])
+        logger.info(f"select_adaptation kept {best['settings']} (query accuracy {best['accuracy']:.4f})")
+        return {"best": best["settings"], "accuracy": best["accuracy"], "scores": scores}
+
     # ---- Saving ---------------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -230,8 +321,16 @@ class MetaTrainer(Trainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(staging)
             (staging / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
-            self.adaptation_config.save_pretrained(staging)
+            self.saved_adaptation_config().save_pretrained(staging)
+            if self.inner_loop is not None:
+                self.inner_loop.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
+
+    def saved_adaptation_config(self) -> AdaptationConfig:
+        """The settings written beside the adapter: with a learned inner loop, its logit scale."""
+        if self.inner_loop is None:
+            return self.adaptation_config
+        return self.inner_loop.adaptation_config(self.adaptation_config)
 
     def create_model_card(
         self,
@@ -271,7 +370,8 @@ class MetaTrainer(Trainer):
             )
         max_steps = self.state.max_steps or self.args.max_steps
         card = render_model_card(
-            adaptation_config=self.adaptation_config,
+            adaptation_config=self.saved_adaptation_config(),
+            learned_inner_loop=self.inner_loop.summary() if self.inner_loop is not None else None,
             algorithm=self.args.algorithm,
             collections=[datasets] if isinstance(datasets, str) else list(datasets or []),
             results=results,
@@ -286,6 +386,25 @@ class MetaTrainer(Trainer):
             extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+_UNSWEEPABLE = ("base_model", "max_length", "pooling", "normalize_embeddings", "learn_inner_learning_rates")
+
+
+def _grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a settings grid, in order (the first value of each setting first)."""
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"`grid` must be a non-empty dict of setting -> list of values, got {grid!r}.")
+    known = set(AdaptationConfig.field_names()) - set(_UNSWEEPABLE)
+    for name, values in grid.items():
+        if name not in known:
+            raise ValueError(
+                f"`grid` key {name!r} is not a setting `select_adaptation` can sweep; choose from {sorted(known)}."
+            )
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"`grid[{name!r}]` must be a non-empty list of values, got {values!r}.")
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
 def _splits(dataset) -> list:

@@ -79,6 +79,12 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
             raise ValueError(
                 f"`inner_steps` must be >= 1 for Reptile (theta - phi_T is 0 otherwise), got {self.inner_steps}."
             )
+        if self.learn_inner_learning_rates and (self.inner_steps < 1 or self.algorithm != "fomaml"):
+            raise ValueError(
+                f"`learn_inner_learning_rates` needs `inner_steps` >= 1 and `algorithm='fomaml'` (got inner_steps="
+                f"{self.inner_steps}, algorithm={self.algorithm!r}): with the fitted head alone there is no inner "
+                "step to size. Set `--inner_steps 5`, or drop `--learn_inner_learning_rates`."
+            )
         if self.deepspeed:
             raise ValueError(
                 f"`deepspeed` is not supported (got {self.deepspeed!r}): the inner loop calls the unsharded base "

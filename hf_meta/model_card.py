@@ -38,10 +38,13 @@ def render_model_card(
     training: str = "",
     plot_file: str | None = None,
     extra_tags: Sequence[str] = (),
+    learned_inner_loop: dict[str, float] | None = None,
 ) -> ModelCard:
     """Fill the template with the adapter's settings and measured results.
 
     Args:
+        learned_inner_loop: the meta-learned step sizes by tensor name and `logit_scale`
+            ([`LearnedInnerLoop.summary`]), listed in their own table.
         results: rows with `dataset`, `shots`, `method`, `accuracy` and `ci95` (fractions, not percents).
         plot_file: an image beside the card (e.g. accuracy against shots), linked from the results section.
     """
@@ -73,6 +76,7 @@ def render_model_card(
         results=[dict(row) for row in results],
         results_description=results_description,
         plot_file=plot_file,
+        learned_inner_loop=_short_names(learned_inner_loop),
     )
 
 
@@ -135,3 +139,10 @@ def render_classifier_card(
         eval_results=dict(eval_results or {}),
         eval_description=eval_description,
     )
+
+
+def _short_names(learned: dict[str, float] | None) -> dict[str, float] | None:
+    """Tensor names without peft's wrapper prefix and adapter suffix, so the table stays readable."""
+    if not learned:
+        return None
+    return {name.removeprefix("base_model.model.").replace(".default.weight", ""): v for name, v in learned.items()}
