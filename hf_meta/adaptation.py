@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .augmentation import SupportAugmentation, augment_support
 from .choices import Algorithm, HeadInit, Pooling, check_choice
 from .frozen_states import FrozenStates
 from .inner_loop import (
@@ -41,6 +42,8 @@ _NUMERIC_CHECKS = {
     "inner_steps": (lambda v: _is_int(v) and 0 <= v <= 10_000, "an int in [0, 10000]"),
     "inner_learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1e3)"),
     "max_length": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an int in [1, 100000]"),
+    "augmented_views": (lambda v: _is_int(v) and 0 <= v <= 100, "an int in [0, 100]"),
+    "augmentation_strength": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
 }
 
 
@@ -84,6 +87,18 @@ class AdaptationConfig:
     # Inner loop
     inner_steps: int = field(default=5, metadata={"help": "SGD steps on the support loss (LoRA weights and head)."})
     inner_learning_rate: float = field(default=0.05, metadata={"help": "SGD step size of the inner loop."})
+    # Support-set augmentation (hf_meta/augmentation.py): off by default, see the README's measurements
+    support_augmentation: SupportAugmentation = field(
+        default="none",
+        metadata={
+            "help": "Edited copies added to every support set before adaptation (meta-training episodes and `fit`): "
+            "'none', 'word_dropout', 'swap' (random word swaps) or 'span_cutoff' (a deleted span of words)."
+        },
+    )
+    augmented_views: int = field(default=1, metadata={"help": "Edited copies per support sentence."})
+    augmentation_strength: float = field(
+        default=0.1, metadata={"help": "Share of words dropped, swapped or cut per edited copy."}
+    )
     base_model: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base encoder, written to saved adapters (needed when loaded from a folder)."},
@@ -96,6 +111,7 @@ class AdaptationConfig:
         """Check every adaptation setting; the one validator, shared with [`MetaTrainingArguments`]."""
         check_choice("pooling", self.pooling, Pooling)
         check_choice("head_init", self.head_init, HeadInit)
+        check_choice("support_augmentation", self.support_augmentation, SupportAugmentation)
         if not isinstance(self.normalize_embeddings, bool):
             raise ValueError(f"`normalize_embeddings` must be a bool, got {self.normalize_embeddings!r}.")
         for name, (ok, allowed) in _NUMERIC_CHECKS.items():
@@ -157,12 +173,22 @@ class EpisodeCollator:
     `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
     ids and the frozen lower layers' output from there instead (`support_frozen_row_states`, ...), so neither the
     tokenizer nor the frozen layers run per episode; an episode with a sentence outside that set is tokenised.
+    Given `augmentation` (adaptation settings), the support set first gets the edited copies of its
+    `support_augmentation` (see [`augment_support`]); edited sentences are outside the frozen states, so such a
+    support set is tokenised.
     """
 
-    def __init__(self, tokenizer, max_length: int = 64, frozen_states: FrozenStates | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 64,
+        frozen_states: FrozenStates | None = None,
+        augmentation: AdaptationConfig | None = None,
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.frozen_states = frozen_states
+        self.augmentation = augmentation  # settings whose `support_augmentation` edits each support set
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.frozen_states is not None and self.frozen_states.covers(texts):
@@ -181,6 +207,11 @@ class EpisodeCollator:
             )
         (row,) = rows
         batch = {"num_classes": torch.tensor(len(row["class_names"]))}
+        if self.augmentation is not None:  # edited copies of the support sentences; the query set stays as is
+            row = dict(row)
+            row["support_text"], row["support_label"] = augment_support(
+                row["support_text"], row["support_label"], self.augmentation
+            )
         for part in ("support", "query"):
             for key, value in self.tokenize(row[f"{part}_text"]).items():
                 batch[f"{part}_{key}"] = value

@@ -31,6 +31,7 @@ from .adapter_checks import (
     read_lora_config,
     refuse_remote_code,
 )
+from .augmentation import augment_support
 from .io_utils import atomic_directory, atomic_write_text
 from .metrics import accuracy
 from .modeling import (
@@ -159,8 +160,19 @@ class FewShotClassifier:
 
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
-    def fit(self, texts: Sequence[str], labels: Sequence, **overrides: Any) -> FewShotClassifier:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence,
+        unlabeled_texts: Sequence[str] | None = None,
+        self_training: Any = None,
+        **overrides: Any,
+    ) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
+
+        `unlabeled_texts` (in-domain texts without labels) turns on self-training: after this fit the most confident
+        predictions per class join the labelled set and the classifier is fitted again, for a few rounds (settings:
+        `self_training=`, a [`SelfTrainingConfig`] or a dict of its fields; see `hf_meta/self_training.py`).
 
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
@@ -171,8 +183,13 @@ class FewShotClassifier:
             >>> clf.fit(texts, labels, inner_steps=10, max_length=128)
             >>> clf.adaptation_config.inner_steps
             10
+            >>> clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 10})
             ```
         """
+        if unlabeled_texts is not None or self_training is not None:  # fit, pseudo-label, refit: its own module
+            from .self_training import self_train
+
+            return self_train(self, texts, labels, unlabeled_texts, self_training, overrides)
         texts = _check_texts(texts, "texts")
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
@@ -180,8 +197,9 @@ class FewShotClassifier:
         config = self._config_with(overrides)
         encoder = self._encoder_for(config)
         index = {label: i for i, label in enumerate(classes)}
-        batch = self._tokenize(texts, config)
-        batch["labels"] = torch.tensor([index[label] for label in labels])
+        support_texts, support_labels = augment_support(texts, labels, config)  # as is unless `support_augmentation`
+        batch = self._tokenize(support_texts, config)
+        batch["labels"] = torch.tensor([index[label] for label in support_labels])
         self.model.eval()
         weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config)
         bad = non_finite(weights)

@@ -95,7 +95,7 @@ class MetaTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or EpisodeCollator(processing_class, args.max_length),
+            data_collator=data_collator or EpisodeCollator(processing_class, args.max_length, augmentation=args),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -118,7 +118,7 @@ class MetaTrainer(Trainer):
         # The main process computes (or finds) the Arrow file; the others then read the same file.
         with self.args.main_process_first(desc="frozen-layer states"):
             states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.args.max_length)
-        return EpisodeCollator(tokenizer, self.args.max_length, frozen_states=states)
+        return EpisodeCollator(tokenizer, self.args.max_length, frozen_states=states, augmentation=self.args)
 
     # ---- Training -------------------------------------------------------------------------------------------
 
