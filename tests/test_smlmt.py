@@ -105,3 +105,37 @@ def test_real_banking77_sentences(data_dir):
     row = episodes[0]
     assert len(row["query_text"]) == 3 * len(row["class_names"])
     assert all("___" in text for text in row["support_text"])
+
+
+def test_with_smlmt_mixes_in_the_chosen_ratio(data_dir, toy_dataset):
+    from hf_meta.bench.protocols import with_smlmt
+
+    def labelled(n):
+        return build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=n, seed=0)
+
+    shape = dict(n_way=3, k_shot=2, num_query=2, seed=0)
+    test_texts = load_collection("banking77", data_dir)["test"]["text"]
+    mixed = with_smlmt(
+        labelled, 8, ratio=0.25, unlabeled_sources=["banking77"], data_dir=data_dir, exclude=test_texts, **shape
+    )
+    kinds = [row["class_names"][0].startswith("word_") for row in mixed]
+    assert len(mixed) == 8 and sum(kinds) == 2
+    assert kinds != sorted(kinds)  # shuffled together, not two blocks
+    assert with_smlmt(labelled, 5, ratio=0, unlabeled_sources=[], data_dir=data_dir, **shape).to_list() == (
+        labelled(5).to_list()
+    )
+    with pytest.raises(ValueError, match="`unlabeled_sources` is empty"):
+        with_smlmt(labelled, 4, ratio=0.5, unlabeled_sources=[], data_dir=data_dir, **shape)
+    with pytest.raises(ValueError, match="`smlmt_ratio` must be"):
+        with_smlmt(labelled, 4, ratio=1.5, unlabeled_sources=["banking77"], data_dir=data_dir, **shape)
+
+
+def test_script_arguments_smlmt_flags():
+    from hf_meta.bench.scripts import ScriptArguments
+
+    args = ScriptArguments(unlabeled_sources=["banking77"], smlmt_ratio=0.5)
+    assert args.smlmt_ratio == 0.5 and ScriptArguments().smlmt_ratio == 0
+    with pytest.raises(ValueError, match="no `unlabeled_sources`"):
+        ScriptArguments(smlmt_ratio=0.5)
+    with pytest.raises(ValueError, match="`smlmt_ratio` must be in"):
+        ScriptArguments(unlabeled_sources=["banking77"], smlmt_ratio=2.0)
