@@ -35,7 +35,7 @@ class SelfTrainingConfig:
         ```
     """
 
-    rounds: int = 3
+    rounds: int = 2
     per_class: int = 10
     threshold: float = 0.0
 
