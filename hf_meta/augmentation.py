@@ -18,7 +18,7 @@ Example:
     ```python
     >>> import numpy as np
     >>> word_swap("my card has not arrived", 0.2, np.random.default_rng(0))
-    'my not has card arrived'
+    'my card has arrived not'
     ```
 """
 
@@ -88,7 +88,7 @@ def augment_texts(
     Example:
         ```python
         >>> augment_texts(["my card is late", "euro rate"], ["card", "fx"], "span_cutoff", views=1, strength=0.25)
-        (['my card is late', 'euro rate', 'my is late', 'rate'], ['card', 'fx', 'card', 'fx'])
+        (['my card is late', 'euro rate', 'card is late', 'rate'], ['card', 'fx', 'card', 'fx'])
         ```
     """
     texts, labels = list(texts), list(labels)

@@ -83,6 +83,7 @@ class FewShotClassifier:
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
+        self.pseudo_labeled_: list[tuple[str, Any]] = []
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
 
@@ -212,6 +213,7 @@ class FewShotClassifier:
             )
         self.weights, self.classes_, self.adaptation_config, self.encoder = weights, classes, config, encoder
         self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
+        self.pseudo_labeled_: list[tuple[str, Any]] = []  # (text, label) pairs added by self-training, if any
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
 

@@ -157,8 +157,8 @@ def build_smlmt_episodes(
         >>> unlabelled = load_collection("banking77", data_dir="../shared/data")["train"]   # labels are ignored
         >>> episodes = build_smlmt_episodes(unlabelled, n_way=(5, 10), k_shot=(1, 5), num_query=3,
         ...                                 num_episodes=200, seed=0)
-        >>> episodes[0]["support_text"][0]
-        'i am still waiting on my ___?'
+        >>> episodes[0]["support_text"][0], episodes[0]["class_names"][:2]
+        ('___ transactions appear on my account', ['word_1', 'word_2'])
         ```
     """
     if isinstance(num_query, bool) or not isinstance(num_query, int) or num_query < 1:

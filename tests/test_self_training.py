@@ -49,8 +49,10 @@ def test_threshold_one_round_and_plain_fit_after(clf):
     pool = data(offset=100, per_class=5)[0]
     clf.fit(texts, labels, unlabeled_texts=pool, self_training=SelfTrainingConfig(rounds=1, threshold=0.999))
     assert clf.pseudo_labeled_ == []  # nothing that confident: the plain fit is kept
+    clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 1, "per_class": 1})
+    assert 0 < len(clf.pseudo_labeled_) <= 3
     clf.fit(texts, labels)
-    assert clf.shots_ == [2, 2, 2]
+    assert clf.shots_ == [2, 2, 2] and clf.pseudo_labeled_ == []  # a plain fit forgets the pseudo-labels
 
 
 def test_self_training_errors(clf):
