@@ -7,6 +7,8 @@ from .episodes import EpisodeBuilder, EpisodeConfig, build_episodes, split_class
 from .meta_trainer import MetaTrainer
 from .meta_training_args import MetaTrainingArguments
 from .modeling import default_lora_config
+from .self_training import SelfTrainingConfig
+from .smlmt import build_smlmt_episodes
 
 __version__ = "0.1.0"
 
@@ -18,7 +20,9 @@ __all__ = [
     "FewShotClassifier",
     "MetaTrainer",
     "MetaTrainingArguments",
+    "SelfTrainingConfig",
     "build_episodes",
+    "build_smlmt_episodes",
     "default_lora_config",
     "load_collection",
     "split_classes",

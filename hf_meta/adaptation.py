@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
+from .augmentation import SupportAugmentation, augment_support
 from .choices import Algorithm, HeadInit, HeadPrior, Pooling, check_choice
 from .frozen_states import FrozenStates
 from .inner_loop import (
@@ -51,6 +52,8 @@ _NUMERIC_CHECKS = {
     "inner_learning_rate": (lambda v: _is_number(v) and 0 < v < 1e3, "a number in (0, 1e3)"),
     "max_length": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an int in [1, 100000]"),
     "label_name_weight": (lambda v: _is_number(v) and 0 <= v <= 1e3, "a number in [0, 1000]"),
+    "augmented_views": (lambda v: _is_int(v) and 0 <= v <= 100, "an int in [0, 100]"),
+    "augmentation_strength": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
 }
 
 
@@ -128,6 +131,18 @@ class AdaptationConfig:
             "`inner_steps` >= 1: with the fitted head alone there is no step to size."
         },
     )
+    # Support-set augmentation (hf_meta/augmentation.py): off by default, see the README's measurements
+    support_augmentation: SupportAugmentation = field(
+        default="none",
+        metadata={
+            "help": "Edited copies added to every support set before adaptation (meta-training episodes and `fit`): "
+            "'none', 'word_dropout', 'swap' (random word swaps) or 'span_cutoff' (a deleted span of words)."
+        },
+    )
+    augmented_views: int = field(default=1, metadata={"help": "Edited copies per support sentence."})
+    augmentation_strength: float = field(
+        default=0.1, metadata={"help": "Share of words dropped, swapped or cut per edited copy."}
+    )
     base_model: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base encoder, written to saved adapters (needed when loaded from a folder)."},
@@ -141,6 +156,7 @@ class AdaptationConfig:
         check_choice("pooling", self.pooling, Pooling)
         check_choice("head_init", self.head_init, HeadInit)
         check_choice("head_prior", self.head_prior, HeadPrior)
+        check_choice("support_augmentation", self.support_augmentation, SupportAugmentation)
         for name in ("normalize_embeddings", "use_label_names", "learn_inner_learning_rates"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool (true or false), got {getattr(self, name)!r}.")
@@ -286,6 +302,10 @@ class EpisodeCollator:
 
     With `use_label_names`, the phrase of each class name (see [`label_phrase`]) is tokenised too, one row per
     class in class order (`names_input_ids`, `names_attention_mask`); episodes whose names are codes get none.
+
+    Given `augmentation` (adaptation settings), the support set first gets the edited copies of its
+    `support_augmentation` (see [`augment_support`]); edited sentences are outside the frozen states, so such a
+    support set is tokenised.
     """
 
     def __init__(
@@ -294,12 +314,14 @@ class EpisodeCollator:
         max_length: int = 64,
         frozen_states: FrozenStates | None = None,
         use_label_names: bool = False,
+        augmentation: AdaptationConfig | None = None,
     ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.frozen_states = frozen_states
         self.use_label_names = use_label_names
         self._logged_codes = False
+        self.augmentation = augmentation  # settings whose `support_augmentation` edits each support set
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.frozen_states is not None and self.frozen_states.covers(texts):
@@ -318,6 +340,11 @@ class EpisodeCollator:
             )
         (row,) = rows
         batch = {"num_classes": torch.tensor(len(row["class_names"]))}
+        if self.augmentation is not None:  # edited copies of the support sentences; the query set stays as is
+            row = dict(row)
+            row["support_text"], row["support_label"] = augment_support(
+                row["support_text"], row["support_label"], self.augmentation
+            )
         for part in ("support", "query"):
             for key, value in self.tokenize(row[f"{part}_text"]).items():
                 batch[f"{part}_{key}"] = value

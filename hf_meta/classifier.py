@@ -39,6 +39,7 @@ from .adapter_checks import (
     read_lora_config,
     refuse_remote_code,
 )
+from .augmentation import augment_support
 from .io_utils import atomic_directory, atomic_write_text
 from .label_names import label_phrase, names_are_usable
 from .metrics import accuracy
@@ -93,6 +94,7 @@ class FewShotClassifier:
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
+        self.pseudo_labeled_: list[tuple[str, Any]] = []
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
 
@@ -197,6 +199,8 @@ class FewShotClassifier:
         texts: Sequence[str],
         labels: Sequence,
         label_descriptions: Mapping[Any, str] | None = None,
+        unlabeled_texts: Sequence[str] | None = None,
+        self_training: Any = None,
         **overrides: Any,
     ) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
@@ -206,6 +210,10 @@ class FewShotClassifier:
         as one extra example of its class (weight `label_name_weight`). `label_descriptions` gives the text of
         some or all classes instead of their names (`{"card_arrival": "my new card has not arrived yet"}`); int
         labels use names only when every class is described. Names that are codes (`"0"`, `"17"`) are skipped.
+
+        `unlabeled_texts` (in-domain texts without labels) turns on self-training: after this fit the most confident
+        predictions per class join the labelled set and the classifier is fitted again, for a few rounds (settings:
+        `self_training=`, a [`SelfTrainingConfig`] or a dict of its fields; see `hf_meta/self_training.py`).
 
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
@@ -217,8 +225,14 @@ class FewShotClassifier:
             >>> clf.adaptation_config.inner_steps
             10
             >>> clf.fit(texts, labels, label_descriptions={"apr": "annual percentage rate"})
+            >>> clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 10})
             ```
         """
+        if unlabeled_texts is not None or self_training is not None:  # fit, pseudo-label, refit: its own module
+            from .self_training import self_train
+
+            fit_kwargs = {"label_descriptions": label_descriptions, **overrides}  # every refit uses the same names
+            return self_train(self, texts, labels, unlabeled_texts, self_training, fit_kwargs)
         texts = _check_texts(texts, "texts")
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
@@ -226,8 +240,9 @@ class FewShotClassifier:
         config = self._config_with(overrides)
         encoder = self._encoder_for(config)
         index = {label: i for i, label in enumerate(classes)}
-        batch = self._tokenize(texts, config)
-        batch["labels"] = torch.tensor([index[label] for label in labels], device=self.device)
+        support_texts, support_labels = augment_support(texts, labels, config)  # as is unless `support_augmentation`
+        batch = self._tokenize(support_texts, config)
+        batch["labels"] = torch.tensor([index[label] for label in support_labels], device=self.device)
         descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
         phrases = _name_phrases(classes, descriptions) if config.use_label_names else None
         names = self._tokenize(phrases, config) if phrases else None
@@ -245,6 +260,7 @@ class FewShotClassifier:
             )
         self.weights, self.classes_, self.adaptation_config, self.encoder = weights, classes, config, encoder
         self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
+        self.pseudo_labeled_: list[tuple[str, Any]] = []  # (text, label) pairs added by self-training, if any
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
 

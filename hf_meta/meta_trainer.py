@@ -107,7 +107,9 @@ class MetaTrainer(Trainer):
             model=model,
             args=args,
             data_collator=data_collator
-            or EpisodeCollator(processing_class, args.max_length, use_label_names=args.use_label_names),
+            or EpisodeCollator(
+                processing_class, args.max_length, use_label_names=args.use_label_names, augmentation=args
+            ),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -141,7 +143,11 @@ class MetaTrainer(Trainer):
         with self.args.main_process_first(desc="frozen-layer states"):
             states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.args.max_length)
         return EpisodeCollator(
-            tokenizer, self.args.max_length, frozen_states=states, use_label_names=self.args.use_label_names
+            tokenizer,
+            self.args.max_length,
+            frozen_states=states,
+            use_label_names=self.args.use_label_names,
+            augmentation=self.args,
         )
 
     # ---- Training -------------------------------------------------------------------------------------------

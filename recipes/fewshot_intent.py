@@ -18,6 +18,9 @@ Needs the `bench` extra: `pip install -e ".[bench]"`.
     accelerate launch recipes/fewshot_intent.py --target hwu64 --sources banking77 clinc150 --max_steps 1000 \\
         --n_way 20 40 --push_to_hub --hub_model_id me/hf-meta-minilm-intents
 
+    # a quarter of the episodes from unlabelled BANKING77 training texts (SMLMT: class = a hidden word)
+    accelerate launch recipes/fewshot_intent.py --unlabeled_sources banking77 --smlmt_ratio 0.25
+
     # all arguments from one file
     accelerate launch recipes/fewshot_intent.py recipes/fewshot_intent.yaml
 
@@ -28,7 +31,7 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import intent_episodes, intent_tasks
+from hf_meta.bench.protocols import intent_episodes, intent_tasks, with_smlmt
 from hf_meta.bench.scripts import (
     card_arguments,
     load_encoder,
@@ -58,18 +61,25 @@ def main() -> None:
     set_seed(training_args.seed)
     data_dir = resolve_data_dir(script_args.data_dir)
 
-    # Data: meta-training episodes from the sources, the target's published K-shot files
-    train_episodes = intent_episodes(
-        script_args.sources,
-        data_dir,
-        meta_training_episodes(training_args),
+    # Data: the target's published K-shot files; meta-training episodes from the sources, a share `smlmt_ratio` of
+    # them SMLMT episodes from the unlabelled training texts of `unlabeled_sources` (never the target's test set)
+    tasks = intent_tasks(
+        script_args.target, [script_args.shots, *script_args.plot_shots], data_dir, seed=training_args.seed
+    )
+    shape = dict(
         n_way=script_args.episode_range("n_way"),
         k_shot=script_args.episode_range("k_shot"),
         num_query=script_args.num_query,
         seed=training_args.seed,
     )
-    tasks = intent_tasks(
-        script_args.target, [script_args.shots, *script_args.plot_shots], data_dir, seed=training_args.seed
+    train_episodes = with_smlmt(
+        lambda n: intent_episodes(script_args.sources, data_dir, n, **shape),
+        meta_training_episodes(training_args),
+        ratio=script_args.smlmt_ratio,
+        unlabeled_sources=script_args.unlabeled_sources,
+        data_dir=data_dir,
+        exclude=tasks[0].test_texts,
+        **shape,
     )
 
     # Meta-train

@@ -13,14 +13,17 @@ the MR sentences, so without this filter meta-training would see the test set. N
     accelerate launch recipes/fewshot_sentiment.py --max_steps 400 --plot_shots 2 4 16 --push_to_hub \\
         --hub_model_id me/hf-meta-minilm-sentiment
 
+    # a quarter of the episodes SMLMT tasks from unlabelled IMDB training reviews
+    accelerate launch recipes/fewshot_sentiment.py --unlabeled_sources imdb --smlmt_ratio 0.25
+
 The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
 """
 
 from transformers import set_seed
 
-from hf_meta import FewShotClassifier, MetaTrainer
+from hf_meta import FewShotClassifier, MetaTrainer, load_collection
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks
+from hf_meta.bench.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks, with_smlmt
 from hf_meta.bench.scripts import (
     card_arguments,
     load_encoder,
@@ -55,14 +58,27 @@ def main() -> None:
     set_seed(training_args.seed)
     data_dir = resolve_data_dir(script_args.data_dir)
 
-    # Data: 2-way episodes from the sources with SST-2 removed; SST-2 shots drawn per seed
-    train_episodes = sentiment_episodes(
-        script_args.sources,
-        data_dir,
+    # Data: 2-way episodes from the sources with SST-2 removed (a share `smlmt_ratio` of them 2-way SMLMT episodes
+    # from the unlabelled texts of `unlabeled_sources`, SST-2 removed too); SST-2 shots drawn per seed
+    sst2 = load_collection("sst2", data_dir)
+    train_episodes = with_smlmt(
+        lambda n: sentiment_episodes(
+            script_args.sources,
+            data_dir,
+            n,
+            k_shot=script_args.episode_range("k_shot"),
+            num_query=script_args.num_query,
+            seed=training_args.seed,
+        ),
         meta_training_episodes(training_args),
+        ratio=script_args.smlmt_ratio,
+        unlabeled_sources=script_args.unlabeled_sources,
+        data_dir=data_dir,
+        n_way=2,
         k_shot=script_args.episode_range("k_shot"),
         num_query=script_args.num_query,
         seed=training_args.seed,
+        exclude=[text for split in sst2.values() for text in split["text"]],
     )
     tasks = sst2_tasks([script_args.shots, *script_args.plot_shots], script_args.seeds, data_dir)
 

@@ -4,12 +4,13 @@ that both measure exactly the same thing."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import datasets
 
 from ..data import load_collection
 from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off
+from ..smlmt import build_smlmt_episodes
 from .comparison import FewShotTask, first_shots, sample_shots
 from .scripts import resolve_data_dir
 
@@ -52,6 +53,94 @@ def intent_episodes(
     """Episodes from the training splits of intent collections (protocol A meta-training)."""
     pools = [load_collection(source, data_dir)["train"] for source in sources]
     return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
+
+
+def unlabeled_texts(sources: Sequence[str], data_dir: str, exclude: Iterable[str] = ()) -> list[str]:
+    """The training-split texts of `sources` with their labels thrown away (the unlabelled-only user story), minus
+    any text in `exclude` (up to case, spacing and punctuation), deduplicated."""
+    excluded = {_normalised(text) for text in exclude}
+    texts = []
+    for source in sources:
+        collection = load_collection(source, data_dir)
+        if "train" not in collection:
+            raise ValueError(
+                f"`unlabeled_sources` names {source!r}, which has no `train` split (splits: {list(collection)}); "
+                "name a collection with training texts."
+            )
+        texts += collection["train"]["text"]
+    return list(dict.fromkeys(text for text in texts if _normalised(text) not in excluded))
+
+
+def smlmt_episodes(
+    sources: Sequence[str],
+    data_dir: str,
+    num_episodes: int,
+    *,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+    exclude: Iterable[str] = (),
+) -> datasets.Dataset:
+    """SMLMT episodes (class = the hidden word) from the unlabelled training texts of `sources`; `exclude` keeps a
+    target's evaluation sentences out."""
+    texts = unlabeled_texts(sources, data_dir, exclude)
+    return build_smlmt_episodes(
+        texts, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=num_episodes, seed=seed
+    )
+
+
+def with_smlmt(
+    labelled_episodes: Callable[[int], datasets.Dataset],
+    num_episodes: int,
+    *,
+    ratio: float,
+    unlabeled_sources: Sequence[str],
+    data_dir: str,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+    exclude: Iterable[str] = (),
+) -> datasets.Dataset:
+    """`num_episodes` meta-training episodes, a share `ratio` of them SMLMT episodes from `unlabeled_sources` and
+    the rest from `labelled_episodes(n)`, shuffled together (so each meta-batch mixes both kinds).
+
+    Example:
+        ```python
+        >>> episodes = with_smlmt(lambda n: intent_episodes(["clinc150"], data_dir, n, n_way=10, k_shot=5,
+        ...                       num_query=3, seed=0), 400, ratio=0.5, unlabeled_sources=["banking77"],
+        ...                       data_dir=data_dir, n_way=10, k_shot=5, num_query=3, seed=0)
+        ```
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise ValueError(f"`smlmt_ratio` must be a number in [0, 1], got {ratio!r}; 0 turns SMLMT episodes off.")
+    num_smlmt = round(ratio * num_episodes)
+    if num_smlmt and not unlabeled_sources:
+        raise ValueError(
+            f"`smlmt_ratio` is {ratio} but `unlabeled_sources` is empty; name the collections whose training texts "
+            "(labels thrown away) feed the SMLMT episodes, e.g. `--unlabeled_sources banking77`."
+        )
+    parts = []
+    if num_episodes - num_smlmt:
+        parts.append(labelled_episodes(num_episodes - num_smlmt))
+    if num_smlmt:
+        parts.append(
+            smlmt_episodes(
+                unlabeled_sources,
+                data_dir,
+                num_smlmt,
+                n_way=n_way,
+                k_shot=k_shot,
+                num_query=num_query,
+                seed=seed,
+                exclude=exclude,
+            )
+        )
+    if len(parts) == 1:
+        return parts[0]
+    with datasets_progress_bars_off():
+        return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
 
 
 def intent_tasks(target: str, shots: Sequence[int], data_dir: str, seed: int = 0) -> list[FewShotTask]:

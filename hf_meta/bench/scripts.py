@@ -53,6 +53,16 @@ class ScriptArguments:
     sources: list[str] = field(
         default_factory=lambda: ["clinc150", "hwu64"], metadata={"help": "Meta-training collections."}
     )
+    unlabeled_sources: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Collections whose training texts, labels thrown away, feed SMLMT episodes (class = a hidden "
+            "word); may include the target (its test sentences are never used). Used when `smlmt_ratio` > 0."
+        },
+    )
+    smlmt_ratio: float = field(
+        default=0.0, metadata={"help": "Share of the meta-training episodes that are SMLMT episodes (0: none)."}
+    )
     shots: int = field(default=5, metadata={"help": "Labelled examples per class for the headline rows."})
     plot_shots: list[int] = field(default_factory=list, metadata={"help": "More shot counts, for the plot."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Shot-sampling seeds (draws)."})
@@ -68,6 +78,13 @@ class ScriptArguments:
     )
 
     def __post_init__(self):
+        if not 0 <= self.smlmt_ratio <= 1:
+            raise ValueError(f"`smlmt_ratio` must be in [0, 1], got {self.smlmt_ratio}; 0 turns SMLMT episodes off.")
+        if self.smlmt_ratio > 0 and not self.unlabeled_sources:
+            raise ValueError(
+                f"`smlmt_ratio` is {self.smlmt_ratio} but no `unlabeled_sources` are given; add e.g. "
+                "`--unlabeled_sources banking77`."
+            )
         if self.target in self.sources:
             raise ValueError(f"`target` {self.target!r} is also in `sources`; meta-train on the other collections.")
         for name in ("n_way", "k_shot"):

@@ -1,0 +1,73 @@
+"""Self-training on unlabelled texts at `fit`: selection rule, the fit hook, and its errors."""
+
+import numpy as np
+import pytest
+from conftest import WORDS, tiny_encoder
+
+from hf_meta import FewShotClassifier
+from hf_meta.self_training import SelfTrainingConfig, select_confident
+
+
+def test_select_confident_is_class_balanced_and_thresholded():
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.4, 0.6], [0.45, 0.55]])
+    assert select_confident(proba, per_class=2) == [(0, 0), (1, 0), (3, 1), (4, 1)]
+    assert select_confident(proba, per_class=5, threshold=0.75) == [(0, 0), (1, 0)]
+    assert select_confident(proba, per_class=1, threshold=0.95) == []
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny_base_st")
+    tiny_encoder("bert").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return FewShotClassifier.from_pretrained(folder)
+
+
+def data(offset=0, per_class=2):
+    texts = [f"{WORDS[c]} example {offset + i}" for c in range(3) for i in range(per_class)]
+    return texts, [WORDS[c].split()[0] for c in range(3) for _ in range(per_class)]
+
+
+def test_fit_with_unlabelled_texts_adds_balanced_pseudo_labels(clf):
+    texts, labels = data()
+    pool = data(offset=100, per_class=10)[0] + texts  # the labelled texts in the pool are never pseudo-labelled
+    clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 2}, inner_steps=1)
+    added = clf.pseudo_labeled_
+    assert 0 < len(added) <= 2 * 2 * 3
+    assert not {t for t, _ in added} & set(texts)
+    assert len({t for t, _ in added}) == len(added)
+    assert {label for _, label in added} <= set(labels)
+    counts = [sum(1 for _, label in added if label == c) for c in clf.classes_]
+    assert max(counts) <= 4  # at most per_class per class and round
+    assert clf.shots_ == [2, 2, 2]  # real labels only
+    assert clf.adaptation_config.inner_steps == 1
+    assert len(clf.predict(pool)) == len(pool)
+
+
+def test_threshold_one_round_and_plain_fit_after(clf):
+    texts, labels = data()
+    pool = data(offset=100, per_class=5)[0]
+    clf.fit(texts, labels, unlabeled_texts=pool, self_training=SelfTrainingConfig(rounds=1, threshold=0.999))
+    assert clf.pseudo_labeled_ == []  # nothing that confident: the plain fit is kept
+    clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 1, "per_class": 1})
+    assert 0 < len(clf.pseudo_labeled_) <= 3
+    clf.fit(texts, labels)
+    assert clf.shots_ == [2, 2, 2] and clf.pseudo_labeled_ == []  # a plain fit forgets the pseudo-labels
+
+
+def test_self_training_errors(clf):
+    texts, labels = data()
+    with pytest.raises(ValueError, match="without `unlabeled_texts`"):
+        clf.fit(texts, labels, self_training={"rounds": 2})
+    with pytest.raises(TypeError, match="unknown key"):
+        clf.fit(texts, labels, unlabeled_texts=["a b"], self_training={"round": 2})
+    with pytest.raises(ValueError, match="`self_training.rounds`"):
+        SelfTrainingConfig(rounds=0)
+    with pytest.raises(ValueError, match="`self_training.threshold`"):
+        SelfTrainingConfig(threshold=1.0)
+    with pytest.raises(ValueError, match="`unlabeled_texts` holds no usable text"):
+        clf.fit(texts, labels, unlabeled_texts=texts + ["  "])
+    with pytest.raises(TypeError, match="single string"):
+        clf.fit(texts, labels, unlabeled_texts="a text")
+    with pytest.raises(TypeError, match=r"`unlabeled_texts\[1\]`"):
+        clf.fit(texts, labels, unlabeled_texts=["ok", 3])
