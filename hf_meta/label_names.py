@@ -41,9 +41,11 @@ def label_phrase(name: str) -> str:
 def names_are_usable(names: Sequence[Any]) -> bool:
     """Whether class names carry words worth embedding: False for codes.
 
-    False when any name is not a string (int labels), when any phrase has no word of two or more letters
-    (`"0".."40"`, `"7b"`, `""`), or when the words are the same for every class and only numbers tell them apart
-    (`LABEL_0`, `LABEL_1`, ...). Logging that names were skipped is the caller's job.
+    False when any name is not a string (int labels) or is blank, when more than a quarter of the phrases have no
+    word of two or more letters (`"0".."40"`, `"7b"`: codes), or when the words are the same for every class and only
+    numbers tell them apart (`LABEL_0`, `LABEL_1`, ...). A few word-less names among real ones (CLINC150's `w2`, the
+    tax form) are kept: their phrase is still the class's own text. Logging that names were skipped is the caller's
+    job.
 
     Example:
         ```python
@@ -57,11 +59,10 @@ def names_are_usable(names: Sequence[Any]) -> bool:
         return False
     words = []
     for name in names:
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not label_phrase(name):
             return False
-        found = tuple(_WORD.findall(label_phrase(name)))
-        if not found:
-            return False
-        words.append(found)
+        words.append(tuple(_WORD.findall(label_phrase(name))))
+    if 4 * sum(1 for found in words if not found) > len(words):
+        return False
     # Identical words for every class ("label 0", "label 1"): the names differ only by their numbers.
     return len(names) == 1 or len(set(words)) > 1

@@ -39,7 +39,8 @@ def test_label_phrase_refuses_non_strings_naming_the_argument():
         (["card_arrival", 1], False),
         (["LABEL_0", "LABEL_1"], False),
         (["class 1", "class 2", "class 3"], False),
-        (["positive", "7"], False),  # one code among words: that class would get an empty example
+        (["positive", "7"], False),  # half of them codes
+        ([*(f"intent_{w}" for w in ("alpha", "beta", "gamma", "delta")), "w2"], True),  # CLINC150's `w2` among words
         (["", "negative"], False),
         ([], False),
         ("card_arrival", False),  # a bare string is not a sequence of names
