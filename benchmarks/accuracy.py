@@ -28,6 +28,8 @@ split 1, saturated for this backbone).
     python benchmarks/accuracy.py --families intent --targets hwu64 # one part, merged into the results
     python benchmarks/accuracy.py --families heldout_classes        # the secondary table
     python benchmarks/accuracy.py --budget gpu                      # the large protocol
+    python benchmarks/accuracy.py --families sentiment --adaptation learn_inner_learning_rates=true \\
+        --output benchmarks/results/accuracy_learned_inner_lr.json  # an ablation, same draws
     python benchmarks/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
 
 Writes `benchmarks/results/accuracy.json`: `rows` (family, target, shots, method, accuracy, ci95, draws,
@@ -182,7 +184,7 @@ def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClas
         seed=seed,
         base_model=args.model,
         disable_tqdm=not args.progress,
-        **settings["training"],
+        **{**settings["training"], **args.adaptation},
     )
     trainer = MetaTrainer(
         model=model,
@@ -193,7 +195,8 @@ def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClas
     )
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # snapshots the initial weights
     trainer.train()
-    return FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config), fresh
+    trainer.save_model()  # scored as saved: the adapter, its settings and any learned inner loop, reloaded
+    return FewShotClassifier.from_pretrained(training_args.output_dir, base_model=args.model), fresh
 
 
 def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]:
@@ -283,6 +286,16 @@ def run_heldout_classes(args, budget: Budget) -> dict[str, dict]:
     return results
 
 
+def _setting(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"`--adaptation` takes KEY=VALUE items, got {item!r}.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv=None) -> None:
     parser = make_parser(__doc__, "accuracy.json")
     parser.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
@@ -300,8 +313,16 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--setfit_families", nargs="*", default=None, help="Families on which SetFit runs (budget default)."
     )
+    parser.add_argument(
+        "--adaptation",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Meta-training settings over the family's (JSON values), e.g. learn_inner_learning_rates=true.",
+    )
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     args = parse(parser, argv, QUICK)
+    args.adaptation = dict(_setting(item) for item in args.adaptation)
     args.data_dir = str(data_dir(args))
     budget = BUDGETS[args.budget]
 
