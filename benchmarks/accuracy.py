@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -223,6 +224,7 @@ def run_part(args, budget: Budget, part: Part) -> dict:
     )
     return {
         "family": part.family,
+        "command": _command(),
         "sources": part.sources,
         "rows": [{**row, "family": part.family, "target": row.pop("dataset")} for row in rows],
         "meta_training_seconds": round(meta_seconds, 1),
@@ -278,12 +280,17 @@ def run_heldout_classes(args, budget: Budget) -> dict[str, dict]:
                     )
         results[f"heldout_classes/{dataset}"] = {
             "family": "heldout_classes",
+            "command": _command(),
             "sources": [dataset],
             "rows": rows,
             "meta_training_seconds": 0.0,
             "evaluation_seconds": round(time.time() - start, 1),
         }
     return results
+
+
+def _command() -> str:
+    return " ".join(["python", *sys.argv])
 
 
 def _setting(item: str) -> tuple[str, object]:

@@ -42,30 +42,34 @@ def plot_file(family: str) -> str:
 
 def render(results: dict) -> str:
     """The README block for `results` (the content of accuracy.json), markers excluded."""
-    rows = results["rows"]
-    parts = results.get("parts", {})
+    rows, parts = results["rows"], results.get("parts", {})
+    main_parts = {name: part for name, part in parts.items() if part["family"] != "heldout_classes"}
+    commands = [part.get("command") or results["command"] for part in main_parts.values()] or [results["command"]]
+    commands = ", ".join(f"`{command}`" for command in dict.fromkeys(commands))
+    draws = results["budget_settings"]["draws"]
     lines = [
-        f"`{results['command']}` on {results['machine']}. Mean accuracy (%) ± 95% CI over "
-        f"{results['budget_settings']['draws']} draws of the labelled examples (the same draws for every method); "
-        "the last columns are hf_meta minus the best baseline of the row, paired per draw, ± its 95% CI: a **win** "
-        "or a **loss** only when that CI excludes zero. SetFit ran on the first draw only where it appears "
-        "(its full-encoder training does not fit the CPU budget for 77-150-way intent).",
+        f"{commands} on {results['machine']}. Mean accuracy (%) ± 95% CI over {draws} draws of the labelled "
+        "examples (the same draws for every method); the last columns are hf_meta minus the best baseline of the "
+        "row, paired per draw, ± its 95% CI: a **win** or a **loss** only when that CI excludes zero. "
+        "`frozen_lr_names` is the logistic regression with each class's name as one more example, the fair "
+        "baseline now that hf_meta uses names; SetFit ran on the first draw only (its full-encoder training does "
+        "not fit the CPU budget for 77-150-way intent).",
     ]
     for family in dict.fromkeys(row["family"] for row in rows):
         family_rows = [row for row in rows if row["family"] == family]
-        seconds = sum(
-            part["meta_training_seconds"] + part["evaluation_seconds"]
-            for part in parts.values()
-            if part["family"] == family
-        )
+        seconds = sum(_seconds(part) for part in parts.values() if part["family"] == family)
         lines += ["", f"**{FAMILIES.get(family, family)}** ({seconds / 60:.0f} min)", ""]
         lines.append(paired_table(family_rows, markdown=True))
         if len({row["shots"] for row in family_rows}) > 1:
             lines += ["", f"![{family} accuracy against shots]({plot_file(family)})"]
-    total = results.get("total_seconds")
-    if total is not None:
-        lines += ["", f"Total time of the protocol, meta-training included: {total / 60:.0f} min."]
+    if main_parts:
+        total = sum(_seconds(part) for part in main_parts.values())
+        lines += ["", f"Time of the default run, meta-training included: {total / 60:.0f} min."]
     return "\n".join(lines)
+
+
+def _seconds(part: dict) -> float:
+    return part["meta_training_seconds"] + part["evaluation_seconds"]
 
 
 def replace_block(readme: str, block: str) -> str:
