@@ -117,7 +117,8 @@ QUICK = dict(
     setfit_families=[],
 )
 
-# Meta-training settings per family, the recipes' (chosen on source validation data, see their comments).
+# Meta-training settings per family: the recipes' (chosen on source validation data, see their comments); topic
+# borrows the intent recipe's, not tuned for topic.
 INTENT_SETTINGS = dict(lora_top_layers=3, training=dict(inner_steps=0), n_way=(10, 20), k_shot=(1, 5), num_query=3)
 FAMILY_SETTINGS = {
     "intent": INTENT_SETTINGS,
