@@ -8,7 +8,6 @@ import pytest
 
 from hf_meta.bench.comparison import paired_summary, paired_table
 from hf_meta.bench.protocols import ag_news_tasks, sentiment_tasks
-from hf_meta.label_names import label_phrase, names_are_usable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,23 +107,3 @@ def test_ag_news_shots_never_come_from_the_scored_half(data_dir):
     (task,) = ag_news_tasks([8], [0], data_dir)
     assert len(task.test_texts) == 3800 and not set(task.train_texts) & set(task.test_texts)
     assert sorted(set(task.train_labels)) == ["Business", "Sci/Tech", "Sports", "World"]
-
-
-@pytest.mark.parametrize(
-    "name, phrase",
-    [
-        ("card_arrival", "card arrival"),
-        ("alarm-set", "alarm set"),
-        ("AddToPlaylist", "add to playlist"),
-        ("alarm/query", "alarm query"),
-        ("very negative", "very negative"),
-    ],
-)
-def test_label_phrase(name, phrase):
-    assert label_phrase(name) == phrase
-
-
-def test_codes_are_not_names():
-    assert (
-        names_are_usable(["World", "Sci/Tech"]) and not names_are_usable(["0", "1"]) and not names_are_usable([0, 1])
-    )

@@ -170,11 +170,7 @@ def sentiment_episodes(
     """
     if any(source.startswith("sst") for source in sources):
         raise ValueError(f"`sources` {list(sources)} holds an SST collection: it contains the target's sentences.")
-    target_texts = _all_texts(SENTIMENT_TARGETS, data_dir)
-    pools = []
-    for source in sources:
-        collection = load_collection(source, data_dir)
-        pools.append(remove_overlap(datasets.concatenate_datasets(list(collection.values())), target_texts))
+    pools = _pools_without(sources, _all_texts(SENTIMENT_TARGETS, data_dir), data_dir)
     return mixed_episodes(pools, num_episodes, n_way=2, k_shot=k_shot, num_query=num_query, seed=seed)
 
 
@@ -191,12 +187,16 @@ def topic_episodes(
     """Episodes from topic collections (default HuffPost, 20 Newsgroups, Reuters), with any AG News text removed."""
     if "ag_news" in sources:
         raise ValueError(f"`sources` {list(sources)} holds `ag_news`, the topic target; meta-train on the others.")
-    target_texts = _all_texts(["ag_news"], data_dir)
-    pools = [
+    pools = _pools_without(sources, _all_texts(["ag_news"], data_dir), data_dir)
+    return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
+
+
+def _pools_without(sources: Sequence[str], target_texts: list[str], data_dir: str) -> list[datasets.Dataset]:
+    """Every split of each source collection in one pool, without the target's texts (see `remove_overlap`)."""
+    return [
         remove_overlap(datasets.concatenate_datasets(list(load_collection(source, data_dir).values())), target_texts)
         for source in sources
     ]
-    return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
 
 
 def _all_texts(collections: Iterable[str], data_dir: str) -> list[str]:
