@@ -198,7 +198,8 @@ def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClas
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # snapshots the initial weights
     trainer.train()
     trainer.save_model()  # scored as saved: the adapter, its settings and any learned inner loop, reloaded
-    return FewShotClassifier.from_pretrained(training_args.output_dir, base_model=args.model), fresh
+    meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=args.model)
+    return meta.to(trainer.model.device), fresh  # on the device meta-training ran on, as the fresh one is
 
 
 def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]:

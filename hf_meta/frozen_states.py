@@ -116,6 +116,7 @@ class FrozenStates:
             f"Computing the frozen-layer states of {len(unique)} sentences once (layers below "
             f"{encoder.frozen_depth}); stored in {path}"
         )
+        device = next(encoder.model.parameters()).device  # the frozen layers run where the model is (e.g. a GPU)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with ArrowWriter(features=features, path=str(tmp)) as writer:
@@ -123,13 +124,13 @@ class FrozenStates:
                     rows = order[start : start + batch_size]
                     batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
                     states = encoder.frozen_row_states(
-                        {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                        {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
                     )
                     writer.write_batch(
                         {
                             "text": [unique[i] for i in rows],
                             "input_ids": [encoded[i] for i in rows],
-                            "states": [s.float().numpy() for s in states],
+                            "states": [s.float().cpu().numpy() for s in states],
                         }
                     )
                 writer.finalize()

@@ -330,7 +330,7 @@ class FunctionalEncoder:
             raise ValueError("Every layer holds LoRA weights: there are no frozen layers to precompute.")
         mask = batch["attention_mask"]
         lengths = mask.sum(1)
-        if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None])).all()):
+        if not bool((mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()):
             raise ValueError("`attention_mask` must be right-padded to precompute frozen states per row.")
         _, groups, chunks = self._chunks(batch)
         out: list[torch.Tensor | None] = [None] * len(mask)

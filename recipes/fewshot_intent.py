@@ -3,7 +3,9 @@
 Meta-trains on episodes of the source collections' training splits (default CLINC150 + HWU64), then adapts to the
 target's published K-shot file (default BANKING77 `train_5`, all 77 intents) and scores the target's full test set,
 beside frozen encoder + logistic regression, frozen prototypes and a fresh (not meta-learned) LoRA adapter fitted
-with the same inner loop. Prints the table and writes `results.json`, the model card and a plot to `--output_dir`.
+with the same inner loop. A fifth of the source classes is held out of meta-training; their episodes then choose the
+adaptation settings saved with the adapter (`--adaptation_grid`; `--validation_share 0` keeps the training values).
+Prints the table and writes `results.json`, the model card and a plot to `--output_dir`.
 Needs the `bench` extra: `pip install -e ".[bench]"`.
 
     # the default run on a CPU-only machine (about 15 minutes on 2 cores: 2,000 episodes); `cpu.yaml` gives the
@@ -31,9 +33,10 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import intent_episodes, intent_tasks, with_smlmt
+from hf_meta.bench.protocols import hold_out_classes, intent_pools, intent_tasks, mixed_episodes, with_smlmt
 from hf_meta.bench.scripts import (
     card_arguments,
+    choose_adaptation,
     load_encoder,
     lora_config,
     meta_training_episodes,
@@ -41,6 +44,7 @@ from hf_meta.bench.scripts import (
     report,
     resolve_data_dir,
 )
+from hf_meta.episodes import class_names_of
 
 
 def main() -> None:
@@ -54,6 +58,9 @@ def main() -> None:
         # times more episodes per second than LoRA everywhere with 5 SGD steps, at the same validation accuracy.
         lora_top_layers=3,
         inner_steps=0,
+        # After meta-training, episodes of the held-out fifth of the source classes choose how strongly the fitted
+        # head is pulled to the prototypes and whether class names join the support set (the training values first).
+        adaptation_grid=["head_l2=0.1,0.03,0.3", "use_label_names=true,false"],
         output_dir="outputs/fewshot_intent",
         max_steps=500,
         logging_steps=25,
@@ -61,8 +68,9 @@ def main() -> None:
     set_seed(training_args.seed)
     data_dir = resolve_data_dir(script_args.data_dir)
 
-    # Data: the target's published K-shot files; meta-training episodes from the sources, a share `smlmt_ratio` of
-    # them SMLMT episodes from the unlabelled training texts of `unlabeled_sources` (never the target's test set)
+    # Data: the target's published K-shot files; meta-training episodes from the sources' training classes, a share
+    # `smlmt_ratio` of them SMLMT episodes from the unlabelled training texts of `unlabeled_sources` (never the
+    # target's test set); validation episodes, shaped like the target's task, from the held-out source classes
     tasks = intent_tasks(
         script_args.target, [script_args.shots, *script_args.plot_shots], data_dir, seed=training_args.seed
     )
@@ -72,8 +80,19 @@ def main() -> None:
         num_query=script_args.num_query,
         seed=training_args.seed,
     )
+    pools, validation_episodes = intent_pools(script_args.sources, data_dir), None
+    if script_args.validation_share:
+        pools, validation_pools = hold_out_classes(pools, script_args.validation_share, seed=training_args.seed)
+        validation_episodes = mixed_episodes(
+            validation_pools,
+            script_args.validation_episodes,
+            n_way=min(max(script_args.n_way), *(len(class_names_of(pool)) for pool in validation_pools)),
+            k_shot=script_args.shots,
+            num_query=script_args.num_query,
+            seed=training_args.seed + 1,
+        )
     train_episodes = with_smlmt(
-        lambda n: intent_episodes(script_args.sources, data_dir, n, **shape),
+        lambda n: mixed_episodes(pools, n, **shape),
         meta_training_episodes(training_args),
         ratio=script_args.smlmt_ratio,
         unlabeled_sources=script_args.unlabeled_sources,
@@ -93,6 +112,7 @@ def main() -> None:
     )
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
     trainer.train()
+    selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
@@ -100,6 +120,7 @@ def main() -> None:
 
     # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
+    meta.to(trainer.model.device)  # where meta-training ran, as the fresh adapter is
     methods = {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}
     rows = compare_methods(tasks, methods, frozen=fresh)
     description = (
@@ -113,6 +134,7 @@ def main() -> None:
         description=description,
         headline_shots=script_args.shots,
         title=script_args.target,
+        selection=selection,
     )
 
     # Model card (and the Hub)

@@ -6,7 +6,9 @@ beside frozen encoder + logistic regression, frozen prototypes and a fresh LoRA 
 
 Sources are 2-way episodes of movie reviews (MR), product reviews (books, dvd, electronics, kitchen), airline
 reviews and IMDB. Every source sentence that also appears in any SST-2 split is removed first: SST was built from
-the MR sentences, so without this filter meta-training would see the test set. Needs the `bench` extra.
+the MR sentences, so without this filter meta-training would see the test set. One source collection (a new domain,
+as SST-2 is) is held out of meta-training; its episodes then choose the adaptation settings saved with the adapter
+(`--adaptation_grid`; `--validation_share 0` keeps the training values). Needs the `bench` extra.
 
     # the default run on a CPU-only machine (about 15 minutes on 2 cores: 320 episodes)
     accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/fewshot_sentiment.py
@@ -23,9 +25,10 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, load_collection
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import SENTIMENT_SOURCES, sentiment_episodes, sst2_tasks, with_smlmt
+from hf_meta.bench.protocols import SENTIMENT_SOURCES, hold_out_sources, sentiment_episodes, sst2_tasks, with_smlmt
 from hf_meta.bench.scripts import (
     card_arguments,
+    choose_adaptation,
     load_encoder,
     lora_config,
     meta_training_episodes,
@@ -47,6 +50,10 @@ def main() -> None:
         # Chosen on held-out sentiment collections (benchmarks/meta_throughput.py --family sentiment), never SST-2:
         # the prototype head with LoRA in every layer; LoRA in the top layers only, or a fitted head, scored lower.
         head_fit_steps=0,
+        # After meta-training, episodes of a held-out source collection (a new domain, as SST-2 is) choose how far
+        # the inner loop moves and whether the class names join the support set (the training values first).
+        adaptation_grid=["inner_steps=5,10", "use_label_names=true,false"],
+        validation_episodes=24,
         output_dir="outputs/fewshot_sentiment",
         max_steps=80,
         logging_steps=10,
@@ -61,9 +68,20 @@ def main() -> None:
     # Data: 2-way episodes from the sources with SST-2 removed (a share `smlmt_ratio` of them 2-way SMLMT episodes
     # from the unlabelled texts of `unlabeled_sources`, SST-2 removed too); SST-2 shots drawn per seed
     sst2 = load_collection("sst2", data_dir)
+    sources, validation_episodes = script_args.sources, None
+    if script_args.validation_share:
+        sources, validation_sources = hold_out_sources(sources, script_args.validation_share, seed=training_args.seed)
+        validation_episodes = sentiment_episodes(
+            validation_sources,
+            data_dir,
+            script_args.validation_episodes,
+            k_shot=script_args.shots,
+            num_query=script_args.num_query,
+            seed=training_args.seed + 1,
+        )
     train_episodes = with_smlmt(
         lambda n: sentiment_episodes(
-            script_args.sources,
+            sources,
             data_dir,
             n,
             k_shot=script_args.episode_range("k_shot"),
@@ -93,6 +111,7 @@ def main() -> None:
     )
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
     trainer.train()
+    selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
@@ -100,6 +119,7 @@ def main() -> None:
 
     # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
+    meta.to(trainer.model.device)  # where meta-training ran, as the fresh adapter is
     methods = {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}
     rows = compare_methods(tasks, methods, frozen=fresh)
     description = (
@@ -113,6 +133,7 @@ def main() -> None:
         description=description,
         headline_shots=script_args.shots,
         title="sst2",
+        selection=selection,
     )
 
     # Model card (and the Hub)

@@ -23,13 +23,17 @@ def word_tokenizer(tmp_path_factory):
     words = sorted({word for text in WORDS for word in text.split()} | {"number", *map(str, range(120))})
     vocab = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    return BertTokenizerFast(vocab=str(vocab))
 
 
 @pytest.mark.parametrize("top_layers", [None, [1]], ids=["lora_everywhere", "frozen_bottom_layer"])
 def test_meta_training_then_fit_on_cuda_matches_cpu(tmp_path, toy_dataset, word_tokenizer, top_layers):
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=8, seed=0)
-    model = tiny_encoder() if top_layers is None else top_layer_lora(tiny_encoder(), top_layers)
+    model = (
+        tiny_encoder(vocab_size=len(word_tokenizer))
+        if top_layers is None
+        else top_layer_lora(tiny_encoder(vocab_size=len(word_tokenizer)), top_layers)
+    )
     args = MetaTrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=2,
@@ -63,7 +67,9 @@ def test_meta_training_then_fit_on_cuda_matches_cpu(tmp_path, toy_dataset, word_
 def test_classifier_to_moves_fitted_weights(toy_dataset, word_tokenizer):
     from hf_meta.modeling import with_lora
 
-    clf = FewShotClassifier(with_lora(tiny_encoder(), None), word_tokenizer, AdaptationConfig(inner_steps=1))
+    clf = FewShotClassifier(
+        with_lora(tiny_encoder(vocab_size=len(word_tokenizer)), None), word_tokenizer, AdaptationConfig(inner_steps=1)
+    )
     texts, labels = toy_dataset["text"][:24], toy_dataset["label"][:24]
     on_cpu = clf.fit(texts, labels).predict_proba(toy_dataset["text"][24:])
     on_gpu = clf.to("cuda").predict_proba(toy_dataset["text"][24:])

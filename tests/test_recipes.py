@@ -27,10 +27,14 @@ def run_recipe(name: str, output_dir: Path, data_dir: Path, *extra: str) -> dict
     return json.loads((output_dir / "results.json").read_text())
 
 
-def check_outputs(output_dir: Path, results: dict, shots: set[int]) -> None:
-    methods = {"frozen_lr", "frozen_proto", "fresh_lora", "hf_meta_fomaml"}
+def check_outputs(output_dir: Path, results: dict, shots: set[int], combinations: int) -> None:
+    methods = {"frozen_lr", "frozen_lr_names", "frozen_proto", "fresh_lora", "hf_meta_fomaml"}
     assert {(row["shots"], row["method"]) for row in results["summary"]} == {(s, m) for s in shots for m in methods}
     assert all(0 < row["accuracy"] <= 1 for row in results["summary"])
+    # The settings chosen on the held-out source episodes are the ones saved beside the adapter.
+    saved = json.loads((output_dir / "adaptation_config.json").read_text())
+    assert {name: saved[name] for name in results["selection"]["best"]} == results["selection"]["best"]
+    assert len(results["selection"]["scores"]) == combinations  # every combination of the recipe's default grid
     card = (output_dir / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["library_name"] == "peft"
@@ -40,11 +44,11 @@ def check_outputs(output_dir: Path, results: dict, shots: set[int]) -> None:
 @pytest.mark.slow
 def test_intent_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
     results = run_recipe("fewshot_intent.py", tmp_path, data_dir, "--plot_shots", "1")
-    check_outputs(tmp_path, results, {1, 5})
+    check_outputs(tmp_path, results, {1, 5}, combinations=6)
     assert (tmp_path / "accuracy_vs_shots.png").is_file()
 
 
 @pytest.mark.slow
 def test_sentiment_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
     results = run_recipe("fewshot_sentiment.py", tmp_path, data_dir, "--seeds", "0")
-    check_outputs(tmp_path, results, {8})
+    check_outputs(tmp_path, results, {8}, combinations=4)

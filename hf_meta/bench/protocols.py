@@ -7,9 +7,10 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 import datasets
+import numpy as np
 
 from ..data import load_collection
-from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off
+from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off, split_classes
 from ..smlmt import build_smlmt_episodes
 from .comparison import FewShotTask, first_shots, sample_shots
 from .scripts import resolve_data_dir
@@ -51,8 +52,56 @@ def intent_episodes(
     seed: int,
 ) -> datasets.Dataset:
     """Episodes from the training splits of intent collections (protocol A meta-training)."""
-    pools = [load_collection(source, data_dir)["train"] for source in sources]
-    return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
+    return mixed_episodes(
+        intent_pools(sources, data_dir), num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed
+    )
+
+
+def intent_pools(sources: Sequence[str], data_dir: str) -> list[datasets.Dataset]:
+    """The training split of each intent collection, the pools `intent_episodes` draws from."""
+    return [load_collection(source, data_dir)["train"] for source in sources]
+
+
+def hold_out_classes(
+    pools: Sequence[datasets.Dataset], share: float, seed: int = 0
+) -> tuple[list[datasets.Dataset], list[datasets.Dataset]]:
+    """Split every pool's classes in two: `1 - share` of them stay for meta-training, `share` become meta-validation
+    classes (see `split_classes`), so validation episodes ask what a new task asks: classes never meta-trained on.
+
+    Example:
+        ```python
+        >>> train_pools, validation_pools = hold_out_classes(intent_pools(["clinc150", "hwu64"], data_dir), 0.2)
+        ```
+    """
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+        raise ValueError(f"`validation_share` must be a number in (0, 1) to hold classes out, got {share!r}.")
+    train_pools, validation_pools = [], []
+    for pool in pools:
+        kept, held_out = split_classes(pool, (1 - share, share), seed=seed)
+        for group, out in ((kept, train_pools), (held_out, validation_pools)):
+            ids = {pool.features["label"].str2int(name) for name in group}
+            with datasets_progress_bars_off():
+                out.append(pool.filter(_has_label, batched=True, input_columns="label", fn_kwargs={"ids": ids}))
+    return train_pools, validation_pools
+
+
+def _has_label(labels: list[int], ids: set[int]) -> list[bool]:
+    return [label in ids for label in labels]
+
+
+def hold_out_sources(sources: Sequence[str], share: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split source collections in two: `share` of them (at least one) become meta-validation collections, where
+    every collection has the same classes (2-way sentiment) and a new task is a new domain, not new classes."""
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+        raise ValueError(f"`validation_share` must be a number in (0, 1) to hold sources out, got {share!r}.")
+    if len(sources) < 2:
+        raise ValueError(f"Holding a source out for validation needs two `sources` or more, got {list(sources)}.")
+    count = min(max(1, round(share * len(sources))), len(sources) - 1)
+    held_out = set(np.random.default_rng(seed).choice(len(sources), size=count, replace=False).tolist())
+    return (
+        [source for i, source in enumerate(sources) if i not in held_out],
+        [source for i, source in enumerate(sources) if i in held_out],
+    )
 
 
 def unlabeled_texts(sources: Sequence[str], data_dir: str, exclude: Iterable[str] = ()) -> list[str]:

@@ -11,8 +11,10 @@ from pathlib import Path
 from peft import LoraConfig
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedModel
 
+from ..adaptation import AdaptationConfig
 from ..data import DATA_DIR_ENV_VAR
 from ..io_utils import atomic_write_text
+from ..meta_trainer import MetaTrainer
 from ..meta_training_args import MetaTrainingArguments
 from ..modeling import default_lora_config, resolve_model_path
 
@@ -76,6 +78,24 @@ class ScriptArguments:
             "default: every layer."
         },
     )
+    validation_share: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of the source classes (of the source collections, where all share the same classes) held "
+            "out of meta-training; after meta-training their episodes choose the adaptation settings among "
+            "`adaptation_grid`, written to adaptation_config.json. 0: no choice, every class meta-trains."
+        },
+    )
+    validation_episodes: int = field(
+        default=40, metadata={"help": "Validation episodes scoring each combination of `adaptation_grid`."}
+    )
+    adaptation_grid: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Adaptation settings chosen by meta-validation, as KEY=V1,V2 items (e.g. `head_l2=0.1,0.03 "
+            "use_label_names=true,false`); list the training value first, it is kept on ties."
+        },
+    )
 
     def __post_init__(self):
         if not 0 <= self.smlmt_ratio <= 1:
@@ -90,11 +110,77 @@ class ScriptArguments:
         for name in ("n_way", "k_shot"):
             if len(getattr(self, name)) not in (1, 2):
                 raise ValueError(f"`{name}` takes one value or a `low high` range, got {getattr(self, name)}.")
+        if isinstance(self.validation_share, bool) or not 0 <= self.validation_share < 1:
+            raise ValueError(
+                f"`validation_share` must be in [0, 1), got {self.validation_share}; 0 turns the choice of "
+                "adaptation settings off."
+            )
+        if self.validation_episodes < 1:
+            raise ValueError(f"`validation_episodes` must be at least 1, got {self.validation_episodes}.")
+        self.adaptation_grid_values()  # a malformed grid fails before meta-training, not after it
+
+    def adaptation_grid_values(self) -> dict[str, list]:
+        """`adaptation_grid` as `MetaTrainer.select_adaptation` takes it: setting name -> typed candidate values."""
+        return parse_adaptation_grid(self.adaptation_grid)
 
     def episode_range(self, name: str) -> int | tuple[int, int]:
         """`n_way` or `k_shot` as `build_episodes` takes it: an int, or an inclusive `(low, high)` range."""
         values = getattr(self, name)
         return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def parse_adaptation_grid(items: list[str]) -> dict[str, list]:
+    """Parse `KEY=V1,V2` items into `{KEY: [V1, V2]}`, each value typed like the `AdaptationConfig` field it sets.
+
+    Example:
+        ```python
+        >>> parse_adaptation_grid(["head_l2=0.1,0.03", "use_label_names=true,false"])
+        {'head_l2': [0.1, 0.03], 'use_label_names': [True, False]}
+        ```
+    """
+    defaults = AdaptationConfig().to_dict()
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(
+                f"`adaptation_grid` takes KEY=V1,V2 items, got {item!r}; e.g. `--adaptation_grid head_l2=0.1,0.03`."
+            )
+        if key not in defaults:
+            raise ValueError(
+                f"`adaptation_grid` key {key!r} is not an adaptation setting; choose among {sorted(defaults)}."
+            )
+        if key in grid:
+            raise ValueError(f"`adaptation_grid` lists {key!r} twice; give all its values in one item.")
+        grid[key] = [_typed(key, value.strip(), defaults[key]) for value in values.split(",")]
+    return grid
+
+
+def _typed(key: str, value: str, default: object) -> object:
+    """`value` read as the type of the setting's default (`true`/`false` for a flag)."""
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"`adaptation_grid` value {value!r} for {key!r} must be true or false.")
+        return value.lower() == "true"
+    try:
+        return type(default)(value) if isinstance(default, int | float) else value
+    except ValueError:
+        raise ValueError(f"`adaptation_grid` value {value!r} for {key!r} is not a {type(default).__name__}.") from None
+
+
+def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str, list]) -> dict | None:
+    """After meta-training, keep the combination of `grid` with the best query accuracy on `validation_episodes`
+    (episodes of held-out source classes) in `trainer.adaptation_config`; `save_model` then writes it. Returns
+    `select_adaptation`'s result, or `None` when there is nothing to choose."""
+    if validation_episodes is None or not grid:
+        return None
+    result = trainer.select_adaptation(grid, eval_dataset=validation_episodes)
+    if trainer.is_world_process_zero():
+        print(
+            f"Adaptation chosen on {len(validation_episodes)} validation episodes of held-out source data: "
+            f"{result['best']} (query accuracy {result['accuracy']:.4f})"
+        )
+    return result
 
 
 def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArguments]:
@@ -134,10 +220,17 @@ def write_results(path: str | os.PathLike, **content) -> None:
 
 
 def report(
-    rows: list[dict], *, output_dir: str | os.PathLike, description: str, headline_shots: int, title: str
+    rows: list[dict],
+    *,
+    output_dir: str | os.PathLike,
+    description: str,
+    headline_shots: int,
+    title: str,
+    selection: dict | None = None,
 ) -> tuple[list[dict], str | None]:
-    """Summarise the rows of `compare_methods`, print the table, write `results.json` and, when there are several
-    shot counts, the accuracy-vs-shots plot to `output_dir`.
+    """Summarise the rows of `compare_methods`, print the table, write `results.json` (with the meta-validation
+    scores of `choose_adaptation` under `selection`) and, when there are several shot counts, the
+    accuracy-vs-shots plot to `output_dir`.
 
     Returns the summary (the headline shot count first) and the plot's file name (`None` without a plot).
     """
@@ -146,7 +239,8 @@ def report(
 
     summary = sorted(summarize(rows), key=lambda row: (row["shots"] != headline_shots, row["shots"]))
     print(f"\n{description}\n{format_table(summary)}")
-    write_results(Path(output_dir) / "results.json", description=description, summary=summary, rows=rows)
+    extra = {} if selection is None else {"selection": selection}
+    write_results(Path(output_dir) / "results.json", description=description, summary=summary, rows=rows, **extra)
     if len({row["shots"] for row in summary}) < 2:
         return summary, None
     plot_accuracy_vs_shots(summary, Path(output_dir) / PLOT_FILE, title=title)

@@ -1,0 +1,113 @@
+"""The recipes' meta-validation: held-out source classes (or collections), the grid flag, the choice it writes."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_encoder
+
+from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
+from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
+from hf_meta.bench.protocols import SENTIMENT_SOURCES, hold_out_classes, hold_out_sources
+from hf_meta.bench.scripts import ScriptArguments, choose_adaptation, parse_adaptation_grid, parse_script_arguments
+from hf_meta.episodes import class_names_of
+
+
+@pytest.fixture(scope="module")
+def hwu64_train(data_dir):
+    return load_collection("hwu64", data_dir)["train"]
+
+
+def test_held_out_classes_are_disjoint_from_the_meta_training_classes(hwu64_train):
+    [kept], [held_out] = hold_out_classes([hwu64_train], 0.2, seed=0)
+    kept_names, held_out_names = set(class_names_of(kept)), set(class_names_of(held_out))
+    assert not kept_names & held_out_names
+    assert kept_names | held_out_names == set(class_names_of(hwu64_train))
+    assert len(held_out_names) == 13  # floor(0.8 * 64) = 51 classes stay
+    assert len(kept) + len(held_out) == len(hwu64_train)  # every row of a class goes with it
+    # Another seed holds out other classes; the same seed the same ones.
+    assert set(class_names_of(hold_out_classes([hwu64_train], 0.2, seed=1)[1][0])) != held_out_names
+    assert set(class_names_of(hold_out_classes([hwu64_train], 0.2, seed=0)[1][0])) == held_out_names
+
+
+def test_held_out_sources_keep_at_least_one_on_each_side():
+    kept, held_out = hold_out_sources(list(SENTIMENT_SOURCES), 0.2, seed=0)
+    assert len(held_out) == 1 and sorted(kept + held_out) == sorted(SENTIMENT_SOURCES)
+    assert len(hold_out_sources(["mr", "imdb"], 0.9)[0]) == 1
+    with pytest.raises(ValueError, match="needs two `sources` or more"):
+        hold_out_sources(["mr"], 0.2)
+
+
+@pytest.mark.parametrize("share", [0, 1, 1.5, True])
+def test_holding_out_refuses_shares_outside_zero_one(hwu64_train, share):
+    with pytest.raises(ValueError, match="`validation_share` must be a number in \\(0, 1\\)"):
+        hold_out_classes([hwu64_train], share)
+
+
+def test_adaptation_grid_items_are_typed_like_the_settings():
+    grid = parse_adaptation_grid(
+        ["head_l2=0.1,0.03", "use_label_names=true,False", "inner_steps=0,5", "head_prior=sum"]
+    )
+    assert grid == {
+        "head_l2": [0.1, 0.03],
+        "use_label_names": [True, False],
+        "inner_steps": [0, 5],
+        "head_prior": ["sum"],
+    }
+    assert isinstance(grid["inner_steps"][1], int) and parse_adaptation_grid([]) == {}
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["head_l2"], "takes KEY=V1,V2 items, got 'head_l2'"),
+        (["head_l2="], "takes KEY=V1,V2 items"),
+        (["heads=1"], "key 'heads' is not an adaptation setting"),
+        (["inner_steps=five"], "value 'five' for 'inner_steps' is not a int"),
+        (["use_label_names=yes"], "must be true or false"),
+        (["head_l2=0.1", "head_l2=0.3"], "lists 'head_l2' twice"),
+    ],
+)
+def test_malformed_grids_fail_before_meta_training(items, message):
+    with pytest.raises(ValueError, match=message):
+        ScriptArguments(adaptation_grid=items)
+
+
+@pytest.mark.parametrize(
+    "field, value, message", [("validation_share", 1.0, "in \\[0, 1\\)"), ("validation_episodes", 0, "at least 1")]
+)
+def test_script_arguments_refuse_bad_validation_settings(field, value, message):
+    with pytest.raises(ValueError, match=f"`{field}` must be {message}"):
+        ScriptArguments(**{field: value})
+
+
+def test_the_recipe_yaml_carries_the_default_grid(monkeypatch):
+    config = Path(__file__).resolve().parents[1] / "recipes" / "fewshot_intent.yaml"
+    monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", str(config)])
+    script_args, _ = parse_script_arguments()
+    assert script_args.validation_share == 0.2
+    assert script_args.adaptation_grid_values() == {"head_l2": [0.1, 0.03, 0.3], "use_label_names": [True, False]}
+
+
+def test_choose_adaptation_writes_the_validation_winner_beside_the_adapter(tmp_path, toy_dataset, tokenizer):
+    train, validation = (
+        build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=4, seed=seed) for seed in (0, 1)
+    )
+    args = MetaTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, inner_steps=0, report_to="none", disable_tqdm=True
+    )
+    trainer = MetaTrainer(
+        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert choose_adaptation(trainer, None, {"head_l2": [0.1, 3.0]}) is None  # validation off
+    assert choose_adaptation(trainer, validation, {}) is None
+    result = choose_adaptation(trainer, validation, {"head_l2": [0.1, 3.0], "head_fit_steps": [100, 0]})
+    assert len(result["scores"]) == 4 and result["accuracy"] == max(row["accuracy"] for row in result["scores"])
+    trainer.save_model()
+    saved = json.loads((tmp_path / "out" / ADAPTATION_CONFIG_NAME).read_text())
+    assert {name: saved[name] for name in result["best"]} == result["best"]
