@@ -123,7 +123,13 @@ INTENT_SETTINGS = dict(lora_top_layers=3, training=dict(inner_steps=0), n_way=(1
 FAMILY_SETTINGS = {
     "intent": INTENT_SETTINGS,
     "topic": {**INTENT_SETTINGS, "n_way": (3, 10), "k_shot": (1, 8)},
-    "sentiment": dict(lora_top_layers=None, training=dict(head_fit_steps=0), n_way=2, k_shot=8, num_query=8),
+    "sentiment": dict(
+        lora_top_layers=None,
+        training=dict(head_fit_steps=0, head_init="prototypes", head_bias=False),
+        n_way=2,
+        k_shot=8,
+        num_query=8,
+    ),
     "heldout_classes": {**INTENT_SETTINGS, "n_way": (5, 10)},
 }
 

@@ -67,7 +67,8 @@ class AdaptationConfig:
 
     Example:
         ```python
-        >>> config = AdaptationConfig(inner_steps=10, head_fit_steps=0)   # plain Proto-MAML, 10 SGD steps
+        >>> config = AdaptationConfig(inner_steps=10, head_fit_steps=0, head_init="prototypes", head_bias=False)
+        >>> # ^ plain Proto-MAML: the prototype head, 10 SGD steps
         >>> config.save_pretrained("out")
         >>> AdaptationConfig.from_pretrained("out").inner_steps
         10
@@ -82,8 +83,12 @@ class AdaptationConfig:
     max_length: int = field(default=64, metadata={"help": "Tokenisation max length (longer texts are truncated)."})
     # Per-task head
     head_init: HeadInit = field(
-        default="prototypes",
-        metadata={"help": "Per-task head start: the support 'prototypes' (Proto-MAML) or 'zero'."},
+        default="zero",
+        metadata={
+            "help": "Per-task head start, and the centre `head_l2` pulls the fitted head to: 'zero' (a plain "
+            "regularised logistic regression, which uses a class-name example best at few shots) or the support "
+            "'prototypes' (Proto-MAML; the start to keep with `head_fit_steps=0`)."
+        },
     )
     logit_scale: float = field(default=20.0, metadata={"help": "Scale of the cosine-head logits."})
     head_fit_steps: int = field(
@@ -96,8 +101,8 @@ class AdaptationConfig:
     head_l2: float = field(
         default=0.1,
         metadata={
-            "help": "Pull of the fitted head towards the prototypes, against the loss `head_prior` names (adapters "
-            "saved before `head_prior` existed used 0.03 against the mean)."
+            "help": "Pull of the fitted head towards its `head_init` centre, against the loss `head_prior` names "
+            "(adapters saved before `head_prior` existed used 0.03 against the mean)."
         },
     )
     head_prior: HeadPrior = field(
@@ -106,6 +111,13 @@ class AdaptationConfig:
             "help": "What `head_l2` pulls against: the 'sum' of the support cross-entropies (a fixed prior, so the "
             "pull fades as shots grow and is the same for any number of classes) or their 'mean' (the same relative "
             "pull at any shot count; the behaviour before this setting existed)."
+        },
+    )
+    head_bias: bool = field(
+        default=True,
+        metadata={
+            "help": "Give the per-task head one bias per class, fitted with it and not pulled by `head_l2` (a "
+            "logistic regression's intercept)."
         },
     )
     # Class names
@@ -157,7 +169,7 @@ class AdaptationConfig:
         check_choice("head_init", self.head_init, HeadInit)
         check_choice("head_prior", self.head_prior, HeadPrior)
         check_choice("support_augmentation", self.support_augmentation, SupportAugmentation)
-        for name in ("normalize_embeddings", "use_label_names", "learn_inner_learning_rates"):
+        for name in ("normalize_embeddings", "head_bias", "use_label_names", "learn_inner_learning_rates"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool (true or false), got {getattr(self, name)!r}.")
         for name, (ok, allowed) in _NUMERIC_CHECKS.items():
@@ -197,6 +209,8 @@ class AdaptationConfig:
         known = set(cls.field_names())
         # Saved before `head_prior` existed: their `head_l2` was a pull against the mean loss.
         values.setdefault("head_prior", "mean")
+        # Saved before `head_bias` existed: their heads had none.
+        values.setdefault("head_bias", False)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -442,7 +456,7 @@ def adapt(
 
     with torch.enable_grad():
         embeddings, with_names = embed_all(lora)
-        head = initial_head(embeddings, labels, num_classes, config.head_init)
+        head = initial_head(embeddings, labels, num_classes, config.head_init, bias=config.head_bias)
         if config.head_fit_steps:
             # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the
             # same embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.

@@ -24,17 +24,20 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def initial_head(
-    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: HeadInit
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: HeadInit, bias: bool = False
 ) -> torch.Tensor:
-    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros.
+    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros; with `bias`, one more column
+    of zeros holds a bias per class (see [`head_logits`]).
 
     On L2-normalised embeddings the Proto-MAML head `W_k = 2 c_k, b_k = -||c_k||^2` ranks classes like the cosine
     similarity to `c_k`, which is what `normalize(c_k)` gives with no bias term.
     """
-    if head_init == "prototypes":
-        return F.normalize(class_means(embeddings.detach(), labels, num_classes), dim=-1)
     check_choice("head_init", head_init, HeadInit)
-    return embeddings.new_zeros(num_classes, embeddings.shape[-1])
+    if head_init == "prototypes":
+        head = F.normalize(class_means(embeddings.detach(), labels, num_classes), dim=-1)
+    else:
+        head = embeddings.new_zeros(num_classes, embeddings.shape[-1])
+    return torch.cat([head, head.new_zeros(num_classes, 1)], dim=1) if bias else head
 
 
 def fit_head(
@@ -47,7 +50,8 @@ def fit_head(
     sample_weight: torch.Tensor | None = None,
     head_prior: HeadPrior = "mean",
 ) -> torch.Tensor:
-    """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS.
+    """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS (a bias
+    column, see [`head_logits`], is not pulled: one example per class is too few to tell a class's base rate).
 
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
     towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way
@@ -71,13 +75,14 @@ def fit_head(
     embeddings, prior = embeddings.detach().double(), prior.detach().double()
     weight = None if sample_weight is None else sample_weight.detach().double()
     head = prior.clone().requires_grad_(True)
+    width = embeddings.shape[-1]  # a bias column (see `head_logits`) is fitted freely, as a logistic regression's
     optimizer = torch.optim.LBFGS([head], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
         logits = head_logits(embeddings, head, scale)
         data = weighted_cross_entropy(logits, labels, weight, reduction=head_prior)
-        loss = data + l2 * (head - prior).pow(2).sum()
+        loss = data + l2 * (head[:, :width] - prior[:, :width]).pow(2).sum()
         loss.backward()
         return loss
 
@@ -104,7 +109,13 @@ def weighted_cross_entropy(
 
 
 def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
-    """Logits of a linear head on (normalised) embeddings, sharpened by `scale` as in cosine classifiers."""
+    """Logits of a linear head on (normalised) embeddings, sharpened by `scale` as in cosine classifiers.
+
+    A head with one column more than the embeddings carries a bias per class in that last column (unscaled, as
+    a logistic regression's intercept: it shifts a class's logit, whatever the text).
+    """
+    if head.shape[-1] == embeddings.shape[-1] + 1:
+        return scale * embeddings @ head[:, :-1].T + head[:, -1]
     return scale * embeddings @ head.T
 
 

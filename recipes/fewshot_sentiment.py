@@ -50,6 +50,8 @@ def main() -> None:
         # Chosen on held-out sentiment collections (benchmarks/meta_throughput.py --family sentiment), never SST-2:
         # the prototype head with LoRA in every layer; LoRA in the top layers only, or a fitted head, scored lower.
         head_fit_steps=0,
+        head_init="prototypes",
+        head_bias=False,
         # After meta-training, episodes of a held-out source collection (a new domain, as SST-2 is) choose how far
         # the inner loop moves and whether the class names join the support set (the training values first).
         adaptation_grid=["inner_steps=5,10", "use_label_names=true,false"],

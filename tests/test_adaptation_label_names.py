@@ -97,7 +97,7 @@ def test_names_enter_head_fit_and_inner_steps_with_their_weight(encoder, tokeniz
 def test_names_do_not_enter_the_prototypes(encoder, tokenizer):
     support = tokenized(tokenizer, [f"{WORDS[c]} example" for c in range(3)], [0, 1, 2])
     names = tokenized(tokenizer, ["card", "exchange", "pin"])
-    config = AdaptationConfig(inner_steps=0, head_fit_steps=0)  # the head is the prototypes alone
+    config = AdaptationConfig(inner_steps=0, head_fit_steps=0, head_init="prototypes", head_bias=False)  # prototypes
     a, _ = adapt(encoder, meta(encoder), support, 3, config)
     b, _ = adapt(encoder, meta(encoder), support, 3, config, names)
     torch.testing.assert_close(a[HEAD], b[HEAD])
@@ -117,7 +117,8 @@ def test_collator_adds_name_rows_and_skips_codes(tokenizer, toy_dataset):
 def test_names_with_frozen_states_match_the_plain_path(encoder, tokenizer, toy_dataset, tmp_path):
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=2, seed=1)
     texts = [t for column in ("support_text", "query_text") for episode in episodes[column] for t in episode]
-    config = AdaptationConfig(max_length=16, inner_steps=2)
+    # A prototype-centred head, as in test_frozen_states: the cache, not the head's conditioning, is under test.
+    config = AdaptationConfig(max_length=16, inner_steps=2, head_init="prototypes", head_bias=False)
     weights = {n: p.detach().clone().requires_grad_() for n, p in meta_parameters(encoder.model).items()}
     # Without the phrases in the cache the collator tokenises them; with them it reads their states.
     for extra in ([], [p for names in episodes["class_names"] for p in episode_name_phrases(names)]):

@@ -8,6 +8,7 @@ from conftest import WORDS, tiny_encoder
 from peft import PeftModel
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta.adaptation import HEAD
 from hf_meta.classifier import HEAD_FILE
 
 
@@ -144,3 +145,13 @@ def test_predict_before_fit_and_long_text_warning(meta_adapter):
     clf.fit(*task())
     with pytest.warns(UserWarning, match="truncated"):
         assert len(clf.predict(["word " * 500])) == 1
+
+
+def test_a_head_with_a_bias_saves_and_reloads(meta_adapter, tmp_path):
+    clf = FewShotClassifier.from_pretrained(meta_adapter[0]).fit(*task(), head_bias=True)
+    assert clf.weights[HEAD].shape[1] == clf.model.config.hidden_size + 1
+    clf.save_pretrained(tmp_path / "adapted")
+    again = FewShotClassifier.from_pretrained(tmp_path / "adapted")
+    assert again.adaptation_config.head_bias
+    probe = task(offset=50)[0]
+    np.testing.assert_allclose(again.predict_proba(probe), clf.predict_proba(probe), atol=1e-5)

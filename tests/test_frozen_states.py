@@ -39,7 +39,9 @@ def test_cached_path_equals_plain_path_on_tiny_models(kind, toy_dataset, tokeniz
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=3, num_query=2, num_episodes=2, seed=0)
     texts = [t for column in ("support_text", "query_text") for episode in episodes[column] for t in episode]
     states = FrozenStates.build(encoder, tokenizer, texts, max_length=16, cache_dir=tmp_path)
-    config = AdaptationConfig(max_length=16, inner_steps=2)
+    # A prototype-centred head: a head fitted from zero with a free bias is flatter to fit, and carries the float32
+    # rounding of the cached states further than these tolerances (the cache, not the head, is under test here).
+    config = AdaptationConfig(max_length=16, inner_steps=2, head_init="prototypes", head_bias=False)
     for episode in episodes:
         assert_same_episode(encoder, episode, tokenizer, states, config)
 
@@ -56,7 +58,9 @@ def test_cached_path_equals_plain_path_on_minilm(minilm_path, tokenizer, data_di
         encoder, tokenizer, episode["support_text"] + episode["query_text"], max_length=64, cache_dir=tmp_path
     )
     assert encoder.frozen_depth == 4
-    assert_same_episode(encoder, episode, tokenizer, states, AdaptationConfig(inner_steps=2))
+    assert_same_episode(
+        encoder, episode, tokenizer, states, AdaptationConfig(inner_steps=2, head_init="prototypes", head_bias=False)
+    )
 
 
 def test_states_are_reused_from_the_cache_and_cover_only_known_texts(tokenizer, tmp_path, monkeypatch):

@@ -115,3 +115,29 @@ def test_fitted_head_moves_no_more_than_its_inputs():
     heads = [fit_head(e, labels, initial_head(e, labels, 6, "prototypes"), 20.0, 0.03, 100) for e in (emb, nudged)]
     assert heads[0].dtype == torch.float32
     assert (heads[0] - heads[1]).abs().max() < 2e-6
+
+
+def test_a_bias_column_shifts_each_class_logit_unscaled():
+    emb = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    head = initial_head(emb, labels, 2, "prototypes", bias=True)
+    assert head.shape == (2, 3) and torch.count_nonzero(head[:, -1]) == 0  # the bias starts at 0
+    head[:, -1] = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(head_logits(emb, head, 10.0), 10.0 * emb + torch.tensor([0.5, -1.0]).double())
+
+
+def test_a_fitted_bias_absorbs_class_imbalance():
+    """Three times more examples of class 0 on the same directions: the fitted bias favours class 0, and the bias
+    head fits the support at least as well as the same head without a bias."""
+    generator = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator, dtype=torch.float64), dim=-1)
+    labels = (torch.arange(40) % 4 == 3).long()  # 30 of class 0, 10 of class 1, no direction separates them
+    heads = {
+        bias: fit_head(emb, labels, initial_head(emb, labels, 2, "zero", bias=bias), 5.0, 0.01, 200)
+        for bias in (False, True)
+    }
+    assert heads[True][0, -1] > heads[True][1, -1]
+    losses = {
+        bias: torch.nn.functional.cross_entropy(head_logits(emb, head, 5.0), labels) for bias, head in heads.items()
+    }
+    assert losses[True] < losses[False]

@@ -87,7 +87,11 @@ def test_the_recipe_yaml_carries_the_default_grid(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", str(config)])
     script_args, _ = parse_script_arguments()
     assert script_args.validation_share == 0.2
-    assert script_args.adaptation_grid_values() == {"head_l2": [0.1, 0.03, 0.3], "use_label_names": [True, False]}
+    assert script_args.adaptation_grid_values() == {
+        "head_init": ["zero", "prototypes"],
+        "head_l2": [0.1, 0.03, 0.3],
+        "use_label_names": [True, False],
+    }
 
 
 def test_choose_adaptation_writes_the_validation_winner_beside_the_adapter(tmp_path, toy_dataset, tokenizer):

@@ -44,7 +44,7 @@ def check_outputs(output_dir: Path, results: dict, shots: set[int], combinations
 @pytest.mark.slow
 def test_intent_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
     results = run_recipe("fewshot_intent.py", tmp_path, data_dir, "--plot_shots", "1")
-    check_outputs(tmp_path, results, {1, 5}, combinations=6)
+    check_outputs(tmp_path, results, {1, 5}, combinations=12)
     assert (tmp_path / "accuracy_vs_shots.png").is_file()
 
 
