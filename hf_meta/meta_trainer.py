@@ -332,6 +332,24 @@ class MetaTrainer(Trainer):
                 self.inner_loop.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The Trainer's resume (adapter weights; the optimizer and scheduler follow), plus the learned inner loop,
+        which lives beside the model: without it a resumed run would restart its step sizes from the config."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.inner_loop is None:
+            return
+        saved = LearnedInnerLoop.from_pretrained(resume_from_checkpoint)
+        if saved.names != self.inner_loop.names:
+            raise ValueError(
+                f"The learned inner loop in {resume_from_checkpoint} sizes other tensors ({len(saved.names)}) than "
+                f"this run's LoRA adapter ({len(self.inner_loop.names)}); resume with the LoRA config it was saved "
+                "with."
+            )
+        with torch.no_grad():
+            for name, param in self.inner_loop.named_parameters():
+                param.copy_(getattr(saved, name).reshape(param.shape))
+        logger.info(f"Resumed the learned inner loop from {resume_from_checkpoint}")
+
     def saved_adaptation_config(self) -> AdaptationConfig:
         """The settings written beside the adapter: with a learned inner loop, its logit scale."""
         if self.inner_loop is None:

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from conftest import tiny_encoder
+from transformers import TrainerCallback
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
 from hf_meta.adaptation import (
@@ -154,3 +155,51 @@ def test_meta_trainer_learns_saves_and_fit_uses_the_rates(tmp_path, episodes, to
 def test_learning_rates_need_inner_steps(tmp_path):
     with pytest.raises(ValueError, match="`learn_inner_learning_rates` needs `inner_steps` >= 1"):
         MetaTrainingArguments(output_dir=str(tmp_path), learn_inner_learning_rates=True, inner_steps=0)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step == self.step
+
+
+def test_resume_from_checkpoint_restores_the_learned_rates(tmp_path, episodes, tokenizer):
+    def run(name, callbacks=(), resume=None):
+        args = MetaTrainingArguments(
+            output_dir=str(tmp_path / name),
+            max_steps=4,
+            gradient_accumulation_steps=2,
+            save_strategy="steps",
+            save_steps=2,
+            inner_steps=2,
+            inner_learning_rate=0.1,
+            learning_rate=0.1,
+            learn_inner_learning_rates=True,
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = MetaTrainer(
+            model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
+            args=args,
+            train_dataset=episodes,
+            processing_class=tokenizer,
+            callbacks=list(callbacks),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    start = torch.tensor(0.1).log()  # every log rate starts at log(inner_learning_rate)
+    full = run("full").inner_loop.log_learning_rates.detach()
+    run("cut", callbacks=[StopAt(2)])
+    checkpoint = tmp_path / "cut" / "checkpoint-2"
+    halfway = LearnedInnerLoop.from_pretrained(checkpoint).log_learning_rates
+    assert not torch.allclose(halfway, start.expand_as(halfway))  # the checkpoint holds the rates of step 2
+    resumed = run("cut", resume=str(checkpoint)).inner_loop.log_learning_rates.detach()
+    # Steps 3-4 continue from the checkpoint's rates and Adam moments, not from `inner_learning_rate`. Not bit for
+    # bit: the rates' gradients are tiny against Adam's eps, so its steps amplify float rounding (the LoRA weights,
+    # compared in test_reliability, match to 1e-6).
+    moved = (full - start).abs().max()
+    assert (resumed - full).abs().max() < 0.05 * moved, ((resumed - full).abs().max(), moved)
