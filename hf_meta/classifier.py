@@ -490,6 +490,12 @@ class FewShotClassifier:
                 save_file({"weight": self.weights[HEAD].detach().cpu().contiguous()}, str(staging / HEAD_FILE))
                 atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
 
+    def _learned_inner_loop_summary(self) -> dict[str, float] | None:
+        """The meta-learned step sizes `fit` used, for the card (`None` when it used `inner_learning_rate`)."""
+        if self.inner_loop is None or not self.adaptation_config.learn_inner_learning_rates:
+            return None
+        return self.inner_loop.summary()
+
     def push_to_hub(
         self,
         repo_id: str,
@@ -543,6 +549,7 @@ class FewShotClassifier:
                 classes=self.classes_,
                 shots=self.shots_,
                 repo_id=repo_id,
+                learned_inner_loop=self._learned_inner_loop_summary(),
                 **card_kwargs,
             )
             card.save(os.path.join(folder, "README.md"))

@@ -95,6 +95,7 @@ def render_classifier_card(
     eval_description: str = "",
     datasets: Sequence[str] = (),
     extra_tags: Sequence[str] = (),
+    learned_inner_loop: dict[str, float] | None = None,
 ) -> ModelCard:
     """The card of a fitted [`FewShotClassifier`]: labels, shots per class, adaptation settings, evaluation.
 
@@ -103,6 +104,8 @@ def render_classifier_card(
         classes / shots: the labels and how many labelled examples of each `fit` saw.
         eval_results: scores to report, e.g. the dict returned by `clf.evaluate(texts, labels)`.
         eval_description: how it was evaluated (data, split, protocol), shown above the scores.
+        learned_inner_loop: the meta-learned step sizes by tensor name and `logit_scale` that `fit` used
+            ([`LearnedInnerLoop.summary`]), listed under the settings.
 
     Example:
         ```python
@@ -138,6 +141,7 @@ def render_classifier_card(
         adaptation={k: v for k, v in adaptation_config.to_dict().items() if k != "base_model"},
         eval_results=dict(eval_results or {}),
         eval_description=eval_description,
+        learned_inner_loop=_short_names(learned_inner_loop),
     )
 
 

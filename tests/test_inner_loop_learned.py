@@ -19,6 +19,7 @@ from hf_meta.adaptation import (
     episode_meta_gradient,
 )
 from hf_meta.inner_loop import detached_copy, learning_rate_hypergradient, sgd_adapt
+from hf_meta.model_card import render_classifier_card
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
 X_S = torch.tensor([[1.0, 2.0], [0.5, -1.0], [-1.0, 0.0]], dtype=torch.float64)
@@ -146,8 +147,19 @@ def test_meta_trainer_learns_saves_and_fit_uses_the_rates(tmp_path, episodes, to
     texts = [f"{w} example {i}" for w in ("card late", "exchange euro", "pin blocked") for i in range(2)]
     labels = [w for w in ("card", "exchange", "pin") for _ in range(2)]
     with_rates = clf.fit(texts, labels).weights
+    # The classifier's card lists the step sizes its fit used.
+    card = str(
+        render_classifier_card(
+            adaptation_config=clf.adaptation_config,
+            base_model="org/tiny",
+            classes=clf.classes_,
+            learned_inner_loop=clf._learned_inner_loop_summary(),
+        )
+    )
+    assert "Meta-learned inner loop" in card and "logit_scale" in card
     without = clf.fit(texts, labels, learn_inner_learning_rates=False).weights
     assert any(not torch.allclose(with_rates[n], without[n]) for n in with_rates)
+    assert clf._learned_inner_loop_summary() is None
     trainer.create_model_card()
     assert "Meta-learned inner loop" in (out / "README.md").read_text()
 
