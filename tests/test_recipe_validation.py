@@ -64,7 +64,7 @@ def test_adaptation_grid_items_are_typed_like_the_settings():
         (["head_l2"], "takes KEY=V1,V2 items, got 'head_l2'"),
         (["head_l2="], "takes KEY=V1,V2 items"),
         (["heads=1"], "key 'heads' is not an adaptation setting"),
-        (["inner_steps=five"], "value 'five' for 'inner_steps' is not a int"),
+        (["inner_steps=five"], "value 'five' for 'inner_steps' must be an integer"),
         (["use_label_names=yes"], "must be true or false"),
         (["head_l2=0.1", "head_l2=0.3"], "lists 'head_l2' twice"),
     ],

@@ -165,7 +165,8 @@ def _typed(key: str, value: str, default: object) -> object:
     try:
         return type(default)(value) if isinstance(default, int | float) else value
     except ValueError:
-        raise ValueError(f"`adaptation_grid` value {value!r} for {key!r} is not a {type(default).__name__}.") from None
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ValueError(f"`adaptation_grid` value {value!r} for {key!r} must be {kind}.") from None
 
 
 def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str, list]) -> dict | None:
