@@ -17,7 +17,9 @@ families where it fits the budget. Each row reports mean ± 95% CI over draws an
 paired per draw, ± its 95% CI: a `win` only when that CI excludes zero.
 
 Meta-training uses each family's recipe settings (`recipes/fewshot_intent.py` for intent and topic,
-`recipes/fewshot_sentiment.py` for sentiment), chosen on source validation data, never on a target.
+`recipes/fewshot_sentiment.py` for sentiment), chosen on source validation data, never on a target. The recipes'
+per-run choice among their `adaptation_grid` (on held-out source classes) is not run here: every source class
+meta-trains and every part adapts with the training values, so rows stay comparable between runs.
 
 `--budget cpu` (the default) finishes in about an hour on 2 CPU cores; `--budget gpu` is the larger protocol (more
 draws, shots and meta-steps, SetFit everywhere). Parts (one adapter each) are merged into the results file, so a
