@@ -126,6 +126,9 @@ def make_trainer(model, tokenizer, lora, episodes, name: str, max_length: int = 
     from hf_meta import MetaTrainer, MetaTrainingArguments
 
     kwargs.setdefault("head_fit_steps", 0)
+    if kwargs["head_fit_steps"] == 0:
+        kwargs.setdefault("head_init", "prototypes")
+        kwargs.setdefault("head_bias", False)
     kwargs.setdefault("precompute_frozen_states", False)  # these scripts time the per-episode paths
     args = MetaTrainingArguments(
         output_dir=f"outputs/{name}",

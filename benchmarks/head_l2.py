@@ -43,7 +43,14 @@ def main(argv=None) -> None:
 
     def score(texts, labels, **overrides) -> float:
         # The settings this sweep was measured with (before class names and the summed-loss prior existed).
-        clf.fit(texts, labels, inner_steps=0, use_label_names=False, head_prior="mean", **overrides)
+        clf.fit(
+            texts,
+            labels,
+            inner_steps=0,
+            use_label_names=False,
+            head_prior="mean",
+            **{"head_init": "prototypes", "head_bias": False, **overrides},
+        )
         return accuracy(clf.predict(val_texts), val_labels)["accuracy"]
 
     rows = []

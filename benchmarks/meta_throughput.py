@@ -91,6 +91,8 @@ def run(name: str, top_layers: int | None, inner_steps: int, inner_lr: float, pr
         inner_steps=inner_steps,
         inner_learning_rate=inner_lr,
         head_fit_steps=args.head_fit_steps,
+        head_init="prototypes",  # the head the recorded configurations were measured with
+        head_bias=False,
         precompute_frozen_states=precompute,
         report_to="none",
         disable_tqdm=True,

@@ -175,6 +175,12 @@ class AdaptationConfig:
         for name, (ok, allowed) in _NUMERIC_CHECKS.items():
             if not ok(getattr(self, name)):
                 raise ValueError(f"`{name}` must be {allowed}, got {getattr(self, name)!r}.")
+        if self.head_init == "zero" and self.head_fit_steps == 0 and self.inner_steps == 0:
+            raise ValueError(
+                "`head_init='zero'` with `head_fit_steps=0` and `inner_steps=0` leaves the head at zero, so every "
+                "text gets the same scores; set `head_init='prototypes'` (the prototype head) or fit the head "
+                "(`head_fit_steps` > 0)."
+            )
         if self.base_model is not None and not isinstance(self.base_model, str):
             raise ValueError(f"`base_model` must be a Hub id string, got {self.base_model!r}.")
 

@@ -51,7 +51,7 @@ def fit_head(
     head_prior: HeadPrior = "mean",
 ) -> torch.Tensor:
     """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS (a bias
-    column, see [`head_logits`], is not pulled: one example per class is too few to tell a class's base rate).
+    column, see [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised).
 
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
     towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way

@@ -222,3 +222,10 @@ def test_meta_trainer_caches_the_name_phrases_with_the_sentences(tmp_path, toy_d
         assert collator.frozen_states.covers(episode_name_phrases(names))
     batch = collator([episodes[0]])
     assert "names_frozen_row_states" in batch and len(batch["names_input_ids"]) == 3
+
+
+def test_a_zero_head_that_is_never_fitted_is_refused():
+    with pytest.raises(ValueError, match="leaves the head at zero"):
+        AdaptationConfig(head_init="zero", head_fit_steps=0, inner_steps=0)
+    AdaptationConfig(head_init="zero", head_fit_steps=0, inner_steps=3)  # SGD trains it: a zero-initialised MAML head
+    AdaptationConfig(head_init="prototypes", head_fit_steps=0, inner_steps=0)  # the prototype head as it is

@@ -84,7 +84,7 @@ def test_fitted_head_fits_the_support_better_than_prototypes(meta_adapter):
         probabilities = clf.predict_proba(texts)
         return float(-np.log(probabilities[np.arange(len(texts)), [clf.classes_.index(y) for y in labels]]).mean())
 
-    prototypes = support_loss(head_fit_steps=0)
+    prototypes = support_loss(head_fit_steps=0, head_init="prototypes", head_bias=False)
     fitted = support_loss(head_fit_steps=100, head_l2=0.0)
     assert fitted < prototypes - 1e-3
 
