@@ -110,7 +110,7 @@ def test_choose_adaptation_writes_the_validation_winner_beside_the_adapter(tmp_p
     trainer.train()
     assert choose_adaptation(trainer, None, {"head_l2": [0.1, 3.0]}) is None  # validation off
     assert choose_adaptation(trainer, validation, {}) is None
-    result = choose_adaptation(trainer, validation, {"head_l2": [0.1, 3.0], "head_fit_steps": [100, 0]})
+    result = choose_adaptation(trainer, validation, {"head_l2": [0.1, 3.0], "head_init": ["zero", "prototypes"]})
     assert len(result["scores"]) == 4 and result["accuracy"] == max(row["accuracy"] for row in result["scores"])
     trainer.save_model()
     saved = json.loads((tmp_path / "out" / ADAPTATION_CONFIG_NAME).read_text())
