@@ -10,6 +10,7 @@ from pathlib import Path  # noqa: E402
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -100,3 +101,14 @@ def toy_dataset() -> datasets.Dataset:
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=[w.split()[0] for w in WORDS])}
     )
     return datasets.Dataset.from_dict({"text": texts, "label": [i % 6 for i in range(120)]}, features=features)
+
+
+class StopAt(TrainerCallback):
+    """Stops training at the end of global step `step` (a run cut short, to resume from its checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True

@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_encoder
-from transformers import TrainerCallback
+from conftest import StopAt, tiny_encoder
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
 from hf_meta.adaptation import (
@@ -167,14 +166,6 @@ def test_meta_trainer_learns_saves_and_fit_uses_the_rates(tmp_path, episodes, to
 def test_learning_rates_need_inner_steps(tmp_path):
     with pytest.raises(ValueError, match="`learn_inner_learning_rates` needs `inner_steps` >= 1"):
         MetaTrainingArguments(output_dir=str(tmp_path), learn_inner_learning_rates=True, inner_steps=0)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = state.global_step == self.step
 
 
 def test_resume_from_checkpoint_restores_the_learned_rates(tmp_path, episodes, tokenizer):

@@ -6,9 +6,9 @@ import shutil
 import datasets
 import pytest
 import torch
-from conftest import tiny_encoder
+from conftest import StopAt, tiny_encoder
 from safetensors.torch import load_file
-from transformers import AutoModel, TrainerCallback
+from transformers import AutoModel
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
 from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
@@ -74,15 +74,6 @@ def test_unknown_collection_and_offline_errors(monkeypatch):
 
 
 # ---- Interrupted training -------------------------------------------------------------------------------------
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def train_tiny(tmp_path, name, toy_dataset, tokenizer, callbacks=(), resume=None):

@@ -73,8 +73,7 @@ def hold_out_classes(
         >>> train_pools, validation_pools = hold_out_classes(intent_pools(["clinc150", "hwu64"], data_dir), 0.2)
         ```
     """
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
-        raise ValueError(f"`validation_share` must be a number in (0, 1) to hold classes out, got {share!r}.")
+    _check_share(share, "classes")
     train_pools, validation_pools = [], []
     for pool in pools:
         kept, held_out = split_classes(pool, (1 - share, share), seed=seed)
@@ -85,6 +84,11 @@ def hold_out_classes(
     return train_pools, validation_pools
 
 
+def _check_share(share: float, what: str) -> None:
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+        raise ValueError(f"`validation_share` must be a number in (0, 1) to hold {what} out, got {share!r}.")
+
+
 def _has_label(labels: list[int], ids: set[int]) -> list[bool]:
     return [label in ids for label in labels]
 
@@ -92,8 +96,7 @@ def _has_label(labels: list[int], ids: set[int]) -> list[bool]:
 def hold_out_sources(sources: Sequence[str], share: float, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split source collections in two: `share` of them (at least one) become meta-validation collections, where
     every collection has the same classes (2-way sentiment) and a new task is a new domain, not new classes."""
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
-        raise ValueError(f"`validation_share` must be a number in (0, 1) to hold sources out, got {share!r}.")
+    _check_share(share, "sources")
     if len(sources) < 2:
         raise ValueError(f"Holding a source out for validation needs two `sources` or more, got {list(sources)}.")
     count = min(max(1, round(share * len(sources))), len(sources) - 1)
