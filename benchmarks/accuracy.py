@@ -55,7 +55,7 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
 from hf_meta.bench.baselines import SETFIT_MISSING, SetFitBaseline, setfit_available
-from hf_meta.bench.comparison import FewShotTask, compare_methods, paired_summary, paired_table
+from hf_meta.bench.comparison import FewShotTask, FitWith, compare_methods, paired_summary, paired_table
 from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
     SENTIMENT_SOURCES,
@@ -222,7 +222,10 @@ def run_part(args, budget: Budget, part: Part) -> dict:
     meta, fresh = meta_train(args, part, args.meta_steps or budget.meta_steps[part.family])
     meta_seconds = time.time() - start
     tasks = limit_test_set(part.tasks(), args.test_examples)
-    rows = compare_methods(tasks, {"hf_meta": meta, "fresh_lora": fresh}, frozen=fresh)
+    # `hf_meta` chooses its adapter strength on each draw's labelled examples (the default); `hf_meta_full` is the
+    # same adapter always at full strength (what hf_meta did before the strength existed)
+    adapters = {"hf_meta": meta, "hf_meta_full": FitWith(meta, adapter_strength=1.0), "fresh_lora": fresh}
+    rows = compare_methods(tasks, adapters, frozen=fresh)
     setfit_families = budget.setfit_families if args.setfit_families is None else args.setfit_families
     if part.family in setfit_families and setfit_available():
         first_draws = [task for task in tasks if task.seed < budget.setfit_draws]

@@ -36,7 +36,7 @@ from .inner_loop import (
 )
 from .io_utils import atomic_write_text
 from .label_names import label_phrase, names_are_usable
-from .modeling import ROW_STATES, FunctionalEncoder
+from .modeling import ROW_STATES, FunctionalEncoder, scaled_adapter
 
 logger = logging.get_logger(__name__)
 
@@ -155,6 +155,34 @@ class AdaptationConfig:
     augmentation_strength: float = field(
         default=0.1, metadata={"help": "Share of words dropped, swapped or cut per edited copy."}
     )
+    # Adapter strength at `fit` (hf_meta/adapter_strength.py): how much of the meta-learned LoRA delta a task uses
+    adapter_strength: str = field(
+        default="auto",
+        metadata={
+            "help": "Share of the meta-learned LoRA delta `fit` starts from: a number in [0, 1] (every `lora_B` "
+            "scaled by it; 0 is a fresh adapter, 1 the meta-learned one), or 'auto' to choose it among "
+            "`adapter_strength_grid` by k-fold cross-validation on the labelled examples of each `fit`."
+        },
+    )
+    adapter_strength_grid: list[float] = field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        metadata={"help": "Candidate strengths for `adapter_strength='auto'`, each a number in [0, 1]."},
+    )
+    adapter_strength_folds: int = field(
+        default=5,
+        metadata={
+            "help": "Cross-validation folds for `adapter_strength='auto'` (fewer when classes have fewer labelled "
+            "examples; every class keeps a training example, or its class-name example, in every fold)."
+        },
+    )
+    adapter_strength_fallback: float = field(
+        default=1.0,
+        metadata={
+            "help": "The strength 'auto' uses where no fold is possible (one example per class and no usable class "
+            "names), and the one meta-training's evaluation episodes adapt with; the recipes choose it on "
+            "held-out source domains."
+        },
+    )
     base_model: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base encoder, written to saved adapters (needed when loaded from a folder)."},
@@ -181,12 +209,33 @@ class AdaptationConfig:
                 "text gets the same scores; set `head_init='prototypes'` (the prototype head) or fit the head "
                 "(`head_fit_steps` > 0)."
             )
+        self.adapter_strength = _check_strength(self.adapter_strength)
+        grid = self.adapter_strength_grid
+        if not isinstance(grid, list | tuple) or not grid or not all(_is_number(v) and 0 <= v <= 1 for v in grid):
+            raise ValueError(
+                f"`adapter_strength_grid` must be a non-empty list of numbers in [0, 1], got {grid!r}; e.g. "
+                "`[0.0, 0.5, 1.0]`."
+            )
+        self.adapter_strength_grid = sorted({float(v) for v in grid})
+        if not (_is_int(self.adapter_strength_folds) and 2 <= self.adapter_strength_folds <= 20):
+            raise ValueError(
+                f"`adapter_strength_folds` must be an int in [2, 20], got {self.adapter_strength_folds!r}."
+            )
+        if not (_is_number(self.adapter_strength_fallback) and 0 <= self.adapter_strength_fallback <= 1):
+            raise ValueError(
+                f"`adapter_strength_fallback` must be a number in [0, 1], got {self.adapter_strength_fallback!r}."
+            )
         if self.base_model is not None and not isinstance(self.base_model, str):
             raise ValueError(f"`base_model` must be a Hub id string, got {self.base_model!r}.")
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    def episode_strength(self) -> float:
+        """The adapter strength an episode adapts with (evaluation episodes have no folds): a fixed
+        `adapter_strength`, else `adapter_strength_fallback`."""
+        return self.adapter_strength_fallback if self.adapter_strength == "auto" else self.adapter_strength
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in AdaptationConfig.field_names()}
@@ -224,6 +273,24 @@ class AdaptationConfig:
             return cls(**values)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def _check_strength(value: Any) -> str | float:
+    """`adapter_strength` as stored: `"auto"` or a float in [0, 1] (a number given as text on a command line too)."""
+    if value == "auto":
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if not (_is_number(number) and 0 <= number <= 1):
+        raise ValueError(
+            f"`adapter_strength` must be 'auto' or a number in [0, 1], got {value!r}; 0 is a fresh adapter, 1 the "
+            "meta-learned one."
+        )
+    return float(number)
 
 
 def _is_int(value: Any) -> bool:
@@ -462,20 +529,9 @@ def adapt(
 
     with torch.enable_grad():
         embeddings, with_names = embed_all(lora)
-        head = initial_head(embeddings, labels, num_classes, config.head_init, bias=config.head_bias)
-        if config.head_fit_steps:
-            # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the
-            # same embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
-            head = fit_head(
-                with_names,
-                all_labels,
-                head,
-                config.logit_scale,
-                config.head_l2,
-                config.head_fit_steps,
-                sample_weight=sample_weight,
-                head_prior=config.head_prior,
-            )
+        head = fitted_head(
+            embeddings, labels, num_classes, config, None if names is None else with_names[len(labels) :]
+        )
         weights = {**lora, HEAD: head.requires_grad_(True)}
         first_loss = weighted_cross_entropy(
             head_logits(with_names, head, config.logit_scale), all_labels, sample_weight
@@ -490,6 +546,48 @@ def adapt(
             return weights, []
         lr = learning_rates if learning_rates is not None else config.inner_learning_rate
         return sgd_adapt(support_loss, weights, config.inner_steps, lr, first_loss, gradient_sum)
+
+
+def fitted_head(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: AdaptationConfig,
+    name_embeddings: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The per-task head on fixed embeddings: started at `head_init` and, with `head_fit_steps`, fitted to the
+    labelled embeddings plus one class-name example per class (`name_embeddings`, weight `label_name_weight`);
+    `start` warm-starts the fit (see [`fit_head`]).
+
+    Example:
+        ```python
+        >>> head = fitted_head(embeddings, labels, num_classes=3, config=AdaptationConfig())
+        ```
+    """
+    head = initial_head(embeddings, labels, num_classes, config.head_init, bias=config.head_bias)
+    if not config.head_fit_steps:
+        return head
+    sample_weight = None
+    if name_embeddings is not None:
+        embeddings = torch.cat([embeddings, name_embeddings])
+        sample_weight = torch.cat(
+            [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
+        ).to(labels.device)
+        labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+    # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the same
+    # embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
+    return fit_head(
+        embeddings,
+        labels,
+        head,
+        config.logit_scale,
+        config.head_l2,
+        config.head_fit_steps,
+        sample_weight=sample_weight,
+        head_prior=config.head_prior,
+        start=start,
+    )
 
 
 @dataclass
@@ -606,9 +704,11 @@ def episode_query_logits(
 ) -> torch.Tensor:
     """Adapt on the support set and return the query logits at the adapted weights; `meta_weights` are untouched.
 
-    With `inner_loop`, its learned step sizes and logit scale are used."""
+    The adaptation starts from `config.episode_strength()` of the LoRA delta (an episode has no folds to choose it
+    on); with `inner_loop`, its learned step sizes and logit scale are used."""
     support = split_episode(episode, "support")
     names = split_episode(episode, "names")
+    meta_weights = scaled_adapter(meta_weights, config.episode_strength())  # evaluation episodes have no folds
     rates = None
     if inner_loop is not None:
         config, rates = inner_loop.adaptation_config(config), inner_loop.learning_rates()

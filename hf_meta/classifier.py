@@ -39,17 +39,21 @@ from .adapter_checks import (
     read_lora_config,
     refuse_remote_code,
 )
+from .adapter_strength import StrengthChoice, choose_strength, strength_folds
 from .augmentation import augment_support
+from .inner_loop import head_logits
 from .io_utils import atomic_directory, atomic_write_text
 from .label_names import label_phrase, names_are_usable
 from .metrics import accuracy
 from .modeling import (
     FunctionalEncoder,
+    has_delta,
     hub_id_of,
     is_local_path,
     meta_parameters,
     peft_compat_warnings_silenced,
     resolve_model_path,
+    scaled_adapter,
     with_lora,
 )
 
@@ -95,6 +99,11 @@ class FewShotClassifier:
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
         self.pseudo_labeled_: list[tuple[str, Any]] = []
+        # The share of the meta-learned LoRA delta the last `fit` used, and its cross-validated accuracy (see
+        # `hf_meta/adapter_strength.py`); `None` for a fresh adapter (nothing to scale) or before any fit.
+        self.adapter_strength_: float | None = None
+        self.cv_accuracy_: float | None = None
+        self.strength_scores_: dict[float, dict[str, float]] = {}
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
 
@@ -249,7 +258,14 @@ class FewShotClassifier:
         # The meta-learned step sizes, unless this fit turns them off (`learn_inner_learning_rates=False`).
         rates = self.inner_loop.learning_rates() if self.inner_loop and config.learn_inner_learning_rates else None
         self.model.eval()
-        weights, losses = adapt(encoder, self.meta_weights, batch, len(classes), config, names, rates)
+        choice = self._choose_strength(
+            encoder, texts, [index[label] for label in labels], config, names, rates, "adapter_strength" in overrides
+        )
+        init = self.meta_weights if choice is None else scaled_adapter(self.meta_weights, choice.strength)
+        if choice is not None and choice.head is not None:  # the cross-validation already fitted all of it
+            weights, losses = {**{name: w.detach().clone() for name, w in init.items()}, HEAD: choice.head}, []
+        else:
+            weights, losses = adapt(encoder, init, batch, len(classes), config, names, rates)
         bad = non_finite(weights)
         if bad:
             raise FloatingPointError(
@@ -261,8 +277,61 @@ class FewShotClassifier:
         self.weights, self.classes_, self.adaptation_config, self.encoder = weights, classes, config, encoder
         self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
         self.pseudo_labeled_: list[tuple[str, Any]] = []  # (text, label) pairs added by self-training, if any
+        self.adapter_strength_ = None if choice is None else choice.strength
+        self.cv_accuracy_ = None if choice is None else choice.cv_accuracy
+        self.strength_scores_ = {} if choice is None else choice.scores
+        if choice is not None and config.adapter_strength == "auto":
+            logger.info(choice.summary())
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
+
+    def _choose_strength(
+        self,
+        encoder: FunctionalEncoder,
+        texts: list[str],
+        label_ids: list[int],
+        config: AdaptationConfig,
+        names: dict[str, torch.Tensor] | None,
+        rates: dict[str, torch.Tensor] | None,
+        explicit: bool,
+    ) -> StrengthChoice | None:
+        """The adapter strength of this fit: the fixed `adapter_strength`, or the one cross-validation chooses on
+        the labelled examples (`"auto"`); `None` for a fresh adapter, where every strength is the same encoder."""
+        if not has_delta(self.meta_weights):
+            return None
+        if config.adapter_strength != "auto":
+            return StrengthChoice(config.adapter_strength, None)
+        names_usable = names is not None and config.label_name_weight > 0
+        folds = strength_folds(label_ids, config.adapter_strength_folds, names_usable)
+        if not folds:
+            if explicit:
+                raise ValueError(
+                    "`adapter_strength='auto'` needs a cross-validation fold, but every class has one labelled "
+                    "example and there are no usable class names; give 2+ examples of some class, string labels "
+                    "whose names are words (or `label_descriptions`), or a number, e.g. `adapter_strength=1.0`."
+                )
+            logger.info(
+                "One labelled example per class and no usable class names: no cross-validation fold is possible, "
+                f"so `fit` uses `adapter_strength_fallback` ({config.adapter_strength_fallback})."
+            )
+            return StrengthChoice(config.adapter_strength_fallback, None)
+        support = self._tokenize(texts, config)
+        support["labels"] = torch.tensor(label_ids, device=self.device)
+        training_batch = None
+        if config.support_augmentation != "none":  # each fold's training part gets its own edited copies
+
+            def training_batch(rows: np.ndarray) -> dict[str, torch.Tensor]:
+                fold_texts, fold_labels = augment_support(
+                    [texts[i] for i in rows], [label_ids[i] for i in rows], config
+                )
+                batch = self._tokenize(fold_texts, config)
+                batch["labels"] = torch.tensor(fold_labels, device=self.device)
+                return batch
+
+        num_classes = len(set(label_ids))
+        return choose_strength(
+            encoder, self.meta_weights, support, num_classes, config, names, rates, folds, training_batch
+        )
 
     def _set_inner_loop(self, inner_loop: LearnedInnerLoop, folder: Path) -> None:
         expected = [*self.meta_weights, HEAD]
@@ -322,12 +391,43 @@ class FewShotClassifier:
         return logits.softmax(-1).cpu().numpy()
 
     @torch.no_grad()
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's)."""
-        texts = _check_texts(texts, "texts", allow_empty_list=True)
+    def embed(self, texts: Sequence[str], adapted: bool = False) -> np.ndarray:
+        """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's), or, with
+        `adapted=True`, at the weights of the last `fit` (what `predict` scores; see [`proba_from_embeddings`]).
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels)
+            >>> clf.proba_from_embeddings(clf.embed(test_texts, adapted=True))  # == clf.predict_proba(test_texts)
+            ```
+        """
+        if adapted and self.weights is None:
+            raise RuntimeError(
+                "`embed(..., adapted=True)` needs a fitted classifier; call `fit(texts, labels)` first."
+            )
+        texts = _check_texts(texts, "texts", allow_empty_list=True, allow_blank=adapted)
         if not texts:
             return np.zeros((0, self.model.config.hidden_size), np.float32)
-        return self.encoder(self.meta_weights, self._tokenize(texts, self.adaptation_config)).cpu().numpy()
+        weights = self.weights if adapted else self.meta_weights
+        lora = {name: w for name, w in weights.items() if name != HEAD}
+        return self.encoder(lora, self._tokenize(texts, self.adaptation_config)).cpu().numpy()
+
+    @torch.no_grad()
+    def proba_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Class probabilities from embeddings given by `embed(texts, adapted=True)` after the same `fit`: the
+        fitted head alone, so a caller scoring one test set many times (several fits whose encoder is the same)
+        embeds it once."""
+        if self.weights is None:
+            raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
+        head = self.weights[HEAD]
+        embeddings = torch.as_tensor(np.asarray(embeddings), device=head.device, dtype=head.dtype)
+        width = head.shape[1] - (1 if self.adaptation_config.head_bias else 0)
+        if embeddings.ndim != 2 or embeddings.shape[1] != width:
+            raise ValueError(
+                f"`embeddings` must be a (texts x {width}) array from `embed(texts, adapted=True)`, got shape "
+                f"{tuple(embeddings.shape)}."
+            )
+        return head_logits(embeddings, head, self.adaptation_config.logit_scale).softmax(-1).cpu().numpy()
 
     def predict(self, texts: Sequence[str]) -> list:
         """Predicted labels, in the label space given to `fit`."""
@@ -488,7 +588,9 @@ class FewShotClassifier:
                 self.inner_loop.save_pretrained(staging)
             if self.weights is not None:
                 save_file({"weight": self.weights[HEAD].detach().cpu().contiguous()}, str(staging / HEAD_FILE))
-                atomic_write_text(staging / LABELS_FILE, json.dumps({"classes": self.classes_, "shots": self.shots_}))
+                labels = {"classes": self.classes_, "shots": self.shots_}
+                labels.update(adapter_strength=self.adapter_strength_, cv_accuracy=self.cv_accuracy_)
+                atomic_write_text(staging / LABELS_FILE, json.dumps(labels))
 
     def _learned_inner_loop_summary(self) -> dict[str, float] | None:
         """The meta-learned step sizes `fit` used, for the card (`None` when it used `inner_learning_rate`)."""
@@ -550,6 +652,8 @@ class FewShotClassifier:
                 shots=self.shots_,
                 repo_id=repo_id,
                 learned_inner_loop=self._learned_inner_loop_summary(),
+                adapter_strength=self.adapter_strength_,
+                cv_accuracy=self.cv_accuracy_,
                 **card_kwargs,
             )
             card.save(os.path.join(folder, "README.md"))
@@ -592,6 +696,13 @@ class FewShotClassifier:
         self.classes_ = classes
         shots = stored.get("shots")
         self.shots_ = shots if isinstance(shots, list) and len(shots) == len(classes) else None
+        strength, estimate = stored.get("adapter_strength"), stored.get("cv_accuracy")
+        self.adapter_strength_ = float(strength) if _is_fraction(strength) else None
+        self.cv_accuracy_ = float(estimate) if _is_fraction(estimate) else None
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:

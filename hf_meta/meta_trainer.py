@@ -412,7 +412,17 @@ class MetaTrainer(Trainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
-_UNSWEEPABLE = ("base_model", "max_length", "pooling", "normalize_embeddings", "learn_inner_learning_rates")
+# Settings an episode's adaptation never reads: the tokenisation and encoder are fixed per trainer, and the
+# strength grid and folds only act in `FewShotClassifier.fit` (episodes adapt with `episode_strength()`).
+_UNSWEEPABLE = (
+    "base_model",
+    "max_length",
+    "pooling",
+    "normalize_embeddings",
+    "learn_inner_learning_rates",
+    "adapter_strength_grid",
+    "adapter_strength_folds",
+)
 
 
 def _grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:

@@ -96,6 +96,8 @@ def render_classifier_card(
     datasets: Sequence[str] = (),
     extra_tags: Sequence[str] = (),
     learned_inner_loop: dict[str, float] | None = None,
+    adapter_strength: float | None = None,
+    cv_accuracy: float | None = None,
 ) -> ModelCard:
     """The card of a fitted [`FewShotClassifier`]: labels, shots per class, adaptation settings, evaluation.
 
@@ -106,6 +108,8 @@ def render_classifier_card(
         eval_description: how it was evaluated (data, split, protocol), shown above the scores.
         learned_inner_loop: the meta-learned step sizes by tensor name and `logit_scale` that `fit` used
             ([`LearnedInnerLoop.summary`]), listed under the settings.
+        adapter_strength / cv_accuracy: the share of the meta-learned LoRA delta `fit` used and, when it was
+            chosen by cross-validation on the labelled examples, that cross-validated accuracy.
 
     Example:
         ```python
@@ -142,6 +146,8 @@ def render_classifier_card(
         eval_results=dict(eval_results or {}),
         eval_description=eval_description,
         learned_inner_loop=_short_names(learned_inner_loop),
+        adapter_strength=adapter_strength,
+        cv_accuracy=None if cv_accuracy is None else f"{100 * cv_accuracy:.1f}%",
     )
 
 

@@ -195,6 +195,27 @@ def meta_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+LORA_B = "lora_B"
+
+
+def scaled_adapter(weights: dict[str, torch.Tensor], strength: float) -> dict[str, torch.Tensor]:
+    """`weights` with every `lora_B` tensor multiplied by `strength` (new tensors; `weights` stay as they are).
+
+    Example:
+        ```python
+        >>> half = scaled_adapter(clf.meta_weights, 0.5)   # half of the meta-learned LoRA delta
+        ```
+    """
+    if strength == 1.0:
+        return dict(weights)
+    return {name: w * strength if LORA_B in name else w for name, w in weights.items()}
+
+
+def has_delta(weights: dict[str, torch.Tensor]) -> bool:
+    """Whether the LoRA weights change the encoder at all (a fresh peft adapter has every `lora_B` at zero)."""
+    return any(LORA_B in name and bool(w.detach().abs().max() > 0) for name, w in weights.items())
+
+
 FROZEN_STATES = "frozen_states"  # batch key of the cached output of the frozen lower layers, per chunk
 ROW_STATES = "frozen_row_states"  # batch key of precomputed per-row outputs of those layers (a corpus cache)
 

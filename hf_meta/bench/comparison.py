@@ -77,7 +77,7 @@ def compare_methods(
     Returns:
         One row per task and method: `dataset`, `shots`, `seed`, `method`, `accuracy`, `seconds` (fit + predict).
     """
-    rows, test_embeddings = [], {}
+    rows, test_embeddings, adapted_embeddings = [], {}, {}
     progress = tqdm(total=len(tasks) * (len(adapters) + (frozen is not None)), desc="few-shot evaluation")
     for task in tasks:
         if frozen is not None:
@@ -99,15 +99,51 @@ def compare_methods(
             progress.update(1)
         for method, classifier in adapters.items():
             start = time.perf_counter()
-            predictions = classifier.fit(task.train_texts, task.train_labels).predict(task.test_texts)
+            classifier.fit(task.train_texts, task.train_labels)
+            predictions = _predict(classifier, task, adapted_embeddings.setdefault(method, {}))
             score = accuracy(predictions, task.test_labels)["accuracy"]
-            rows.append(_row(task, method, score, time.perf_counter() - start))
+            extra = {}
+            if getattr(classifier, "adapter_strength_", None) is not None:  # what `adapter_strength="auto"` chose
+                extra = {"adapter_strength": classifier.adapter_strength_, "cv_accuracy": classifier.cv_accuracy_}
+            rows.append(_row(task, method, score, time.perf_counter() - start, **extra))
             progress.update(1)
     progress.close()
     return rows
 
 
-def _row(task: FewShotTask, method: str, accuracy: float, seconds: float) -> dict:
+def _predict(classifier, task: FewShotTask, cache: dict) -> list:
+    """`classifier.predict(task.test_texts)`; for a `FewShotClassifier` whose fit leaves the encoder at the scaled
+    meta-weights (`inner_steps=0`), the test embeddings are computed once per strength and reused by every draw."""
+    if isinstance(classifier, FitWith):
+        classifier = classifier.classifier
+    if not isinstance(classifier, FewShotClassifier) or classifier.adaptation_config.inner_steps != 0:
+        return classifier.predict(task.test_texts)
+    key = (task.dataset, len(task.test_texts), classifier.adapter_strength_)
+    if key not in cache:
+        cache[key] = classifier.embed(task.test_texts, adapted=True)
+    probabilities = classifier.proba_from_embeddings(cache[key])
+    return [classifier.classes_[i] for i in probabilities.argmax(-1)]
+
+
+class FitWith:
+    """A classifier whose `fit` always passes `overrides`: one adapter scored under several settings by
+    `compare_methods`, e.g. `{"hf_meta": clf, "hf_meta_full": FitWith(clf, adapter_strength=1.0)}`."""
+
+    def __init__(self, classifier: FewShotClassifier, **overrides):
+        self.classifier, self.overrides = classifier, overrides
+
+    def fit(self, texts, labels) -> FitWith:
+        self.classifier.fit(texts, labels, **self.overrides)
+        return self
+
+    def predict(self, texts) -> list:
+        return self.classifier.predict(texts)
+
+    def __getattr__(self, name):
+        return getattr(self.classifier, name)
+
+
+def _row(task: FewShotTask, method: str, accuracy: float, seconds: float, **extra) -> dict:
     return {
         "dataset": task.dataset,
         "shots": task.shots,
@@ -115,6 +151,7 @@ def _row(task: FewShotTask, method: str, accuracy: float, seconds: float) -> dic
         "method": method,
         "accuracy": float(accuracy),
         "seconds": round(seconds, 3),
+        **extra,
     }
 
 
@@ -149,14 +186,19 @@ def format_table(summary: Sequence[dict]) -> str:
 
 
 def paired_summary(
-    rows: Sequence[dict], method: str, keys: Sequence[str] = ("family", "target", "shots"), draw_key: str = "seed"
+    rows: Sequence[dict],
+    method: str,
+    keys: Sequence[str] = ("family", "target", "shots"),
+    draw_key: str = "seed",
+    variants: Sequence[str] = ("hf_meta_full",),
 ) -> list[dict]:
     """Per group of `keys` and method: mean accuracy and 95% CI over draws, and the paired difference to `method`.
 
     Every baseline row carries `paired_diff` / `paired_ci95`: `method` minus that baseline, computed per draw (same
     labelled examples) over the draws both have. The `method` row carries the same against the *best* baseline of
     its group (highest mean among those scored on every draw `method` was), named in `versus`, and `verdict`:
-    `win` or `loss` when the paired 95% CI excludes zero, else `tie`.
+    `win` or `loss` when the paired 95% CI excludes zero, else `tie`. `variants` (other settings of `method`, e.g.
+    its full adapter strength) get the paired difference too but are never the best baseline.
     """
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
@@ -181,7 +223,11 @@ def paired_summary(
             }
             if name != method and ours:
                 stats[name].update(_paired(ours, scores["by_draw"]))
-        full = [name for name in stats if name != method and ours and set(ours) <= set(methods[name]["by_draw"])]
+        full = [
+            name
+            for name in stats
+            if name != method and name not in variants and ours and set(ours) <= set(methods[name]["by_draw"])
+        ]
         if method in stats and full:
             best = max(full, key=lambda name: stats[name]["accuracy"])
             paired = _paired(ours, methods[best]["by_draw"])
@@ -204,7 +250,7 @@ def _verdict(paired: dict) -> str:
     return "win" if diff > 0 else "loss"
 
 
-METHOD_ORDER = ("hf_meta", "fresh_lora", "frozen_lr", "frozen_lr_names", "frozen_proto", "setfit")
+METHOD_ORDER = ("hf_meta", "hf_meta_full", "fresh_lora", "frozen_lr", "frozen_lr_names", "frozen_proto", "setfit")
 
 
 def paired_table(summary: Sequence[dict], method: str = "hf_meta", markdown: bool = False) -> str:

@@ -3,11 +3,14 @@ that both measure exactly the same thing."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
+from transformers.utils import logging
 
 from ..data import load_collection
 from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off, split_classes
@@ -19,6 +22,8 @@ INTENT_COLLECTIONS = ("banking77", "clinc150", "hwu64")
 SENTIMENT_SOURCES = ("mr", "amazon_books", "amazon_dvd", "amazon_electronics", "amazon_kitchen", "airline", "imdb")
 SENTIMENT_TARGETS = ("sst2", "sst5")
 TOPIC_SOURCES = ("huffpost", "20newsgroups", "reuters")
+
+logger = logging.get_logger(__name__)
 
 
 def mixed_episodes(
@@ -82,6 +87,72 @@ def hold_out_classes(
             with datasets_progress_bars_off():
                 out.append(pool.filter(_has_label, batched=True, input_columns="label", fn_kwargs={"ids": ids}))
     return train_pools, validation_pools
+
+
+def class_domains(collection: str, class_names: Sequence[str], data_dir: str | os.PathLike) -> dict[str, str]:
+    """The domain of each class of an intent collection: CLINC150's `domains.json` (10 domains of 15 intents),
+    HWU64's scenario (the part of `scenario_intent` before the first underscore); any other collection is one
+    domain of its own name (BANKING77 is all banking)."""
+    if collection == "clinc150":
+        path = Path(data_dir) / "clinc150" / "domains.json"
+        by_intent = {intent: domain for domain, intents in json.loads(path.read_text()).items() for intent in intents}
+        missing = sorted(set(class_names) - set(by_intent))
+        if missing:
+            raise ValueError(f"{path} names no domain for the CLINC150 intent(s) {missing[:3]}; is it the full file?")
+        return {name: by_intent[name] for name in class_names}
+    if collection == "hwu64":
+        return {name: name.split("_", 1)[0] for name in class_names}
+    return {name: collection for name in class_names}
+
+
+def hold_out_domains(
+    pools: Sequence[datasets.Dataset], sources: Sequence[str], share: float, data_dir: str | os.PathLike, seed: int = 0
+) -> tuple[list[datasets.Dataset], list[datasets.Dataset]]:
+    """Split every source's *domains* in two: `share` of them (at least one, where a source has two or more) become
+    meta-validation domains, every class of which leaves meta-training. A new task is usually a new domain, not new
+    classes of a meta-trained one, and only a held-out domain shows what meta-training costs there (held-out
+    classes of meta-trained domains keep rewarding more meta-training). A source with one domain stays whole in
+    meta-training.
+
+    Returns the meta-training pools and the validation pools (one per source that has held-out domains).
+
+    Example:
+        ```python
+        >>> sources = ["clinc150", "hwu64"]
+        >>> train_pools, validation_pools = hold_out_domains(intent_pools(sources, data_dir), sources, 0.2, data_dir)
+        ```
+    """
+    _check_share(share, "domains")
+    if len(pools) != len(sources):
+        raise ValueError(f"`pools` ({len(pools)}) and `sources` ({len(sources)}) must pair up one to one.")
+    train_pools, validation_pools = [], []
+    rng = np.random.default_rng(seed)
+    for pool, source in zip(pools, sources):
+        names = pool.features["label"].names
+        domains = class_domains(source, names, data_dir)
+        distinct = sorted(set(domains.values()))
+        if len(distinct) < 2:
+            train_pools.append(pool)
+            continue
+        count = min(max(1, round(share * len(distinct))), len(distinct) - 1)
+        held = set(rng.choice(distinct, size=count, replace=False).tolist())
+        logger.info(f"{source}: validation domains {sorted(held)} ({count} of {len(distinct)})")
+        ids = {i for i, name in enumerate(names) if domains[name] in held}
+        with datasets_progress_bars_off():
+            train_pools.append(pool.filter(_lacks_label, batched=True, input_columns="label", fn_kwargs={"ids": ids}))
+            validation_pools.append(
+                pool.filter(_has_label, batched=True, input_columns="label", fn_kwargs={"ids": ids})
+            )
+    if not validation_pools:
+        raise ValueError(
+            f"None of the sources {list(sources)} has two domains or more, so no domain can be held out; add a "
+            "source with several domains (clinc150, hwu64) or set `--validation_share 0`."
+        )
+    return train_pools, validation_pools
+
+
+def _lacks_label(labels: list[int], ids: set[int]) -> list[bool]:
+    return [label not in ids for label in labels]
 
 
 def _check_share(share: float, what: str) -> None:
