@@ -165,7 +165,7 @@ class AdaptationConfig:
         },
     )
     adapter_strength_grid: list[float] = field(
-        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        default_factory=lambda: [0.0, 0.5, 1.0],
         metadata={"help": "Candidate strengths for `adapter_strength='auto'`, each a number in [0, 1]."},
     )
     adapter_strength_folds: int = field(
@@ -554,11 +554,9 @@ def fitted_head(
     num_classes: int,
     config: AdaptationConfig,
     name_embeddings: torch.Tensor | None = None,
-    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The per-task head on fixed embeddings: started at `head_init` and, with `head_fit_steps`, fitted to the
-    labelled embeddings plus one class-name example per class (`name_embeddings`, weight `label_name_weight`);
-    `start` warm-starts the fit (see [`fit_head`]).
+    labelled embeddings plus one class-name example per class (`name_embeddings`, weight `label_name_weight`).
 
     Example:
         ```python
@@ -586,7 +584,6 @@ def fitted_head(
         config.head_fit_steps,
         sample_weight=sample_weight,
         head_prior=config.head_prior,
-        start=start,
     )
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .adaptation import AdaptationConfig, adapt, fitted_head, predict_logits
-from .inner_loop import Weights, head_logits
+from .inner_loop import Weights, fit_heads, head_logits, initial_head
 from .modeling import FunctionalEncoder, scaled_adapter
 
 
@@ -103,9 +103,9 @@ def choose_strength(
     accuracy; equal accuracies go to the lower held-out cross-entropy.
 
     With `inner_steps=0` the encoder never changes during a fit, so each strength embeds the labelled examples
-    once (the frozen lower layers once for all strengths), fits the head on all of them (kept as
-    `StrengthChoice.head` for the winner) and every fold refits the head from there; otherwise (or when
-    `training_batch` builds augmented training sets) every fold runs the whole adaptation.
+    once (the frozen lower layers once for all strengths) and the heads of all folds are fitted together in one
+    batched problem ([`fit_heads`]); the winner's head on every example is kept as `StrengthChoice.head`.
+    Otherwise (or when `training_batch` builds augmented training sets) every fold runs the whole adaptation.
 
     Args:
         support: the tokenised labelled examples with their `labels` (class ids).
@@ -122,37 +122,77 @@ def choose_strength(
         if names is not None:
             names = encoder.cache_frozen_layers(names)
     scores: dict[float, dict[str, float]] = {}
-    heads: dict[float, torch.Tensor] = {}
+    fast_embeddings: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
     everything = np.arange(len(labels))
     for strength in config.adapter_strength_grid:
         init = scaled_adapter(meta_weights, strength)
-        correct, loss, count = 0, 0.0, 0
         if fast:
             with torch.no_grad():
                 embeddings = encoder(init, support)
                 name_embeddings = None if names is None else encoder(init, names)
-            heads[strength] = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
-        for held in folds:
-            kept = torch.as_tensor(np.setdiff1d(everything, held), device=labels.device)
-            held_t = torch.as_tensor(held, device=labels.device)
-            if fast:
-                # Warm-started from the head of all the examples: the same convex problem minus a fifth of its
-                # terms, so L-BFGS starts near its optimum.
-                head = fitted_head(
-                    embeddings[kept], labels[kept], num_classes, config, name_embeddings, start=heads[strength]
-                )
-                logits = head_logits(embeddings[held_t], head, config.logit_scale)
-            else:
+            fast_embeddings[strength] = (embeddings, name_embeddings)
+            logits_per_fold = _fold_logits_head_only(embeddings, labels, num_classes, config, name_embeddings, folds)
+        else:
+            logits_per_fold = []
+            for held in folds:
+                kept = torch.as_tensor(np.setdiff1d(everything, held), device=labels.device)
                 batch = training_batch(kept.cpu().numpy()) if training_batch else _rows(support, kept)
                 adapted, _ = adapt(encoder, init, batch, num_classes, config, names, learning_rates)
-                logits = predict_logits(encoder, adapted, _rows(support, held_t), config)
-            targets = labels[held_t]
+                held_rows = torch.as_tensor(held, device=labels.device)
+                logits_per_fold.append(predict_logits(encoder, adapted, _rows(support, held_rows), config))
+        correct, loss, count = 0, 0.0, 0
+        for held, logits in zip(folds, logits_per_fold):
+            targets = labels[torch.as_tensor(held, device=labels.device)]
             correct += int((logits.argmax(-1) == targets).sum())
             loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
             count += len(held)
         scores[strength] = {"accuracy": correct / count, "loss": loss / count}
     best = max(scores, key=lambda a: (scores[a]["accuracy"], -scores[a]["loss"]))
-    return StrengthChoice(best, scores[best]["accuracy"], scores, folds=len(folds), head=heads.get(best))
+    head = None
+    if fast:  # the chosen strength's fit on every example: exactly what `adapt` computes with `inner_steps=0`
+        embeddings, name_embeddings = fast_embeddings[best]
+        head = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
+    return StrengthChoice(best, scores[best]["accuracy"], scores, folds=len(folds), head=head)
+
+
+def _fold_logits_head_only(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: AdaptationConfig,
+    name_embeddings: torch.Tensor | None,
+    folds: list[np.ndarray],
+) -> list[torch.Tensor]:
+    """The held-out logits of every fold's head fit on fixed embeddings, all folds fitted in one batched problem
+    (the same objective per fold as [`fitted_head`] on the fold's training rows)."""
+    held_out = [torch.as_tensor(held, device=labels.device) for held in folds]
+    priors = []
+    for held in held_out:
+        kept = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        kept[held] = False
+        priors.append(initial_head(embeddings[kept], labels[kept], num_classes, config.head_init, config.head_bias))
+    priors = torch.stack(priors)
+    if config.head_fit_steps:
+        weights = torch.ones(len(folds), len(labels), device=labels.device)
+        for f, held in enumerate(held_out):
+            weights[f, held] = 0.0
+        all_embeddings, all_labels = embeddings, labels
+        if name_embeddings is not None:  # every fold keeps every class-name example
+            all_embeddings = torch.cat([embeddings, name_embeddings])
+            all_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+            names_weight = torch.full((len(folds), num_classes), float(config.label_name_weight), device=labels.device)
+            weights = torch.cat([weights, names_weight], dim=1)
+        priors = fit_heads(
+            all_embeddings,
+            all_labels,
+            priors,
+            config.logit_scale,
+            config.head_l2,
+            config.head_fit_steps,
+            weights,
+            head_prior=config.head_prior,
+        )
+    return [head_logits(embeddings[held], head, config.logit_scale) for held, head in zip(held_out, priors)]
 
 
 def _rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,15 +1,21 @@
 """Few-shot intent detection: meta-train a LoRA init on other intent collections, adapt to the target from 5 shots.
 
 Meta-trains on episodes of the source collections' training splits (default CLINC150 + HWU64), then adapts to the
-target's published K-shot file (default BANKING77 `train_5`, all 77 intents) and scores the target's full test set,
-beside frozen encoder + logistic regression, frozen prototypes and a fresh (not meta-learned) LoRA adapter fitted
-with the same inner loop. A fifth of the source classes is held out of meta-training; their episodes then choose the
-adaptation settings saved with the adapter (`--adaptation_grid`; `--validation_share 0` keeps the training values).
-Prints the table and writes `results.json`, the model card and a plot to `--output_dir`.
+target's published K-shot files (default BANKING77, all 77 intents, 1/2/5/10 labels each) and scores the target's
+full test set, beside frozen encoder + logistic regression (with and without class names), frozen prototypes and a
+fresh (not meta-learned) LoRA adapter fitted the same way.
+
+A fifth of each source's *domains* (CLINC150's 10 domains, HWU64's scenarios) is held out of meta-training. Their
+episodes are evaluated every `--eval_steps` meta-steps through the Trainer (`eval_strategy="steps"`), the best step
+is the adapter kept (`load_best_model_at_end`, `metric_for_best_model="accuracy"`), and the same episodes then choose
+the adaptation settings saved with it (`--adaptation_grid`). At `fit`, each task chooses how much of the
+meta-learned adapter to use by cross-validation on its own labels (`adapter_strength="auto"`), so a target unlike
+the sources falls back towards the pretrained encoder. Prints the table and writes `results.json`, the model card
+and a plot to `--output_dir`.
 Needs the `bench` extra: `pip install -e ".[bench]"`.
 
-    # the default run on a CPU-only machine (about 15 minutes on 2 cores: 2,000 episodes); `cpu.yaml` gives the
-    # process every core, where a bare `accelerate launch` sets OMP_NUM_THREADS=1
+    # the default run on a CPU-only machine; `cpu.yaml` gives the process every core, where a bare
+    # `accelerate launch` sets OMP_NUM_THREADS=1
     accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/fewshot_intent.py
 
     # two processes on CPU (gloo), or any accelerate config
@@ -33,7 +39,14 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import hold_out_classes, intent_pools, intent_tasks, mixed_episodes, with_smlmt
+from hf_meta.bench.protocols import (
+    deduplicated,
+    hold_out_domains,
+    intent_pools,
+    intent_tasks,
+    mixed_episodes,
+    with_smlmt,
+)
 from hf_meta.bench.scripts import (
     card_arguments,
     choose_adaptation,
@@ -42,6 +55,7 @@ from hf_meta.bench.scripts import (
     meta_training_episodes,
     parse_script_arguments,
     report,
+    require_validation,
     resolve_data_dir,
 )
 from hf_meta.episodes import class_names_of
@@ -58,12 +72,20 @@ def main() -> None:
         # times more episodes per second than LoRA everywhere with 5 SGD steps, at the same validation accuracy.
         lora_top_layers=3,
         inner_steps=0,
-        # After meta-training, episodes of the held-out fifth of the source classes choose the fitted head's centre
-        # and pull, and whether class names join the support set (the training values first).
+        # After meta-training, episodes of the held-out source domains choose the fitted head's centre and pull,
+        # and whether class names join the support set (the training values first).
         adaptation_grid=["head_init=zero,prototypes", "head_l2=0.1,0.03,0.3", "use_label_names=true,false"],
         output_dir="outputs/fewshot_intent",
-        max_steps=500,
+        max_steps=400,
         logging_steps=25,
+        # Validation on the held-out domains during meta-training; the best step is the adapter saved.
+        eval_strategy="steps",
+        eval_steps=50,
+        save_strategy="steps",
+        save_steps=50,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
     )
     set_seed(training_args.seed)
     data_dir = resolve_data_dir(script_args.data_dir)
@@ -80,9 +102,11 @@ def main() -> None:
         num_query=script_args.num_query,
         seed=training_args.seed,
     )
-    pools, validation_episodes = intent_pools(script_args.sources, data_dir), None
+    pools, validation_episodes = [deduplicated(pool) for pool in intent_pools(script_args.sources, data_dir)], None
     if script_args.validation_share:
-        pools, validation_pools = hold_out_classes(pools, script_args.validation_share, seed=training_args.seed)
+        pools, validation_pools = hold_out_domains(
+            pools, script_args.sources, script_args.validation_share, data_dir, seed=training_args.seed
+        )
         validation_episodes = mixed_episodes(
             validation_pools,
             script_args.validation_episodes,
@@ -101,13 +125,15 @@ def main() -> None:
         **shape,
     )
 
-    # Meta-train
+    # Meta-train, validating on the held-out domains
+    require_validation(training_args, validation_episodes)
     model, tokenizer = load_encoder(script_args.model_name_or_path)
     trainer = MetaTrainer(
         model=model,
         args=training_args,
         peft_config=lora_config(model, script_args.lora_top_layers),
         train_dataset=train_episodes,
+        eval_dataset=validation_episodes,
         processing_class=tokenizer,
     )
     fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
@@ -132,7 +158,6 @@ def main() -> None:
         rows,
         output_dir=training_args.output_dir,
         description=description,
-        headline_shots=script_args.shots,
         title=script_args.target,
         selection=selection,
     )

@@ -133,7 +133,6 @@ def main() -> None:
         rows,
         output_dir=training_args.output_dir,
         description=description,
-        headline_shots=script_args.shots,
         title="sst2",
         selection=selection,
     )

@@ -200,3 +200,19 @@ def test_bad_strength_settings_are_refused_naming_the_setting(tokenizer, setting
 def test_a_number_given_as_text_is_read_as_a_strength():
     assert AdaptationConfig(adapter_strength="0.5").adapter_strength == 0.5
     assert AdaptationConfig(adapter_strength_grid=[1, 0, 0.5]).adapter_strength_grid == [0.0, 0.5, 1.0]
+
+
+def test_batched_fold_heads_are_the_separate_fits():
+    from hf_meta.inner_loop import fit_head, fit_heads
+
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.nn.functional.normalize(torch.randn(30, 8, generator=generator), dim=-1)
+    labels = torch.arange(30) % 3
+    keep = torch.ones(2, 30)
+    keep[0, :6], keep[1, 6:12] = 0, 0
+    priors = torch.zeros(2, 3, 9)  # with a bias column
+    heads = fit_heads(embeddings, labels, priors, 20.0, 0.1, 100, keep, head_prior="sum")
+    for f in range(2):
+        rows = keep[f].bool()
+        alone = fit_head(embeddings[rows], labels[rows], priors[f], 20.0, 0.1, 100, head_prior="sum")
+        assert torch.allclose(heads[f], alone, atol=1e-4)

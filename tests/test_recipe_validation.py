@@ -1,4 +1,4 @@
-"""The recipes' meta-validation: held-out source classes (or collections), the grid flag, the choice it writes."""
+"""The recipes' meta-validation: held-out source domains, classes or collections, the grid flag, the choice."""
 
 import json
 import sys
@@ -9,7 +9,14 @@ from conftest import tiny_encoder
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
 from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
-from hf_meta.bench.protocols import SENTIMENT_SOURCES, hold_out_classes, hold_out_sources
+from hf_meta.bench.protocols import (
+    SENTIMENT_SOURCES,
+    class_domains,
+    deduplicated,
+    hold_out_classes,
+    hold_out_domains,
+    hold_out_sources,
+)
 from hf_meta.bench.scripts import ScriptArguments, choose_adaptation, parse_adaptation_grid, parse_script_arguments
 from hf_meta.episodes import class_names_of
 
@@ -29,6 +36,35 @@ def test_held_out_classes_are_disjoint_from_the_meta_training_classes(hwu64_trai
     # Another seed holds out other classes; the same seed the same ones.
     assert set(class_names_of(hold_out_classes([hwu64_train], 0.2, seed=1)[1][0])) != held_out_names
     assert set(class_names_of(hold_out_classes([hwu64_train], 0.2, seed=0)[1][0])) == held_out_names
+
+
+def test_held_out_domains_take_every_class_of_a_domain_out_of_meta_training(data_dir, hwu64_train):
+    clinc_train = load_collection("clinc150", data_dir)["train"]
+    banking_train = load_collection("banking77", data_dir)["train"]
+    sources = ["clinc150", "hwu64", "banking77"]
+    train, validation = hold_out_domains([clinc_train, hwu64_train, banking_train], sources, 0.2, data_dir, seed=0)
+    assert len(train) == 3 and len(validation) == 2  # BANKING77 is one domain: it stays whole in meta-training
+    assert len(train[2]) == len(banking_train)
+    for source, full, kept, held_out in zip(sources, [clinc_train, hwu64_train], train, validation):
+        domains = class_domains(source, class_names_of(full), data_dir)
+        kept_domains = {domains[name] for name in class_names_of(kept)}
+        held_domains = {domains[name] for name in class_names_of(held_out)}
+        assert held_domains and not kept_domains & held_domains  # no class of a held-out domain is meta-trained on
+        assert kept_domains | held_domains == set(domains.values())
+        assert len(kept) + len(held_out) == len(full)
+    assert len({domain for domain in class_domains("clinc150", class_names_of(clinc_train), data_dir).values()}) == 10
+    assert class_domains("hwu64", ["alarm_query", "iot_hue_lightoff"], data_dir) == {
+        "alarm_query": "alarm",
+        "iot_hue_lightoff": "iot",
+    }
+    with pytest.raises(ValueError, match="has two domains or more"):
+        hold_out_domains([banking_train], ["banking77"], 0.2, data_dir)
+
+
+def test_deduplicated_keeps_each_text_once(toy_dataset):
+    doubled = toy_dataset.select([0, 1, 0, 2, 1])
+    assert deduplicated(doubled)["text"] == [toy_dataset[i]["text"] for i in (0, 1, 2)]
+    assert deduplicated(toy_dataset) is toy_dataset
 
 
 def test_held_out_sources_keep_at_least_one_on_each_side():

@@ -29,6 +29,7 @@ def run_recipe(name: str, output_dir: Path, data_dir: Path, *extra: str) -> dict
 
 def check_outputs(output_dir: Path, results: dict, shots: set[int], combinations: int) -> None:
     methods = {"frozen_lr", "frozen_lr_names", "frozen_proto", "fresh_lora", "hf_meta_fomaml"}
+    assert all(row["ci95"] is not None for row in results["summary"])  # binomial CI of one draw at least
     assert {(row["shots"], row["method"]) for row in results["summary"]} == {(s, m) for s in shots for m in methods}
     assert all(0 < row["accuracy"] <= 1 for row in results["summary"])
     # The settings chosen on the held-out source episodes are the ones saved beside the adapter.
@@ -43,7 +44,9 @@ def check_outputs(output_dir: Path, results: dict, shots: set[int], combinations
 
 @pytest.mark.slow
 def test_intent_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
-    results = run_recipe("fewshot_intent.py", tmp_path, data_dir, "--plot_shots", "1")
+    results = run_recipe(
+        "fewshot_intent.py", tmp_path, data_dir, "--plot_shots", "1", "--eval_steps", "1", "--save_steps", "1"
+    )
     check_outputs(tmp_path, results, {1, 5}, combinations=12)
     assert (tmp_path / "accuracy_vs_shots.png").is_file()
 

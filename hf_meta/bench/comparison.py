@@ -87,25 +87,41 @@ def compare_methods(
             test = test_embeddings[task.dataset]
             train = frozen.embed(task.train_texts)
             for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
-                score = accuracy(predict(train, task.train_labels, test), task.test_labels)["accuracy"]
-                rows.append(_row(task, method, score, time.perf_counter() - start))
+                scores = accuracy(predict(train, task.train_labels, test), task.test_labels)
+                rows.append(
+                    _row(
+                        task,
+                        method,
+                        scores["accuracy"],
+                        time.perf_counter() - start,
+                        ci95_examples=scores["accuracy_ci95"],
+                    )
+                )
             classes = list(dict.fromkeys(task.train_labels))
             if class_names and names_are_usable(classes):
                 start = time.perf_counter()
                 names = frozen.embed([label_phrase(c) for c in classes])
                 predictions = logistic_regression(np.concatenate([train, names]), [*task.train_labels, *classes], test)
-                score = accuracy(predictions, task.test_labels)["accuracy"]
-                rows.append(_row(task, "frozen_lr_names", score, time.perf_counter() - start))
+                scores = accuracy(predictions, task.test_labels)
+                rows.append(
+                    _row(
+                        task,
+                        "frozen_lr_names",
+                        scores["accuracy"],
+                        time.perf_counter() - start,
+                        ci95_examples=scores["accuracy_ci95"],
+                    )
+                )
             progress.update(1)
         for method, classifier in adapters.items():
             start = time.perf_counter()
             classifier.fit(task.train_texts, task.train_labels)
             predictions = _predict(classifier, task, adapted_embeddings.setdefault(method, {}))
-            score = accuracy(predictions, task.test_labels)["accuracy"]
-            extra = {}
+            scores = accuracy(predictions, task.test_labels)
+            extra = {"ci95_examples": scores["accuracy_ci95"]}
             if getattr(classifier, "adapter_strength_", None) is not None:  # what `adapter_strength="auto"` chose
-                extra = {"adapter_strength": classifier.adapter_strength_, "cv_accuracy": classifier.cv_accuracy_}
-            rows.append(_row(task, method, score, time.perf_counter() - start, **extra))
+                extra.update(adapter_strength=classifier.adapter_strength_, cv_accuracy=classifier.cv_accuracy_)
+            rows.append(_row(task, method, scores["accuracy"], time.perf_counter() - start, **extra))
             progress.update(1)
     progress.close()
     return rows
@@ -158,30 +174,43 @@ def _row(task: FewShotTask, method: str, accuracy: float, seconds: float, **extr
 def summarize(rows: Sequence[dict], keys: Sequence[str] = ("dataset", "shots", "method")) -> list[dict]:
     """Mean accuracy and 95% CI per group of `keys`, in first-seen order.
 
-    A row counts once with its `accuracy`, or once per episode when it carries `episode_accuracies`.
+    A row counts once with its `accuracy`, or once per episode when it carries `episode_accuracies`. Several runs
+    give the CI over runs (`ci_over: "draws"`); a single run gives the CI over its test examples (`ci_over:
+    "examples"`, the binomial interval of one accuracy), when the row carries it (`ci95_examples`). Rows with an
+    `adapter_strength` give its mean (`adapter_strength`).
     """
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[key] for key in keys), []).extend(
-            row.get("episode_accuracies") or [row["accuracy"]]
-        )
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
     summary = []
-    for group, values in groups.items():
+    for group, members in groups.items():
+        values = [value for row in members for value in (row.get("episode_accuracies") or [row["accuracy"]])]
         accuracy, ci95 = mean_ci95(values)
-        ci95 = None if np.isnan(ci95) else ci95
-        summary.append({**dict(zip(keys, group)), "accuracy": accuracy, "ci95": ci95, "runs": len(values)})
+        entry = {**dict(zip(keys, group)), "accuracy": accuracy, "ci95": None, "ci_over": None, "runs": len(values)}
+        if not np.isnan(ci95):
+            entry.update(ci95=ci95, ci_over="draws")
+        elif members[0].get("ci95_examples") is not None:
+            entry.update(ci95=members[0]["ci95_examples"], ci_over="examples")
+        strengths = [row["adapter_strength"] for row in members if row.get("adapter_strength") is not None]
+        if strengths:
+            entry["adapter_strength"] = float(np.mean(strengths))
+        summary.append(entry)
     return summary
 
 
 def format_table(summary: Sequence[dict]) -> str:
-    """A plain-text table of `summarize` rows (accuracy in %)."""
-    lines = [f"{'dataset':<14}{'shots':>6}  {'method':<18}{'accuracy':>9}{'95% CI':>9}{'runs':>6}"]
+    """A plain-text table of `summarize` rows (accuracy in %; `strength`: the adapter strength `fit` used)."""
+    lines = [f"{'dataset':<14}{'shots':>6}  {'method':<18}{'accuracy':>9}{'95% CI':>9}{'strength':>10}{'runs':>6}"]
     for row in summary:
         ci = f"±{100 * row['ci95']:.2f}" if row["ci95"] is not None else "n/a"
+        strength = f"{row['adapter_strength']:.2f}" if row.get("adapter_strength") is not None else "–"
         lines.append(
             f"{row['dataset']:<14}{row['shots']:>6}  {row['method']:<18}{100 * row['accuracy']:>9.2f}"
-            f"{ci:>9}{row['runs']:>6}"
+            f"{ci:>9}{strength:>10}{row['runs']:>6}"
         )
+    notes = {row["ci_over"] for row in summary if row["ci_over"]}
+    if "examples" in notes:
+        lines.append("95% CI: over the test examples of the one draw (binomial), unless runs > 1 (over the draws).")
     return "\n".join(lines)
 
 

@@ -89,6 +89,14 @@ def hold_out_classes(
     return train_pools, validation_pools
 
 
+def deduplicated(pool: datasets.Dataset, text_column: str = "text") -> datasets.Dataset:
+    """`pool` with each text kept once (its first row): a text in two rows could land in an episode's support and
+    query sets at once, or under two labels."""
+    seen: set[str] = set()
+    keep = [i for i, text in enumerate(pool[text_column]) if not (text in seen or seen.add(text))]
+    return pool if len(keep) == len(pool) else pool.select(keep)
+
+
 def class_domains(collection: str, class_names: Sequence[str], data_dir: str | os.PathLike) -> dict[str, str]:
     """The domain of each class of an intent collection: CLINC150's `domains.json` (10 domains of 15 intents),
     HWU64's scenario (the part of `scenario_intent` before the first underscore); any other collection is one

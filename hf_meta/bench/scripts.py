@@ -184,6 +184,17 @@ def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str,
     return result
 
 
+def require_validation(training_args: MetaTrainingArguments, validation_episodes) -> None:
+    """Refuse, before meta-training, validation during training (`eval_strategy`, `load_best_model_at_end`) without
+    validation episodes (`--validation_share 0`)."""
+    if validation_episodes is None and (training_args.eval_strategy != "no" or training_args.load_best_model_at_end):
+        raise ValueError(
+            f"`eval_strategy` is {str(training_args.eval_strategy)!r} and `load_best_model_at_end` "
+            f"{training_args.load_best_model_at_end}, but `--validation_share 0` holds no validation data out; add "
+            "`--eval_strategy no --save_strategy no --load_best_model_at_end false`, or keep a validation share."
+        )
+
+
 def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArguments]:
     """`(ScriptArguments, MetaTrainingArguments)` from the command line or a single `.yaml` argument; `defaults`
     are the recipe's own defaults for either dataclass."""
@@ -225,7 +236,6 @@ def report(
     *,
     output_dir: str | os.PathLike,
     description: str,
-    headline_shots: int,
     title: str,
     selection: dict | None = None,
 ) -> tuple[list[dict], str | None]:
@@ -233,12 +243,12 @@ def report(
     scores of `choose_adaptation` under `selection`) and, when there are several shot counts, the
     accuracy-vs-shots plot to `output_dir`.
 
-    Returns the summary (the headline shot count first) and the plot's file name (`None` without a plot).
+    Returns the summary (sorted by shots, hf_meta first) and the plot's file name (`None` without a plot).
     """
     from .comparison import format_table, summarize
     from .plots import PLOT_FILE, plot_accuracy_vs_shots
 
-    summary = sorted(summarize(rows), key=lambda row: (row["shots"] != headline_shots, row["shots"]))
+    summary = sorted(summarize(rows), key=lambda row: (row["shots"], _method_rank(row["method"])))
     print(f"\n{description}\n{format_table(summary)}")
     extra = {} if selection is None else {"selection": selection}
     write_results(Path(output_dir) / "results.json", description=description, summary=summary, rows=rows, **extra)
@@ -246,6 +256,15 @@ def report(
         return summary, None
     plot_accuracy_vs_shots(summary, Path(output_dir) / PLOT_FILE, title=title)
     return summary, PLOT_FILE
+
+
+def _method_rank(method: str) -> int:
+    """hf_meta's rows first, then the baselines in the order of `METHOD_ORDER`."""
+    from .comparison import METHOD_ORDER
+
+    if method.startswith("hf_meta"):
+        return 0
+    return 1 + (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER))
 
 
 def card_arguments(sources: list[str], summary: list[dict], description: str, plot_file: str | None) -> dict:
