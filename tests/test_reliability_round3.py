@@ -1,0 +1,127 @@
+"""Issue 27, reliability and security round three: crafted adapter configs, the Hub path, the cache key, saves."""
+
+import json
+import time
+
+import pytest
+import torch
+from conftest import WORDS, tiny_encoder
+
+from hf_meta import FewShotClassifier
+
+
+@pytest.fixture(scope="module")
+def base_and_adapter(tmp_path_factory, tokenizer):
+    """A tiny base encoder folder and an (unfitted, lora_B = 0) adapter saved from it."""
+    root = tmp_path_factory.mktemp("round3")
+    base = root / "base"
+    tiny_encoder().save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    adapter = root / "adapter"
+    FewShotClassifier.from_pretrained(base, base_model="org/tiny-encoder").save_pretrained(adapter)
+    return base, adapter
+
+
+def crafted(tmp_path, adapter, **changes):
+    """A copy of `adapter` whose adapter_config.json has `changes` (a value of `...` deletes the key)."""
+    folder = tmp_path / "crafted"
+    folder.mkdir(parents=True)
+    for path in adapter.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "adapter_config.json").read_text())
+    for key, value in changes.items():
+        if value is ...:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+# Each crafted config of the probe: the key it abuses and the value. Every one must be refused within a second,
+# before any pattern is compiled, any SVD runs or peft touches the base weights.
+EVIL = "(.*.*)*!"
+CRAFTED_CONFIGS = {
+    "rank_pattern_regex": {"rank_pattern": {EVIL: 8}},
+    "alpha_pattern_regex": {"alpha_pattern": {EVIL: 16}},
+    "target_modules_regex": {"target_modules": EVIL},
+    "target_modules_list_regex": {"target_modules": ["query", EVIL]},
+    "exclude_modules_regex": {"exclude_modules": EVIL},
+    "layers_pattern_regex": {"layers_pattern": EVIL, "layers_to_transform": [0]},
+    "rank_pattern_50k_keys": {"rank_pattern": {f"layer{i}": 8 for i in range(50_000)}},
+    "init_pissa_niter": {"init_lora_weights": "pissa_niter_1000000000"},
+    "init_pissa": {"init_lora_weights": "pissa"},
+    "init_olora": {"init_lora_weights": "olora"},
+    "init_loftq": {"init_lora_weights": "loftq"},
+    "init_eva": {"init_lora_weights": "eva"},
+    "layer_replication": {"layer_replication": [[0, 2], [0, 2]]},
+    "bias_all": {"bias": "all"},
+    "lora_bias": {"lora_bias": True},
+    "task_type_causal_lm": {"task_type": "CAUSAL_LM"},
+    "use_dora": {"use_dora": True},
+    "modules_to_save": {"modules_to_save": ["pooler"]},
+    "fan_in_fan_out": {"fan_in_fan_out": True},
+    "trainable_token_indices": {"trainable_token_indices": [1, 2, 3]},
+    "r_not_int": {"r": "8"},
+    "huge_r": {"r": 10**9},
+    "dropout_out_of_range": {"lora_dropout": 5.0},
+    "unknown_key_set": {"my_new_option": "pissa"},
+    "layers_to_transform_huge": {"layers_to_transform": list(range(100_000))},
+    "long_target_name": {"target_modules": ["q" * 100_000]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED_CONFIGS))
+def test_a_crafted_adapter_config_is_refused_fast_naming_the_key(name, base_and_adapter, tmp_path):
+    base, adapter = base_and_adapter
+    changes = CRAFTED_CONFIGS[name]
+    folder = crafted(tmp_path, adapter, **changes)
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        FewShotClassifier.from_pretrained(folder, base_model=str(base))
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"{name}: refused after {elapsed:.2f} s"
+    assert "adapter_config.json" in str(err.value)
+    named = any(f"`{key}`" in str(err.value) for key in changes)
+    assert named or "bytes, beyond the" in str(err.value), str(err.value)  # or refused unread, for its size
+
+
+def test_a_nested_json_bomb_is_a_clear_error(base_and_adapter, tmp_path):
+    base, adapter = base_and_adapter
+    folder = crafted(tmp_path, adapter)
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        FewShotClassifier.from_pretrained(folder, base_model=str(base))
+
+
+def test_the_configs_hf_meta_writes_still_load(base_and_adapter, tmp_path):
+    """What hf_meta writes (and the plain variants a user passes through `peft_config`) keeps loading."""
+    base, adapter = base_and_adapter
+    reference = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    batch = reference._tokenize(["card arrival late", "pin blocked"], reference.adaptation_config)
+    for i, changes in enumerate(
+        [
+            {"init_lora_weights": True},
+            {"task_type": "FEATURE_EXTRACTION", "use_rslora": True},
+            {"rank_pattern": {"query": 8}, "alpha_pattern": {"value": 16}},
+            {"layers_to_transform": [0, 1], "layers_pattern": "layer"},
+            {"peft_version": ..., "megatron_core": ...},  # an older peft writes fewer keys
+        ]
+    ):
+        folder = crafted(tmp_path / str(i), adapter, **changes)
+        clf = FewShotClassifier.from_pretrained(folder, base_model=str(base))
+        with torch.no_grad():
+            torch.testing.assert_close(clf.encoder(clf.meta_weights, batch), reference.encoder(reference.meta_weights, batch))
+
+
+def test_a_zero_b_adapter_reproduces_the_base_embedding(base_and_adapter):
+    """The control of item 3: an adapter whose B is zero leaves the base model's embeddings as they are."""
+    base, adapter = base_and_adapter
+    plain = FewShotClassifier.from_pretrained(base)
+    loaded = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    batch = plain._tokenize(["card arrival late", "pin blocked"], plain.adaptation_config)
+    with torch.no_grad():
+        a = plain.encoder(plain.meta_weights, batch)
+        b = loaded.encoder(loaded.meta_weights, batch)
+    torch.testing.assert_close(a, b)
