@@ -267,11 +267,11 @@ def read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> 
     values = read_json_file(path)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
-    check_lora_config_values(values, path)
     if values.get("peft_type") != "LORA":
         raise ValueError(
             f'{path} has `peft_type` {values.get("peft_type")!r}; hf_meta loads LoRA adapters only (`"LORA"`).'
         )
+    check_lora_config_values(values, path)
     r = values.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ValueError(f"{path}: `r` must be a positive int, got {r!r}.")
