@@ -126,7 +126,8 @@ class FewShotClassifier:
         """
         folder = _local_folder(str(path_or_repo_id), hub_kwargs)
         if not (folder / "adapter_config.json").is_file():
-            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), base_model)
+            hub_id = base_model or (str(path_or_repo_id) if folder != Path(str(path_or_repo_id)) else None)
+            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), hub_id)
         refuse_remote_code(folder)
         weights_file = folder / "adapter_model.safetensors"
         if not weights_file.is_file():
@@ -601,33 +602,17 @@ def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:
 
 
 def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
-    """A local folder as is; a Hub repo id downloaded (adapter, settings, tokenizer: never pickled weights)."""
+    """A local folder as is; a Hub repo id downloaded (adapter, settings, tokenizer; for a plain encoder repo its
+    config and safetensors weights too: never pickled weights). Unreachable Hub: the id as is (embedded copies)."""
     if os.path.isdir(path_or_repo_id) or not _looks_like_repo_id(path_or_repo_id):
         return Path(path_or_repo_id)
-    from huggingface_hub import snapshot_download
+    from .hub_download import ENCODER_PATTERNS, TOKENIZER_PATTERNS, download
 
-    try:
-        return Path(
-            snapshot_download(
-                path_or_repo_id,
-                allow_patterns=[
-                    *ADAPTER_FILES,
-                    ADAPTATION_CONFIG_NAME,
-                    INNER_LOOP_FILE,
-                    HEAD_FILE,
-                    LABELS_FILE,
-                    "tokenizer*",
-                    "vocab*",
-                    "special_tokens_map.json",
-                    "*.model",
-                    "merges.txt",
-                ],
-                **hub_kwargs,
-            )
-        )
-    except Exception as err:  # offline, unknown repo, gated: let the plain-encoder path try the embedded copies
-        logger.info(f"Could not download {path_or_repo_id!r} from the Hub ({type(err).__name__}).")
-        return Path(path_or_repo_id)
+    patterns = [*ADAPTER_FILES, ADAPTATION_CONFIG_NAME, INNER_LOOP_FILE, HEAD_FILE, LABELS_FILE, *TOKENIZER_PATTERNS]
+    folder = download(path_or_repo_id, patterns, hub_kwargs)
+    if folder is not None and not (folder / "adapter_config.json").is_file():  # a plain encoder repo
+        folder = download(path_or_repo_id, [*ENCODER_PATTERNS, *TOKENIZER_PATTERNS], hub_kwargs)
+    return folder if folder is not None else Path(path_or_repo_id)
 
 
 def _looks_like_repo_id(value: str) -> bool:

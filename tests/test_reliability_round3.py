@@ -125,3 +125,89 @@ def test_a_zero_b_adapter_reproduces_the_base_embedding(base_and_adapter):
         a = plain.encoder(plain.meta_weights, batch)
         b = loaded.encoder(loaded.meta_weights, batch)
     torch.testing.assert_close(a, b)
+
+
+# ---- Item 1: the Hub path -------------------------------------------------------------------------------------
+
+
+class FakeHub:
+    """`snapshot_download` over local "repos", filtered with huggingface_hub's own pattern matcher."""
+
+    def __init__(self, root):
+        self.root = root
+        self.repos = {}
+        self.downloaded = []
+
+    def add(self, repo_id, folder):
+        self.repos[repo_id] = folder
+
+    def snapshot_download(self, repo_id, *, allow_patterns=None, ignore_patterns=None, revision=None, token=None):
+        import shutil
+
+        from huggingface_hub.errors import RepositoryNotFoundError
+        from huggingface_hub.utils import filter_repo_objects
+
+        if repo_id not in self.repos:
+            err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+            Exception.__init__(err, f"404 Client Error. Repository Not Found for url: .../api/models/{repo_id}")
+            raise err
+        source = self.repos[repo_id]
+        files = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
+        kept = list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        target = self.root / "snapshots" / repo_id.replace("/", "--") / str(len(self.downloaded))
+        for name in kept:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+        target.mkdir(parents=True, exist_ok=True)
+        self.downloaded.append((repo_id, kept))
+        return str(target)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    hub = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    return hub
+
+
+def test_a_plain_encoder_loads_from_the_hub_with_safetensors_only(fake_hub, base_and_adapter, tmp_path):
+    base, _ = base_and_adapter
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for path in base.iterdir():
+        (repo / path.name).write_bytes(path.read_bytes())
+    (repo / "pytorch_model.bin").write_bytes(b"a pickle that must never be fetched")
+    (repo / "onnx").mkdir()
+    (repo / "onnx" / "model.onnx").write_bytes(b"not needed")
+    fake_hub.add("org/tiny-encoder", repo)
+    clf = FewShotClassifier.from_pretrained("org/tiny-encoder")
+    assert clf.base_model_id() == "org/tiny-encoder"
+    fetched = {name for _, names in fake_hub.downloaded for name in names}
+    assert "model.safetensors" in fetched and "config.json" in fetched
+    assert "pytorch_model.bin" not in fetched and not any(name.startswith("onnx") for name in fetched)
+    texts = [f"{WORDS[c]} example {i}" for c in range(2) for i in range(3)]
+    labels = [WORDS[c].split()[0] for c in range(2) for _ in range(3)]
+    assert clf.fit(texts, labels, inner_steps=1).predict(texts[:1]) in (["card"], ["exchange"])
+
+
+def test_an_adapter_repo_loads_from_the_hub(fake_hub, base_and_adapter):
+    base, adapter = base_and_adapter
+    fake_hub.add("org/tiny-adapter", adapter)
+    clf = FewShotClassifier.from_pretrained("org/tiny-adapter", base_model=str(base))
+    assert clf.classes_ is None and len(fake_hub.downloaded) == 1
+
+
+def test_a_missing_hub_repo_says_so_not_couldnt_connect(fake_hub):
+    with pytest.raises(OSError) as err:
+        FewShotClassifier.from_pretrained("org/no-such-repo")
+    message = str(err.value)
+    assert "org/no-such-repo" in message and "RepositoryNotFoundError" in message and "connect" not in message
+
+
+def test_a_bad_hub_keyword_is_a_type_error_naming_it(fake_hub, base_and_adapter):
+    _, adapter = base_and_adapter
+    fake_hub.add("org/tiny-adapter", adapter)
+    with pytest.raises(TypeError, match="revison"):
+        FewShotClassifier.from_pretrained("org/tiny-adapter", revison="main")
