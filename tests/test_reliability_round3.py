@@ -211,3 +211,80 @@ def test_a_bad_hub_keyword_is_a_type_error_naming_it(fake_hub, base_and_adapter)
     fake_hub.add("org/tiny-adapter", adapter)
     with pytest.raises(TypeError, match="revison"):
         FewShotClassifier.from_pretrained("org/tiny-adapter", revison="main")
+
+
+# ---- Item 4: the frozen-state cache key --------------------------------------------------------------------------
+
+TEXTS = ["Card Arrival is LATE", "Exchange rate for the EURO please", "my pin is blocked and locked now"]
+
+
+def _frozen(tmp_path, encoder, tokenizer, max_length=8):
+    from hf_meta.frozen_states import FrozenStates
+
+    return FrozenStates.build(encoder, tokenizer, TEXTS, max_length=max_length, cache_dir=tmp_path / "cache")
+
+
+def _encoder(lora_layers=(1,), **config_changes):
+    from conftest import top_layer_lora
+    from transformers import BertConfig, BertModel
+
+    from hf_meta.modeling import FunctionalEncoder
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, max_position_embeddings=128
+    )
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    return FunctionalEncoder(top_layer_lora(BertModel(config, add_pooling_layer=False), list(lora_layers)))
+
+
+def _assert_states_are_fresh(states, encoder, tokenizer, max_length=8):
+    """The states read back are those this encoder and tokenizer compute now."""
+    batch = states.batch(TEXTS, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer(TEXTS, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+    with torch.no_grad():
+        fresh = encoder.frozen_row_states({k: expected[k] for k in ("input_ids", "attention_mask")})
+    for got, want in zip(batch["frozen_row_states"], fresh):
+        torch.testing.assert_close(got, want.float())
+
+
+@pytest.mark.parametrize("setting", [{"do_lower_case": False}, {"truncation_side": "left"}])
+def test_the_cache_is_keyed_by_the_tokenizer(setting, tmp_path, minilm_path, tokenizer):
+    from transformers import AutoTokenizer
+
+    encoder = _encoder()
+    _frozen(tmp_path, encoder, tokenizer)
+    other = AutoTokenizer.from_pretrained(minilm_path, **setting)
+    _assert_states_are_fresh(_frozen(tmp_path, encoder, other), encoder, other)
+
+
+@pytest.mark.parametrize("setting", [{"hidden_act": "relu"}, {"layer_norm_eps": 1e-2}])
+def test_the_cache_is_keyed_by_the_model_config(setting, tmp_path, tokenizer):
+    _frozen(tmp_path, _encoder(), tokenizer)
+    other = _encoder(**setting)
+    _assert_states_are_fresh(_frozen(tmp_path, other, tokenizer), other, tokenizer)
+
+
+def test_the_cache_is_keyed_by_frozen_lora_weights(tmp_path, tokenizer):
+    def encoder(scale):
+        enc = _encoder(lora_layers=(0, 1))
+        for name, p in enc.model.named_parameters():
+            if ".layer.0." in name and "lora_" in name:
+                p.requires_grad_(False)  # LoRA in layer 0, frozen: part of the frozen states
+                with torch.no_grad():
+                    p.mul_(scale)
+        enc.frozen_depth = enc._frozen_depth()
+        assert enc.frozen_depth == 1
+        return enc
+
+    _frozen(tmp_path, encoder(1.0), tokenizer)
+    other = encoder(5.0)
+    _assert_states_are_fresh(_frozen(tmp_path, other, tokenizer), other, tokenizer)
+
+
+def test_the_same_setting_reuses_the_cache(tmp_path, tokenizer):
+    _frozen(tmp_path, _encoder(), tokenizer)
+    _frozen(tmp_path, _encoder(), tokenizer)
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 1
