@@ -57,6 +57,12 @@ _NUMERIC_CHECKS = {
 }
 
 
+# What `adaptation_config.json` in a folder may ask for (`fit` overrides may go up to the `_NUMERIC_CHECKS` bounds).
+FOLDER_LIMITS = {"inner_steps": 200, "head_fit_steps": 1000, "augmented_views": 16}
+# What `inner_loop.safetensors` may hold: the bounds `inner_learning_rate` and `logit_scale` have as settings.
+MAX_LEARNED_RATE, MAX_LEARNED_LOGIT_SCALE = 1e3, 1e4
+
+
 @dataclass
 class AdaptationConfig:
     """How a meta-initialised adapter adapts to a new task; saved as `adaptation_config.json` beside the adapter.
@@ -220,6 +226,13 @@ class AdaptationConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")
+        for name, limit in FOLDER_LIMITS.items():  # an untrusted folder must not make every `fit` run for minutes
+            value = values.get(name)
+            if _is_number(value) and value > limit:
+                raise ValueError(
+                    f"{path} sets `{name}` to {value}, beyond the {limit} a saved adapter may ask for (each `fit` would "
+                    f"run for minutes). Edit the file, or load it and pass `{name}=...` to `fit` if you mean it."
+                )
         try:
             return cls(**values)
         except ValueError as err:
@@ -300,6 +313,14 @@ class LearnedInnerLoop(torch.nn.Module):
             raise ValueError(f"{path} is not an hf_meta inner-loop file ({type(err).__name__}: {err}).") from None
         if len(names) != len(rates) or not (torch.isfinite(rates).all() and torch.isfinite(scale).all()):
             raise ValueError(f"{path} holds {len(rates)} rates for {len(names)} names, or NaN/inf; save it again.")
+        largest_rate = float(rates.max().exp()) if rates.numel() else 0.0
+        if largest_rate >= MAX_LEARNED_RATE or float(scale.max().exp()) >= MAX_LEARNED_LOGIT_SCALE:
+            raise ValueError(
+                f"{path} holds a step size of {largest_rate:.3g} or a logit scale of {float(scale.max().exp()):.3g}, "
+                f"beyond {MAX_LEARNED_RATE:g} / {MAX_LEARNED_LOGIT_SCALE:g} (the bounds of `inner_learning_rate` and "
+                "`logit_scale`): every prediction would be the same. Restore the file saved with the adapter, or set "
+                '"learn_inner_learning_rates": false in adaptation_config.json.'
+            )
         inner = cls(names[:-1], 1.0, 1.0)
         with torch.no_grad():
             inner.log_learning_rates.copy_(rates)

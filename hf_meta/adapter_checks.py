@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -261,6 +262,24 @@ def refuse_remote_code(folder: Path) -> None:
             )
 
 
+def refuse_escaping_symlinks(folder: Path) -> None:
+    """Refuse a folder holding a symlink that points outside it: its target would be read (a vocabulary from
+    elsewhere) and copied into the next save or upload. A Hub cache snapshot may link into its repo's `blobs/`."""
+    root = folder.resolve()
+    allowed = [root]
+    if folder.parent.name == "snapshots":  # huggingface_hub's cache: snapshots/<rev>/file -> ../../blobs/<hash>
+        allowed.append(folder.parent.parent.resolve())
+    for entry in folder.iterdir():
+        if not entry.is_symlink():
+            continue
+        target = entry.resolve()
+        if not any(target == base or base in target.parents for base in allowed):
+            raise ValueError(
+                f"{entry} is a symlink to {target}, outside the folder: hf_meta would read that file and copy it "
+                "into the next save or upload. Replace the link by a copy of the file, or remove it."
+            )
+
+
 def read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> LoraConfig:
     """`adapter_config.json` parsed and checked against the weights' header before anything is allocated."""
     path = folder / "adapter_config.json"
@@ -429,3 +448,17 @@ def position_limit(model: PeftModel) -> int:
     if config.model_type in PADDING_OFFSET_MODEL_TYPES:
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
     return limit
+
+
+def clamp_max_length(max_length: int, model, stacklevel: int = 3) -> int:
+    """`max_length`, or the model's position limit with a warning when it asks for more tokens than the model can
+    encode: the same clamp in `FewShotClassifier`, `MetaTrainer` (its episode collator) and `FrozenStates`."""
+    limit = position_limit(model)
+    if max_length > limit:
+        warnings.warn(
+            f"`max_length` ({max_length}) exceeds the {limit} positions the model can encode; texts are cut at "
+            f"{limit} tokens.",
+            stacklevel=stacklevel,
+        )
+        return limit
+    return max_length

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -341,8 +344,10 @@ def build_episodes(
         "text_column": text_column,
         "label_column": label_column,
     }
+    if cache_dir is None:
+        _remove_dead_temporary_folders()
     with (
-        tempfile.TemporaryDirectory(prefix="hf_meta_episodes_")
+        tempfile.TemporaryDirectory(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}_")
         if cache_dir is None
         else contextlib.nullcontext(cache_dir) as d
     ):
@@ -369,6 +374,30 @@ def build_episodes(
                 raise
             # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
             return builder.as_dataset(split="train", in_memory=cache_dir is None)
+
+
+TEMPORARY_PREFIX = "hf_meta_episodes_"
+
+
+def _remove_dead_temporary_folders() -> None:
+    """Remove the temporary folders of `build_episodes` calls whose process was killed (their name holds the pid)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*_*"):
+        pid = folder.name[len(TEMPORARY_PREFIX) :].split("_", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a permission error means it does)."""
+    if os.name == "nt":  # `os.kill(pid, 0)` would send CTRL_C_EVENT there: never probe, assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -73,6 +73,27 @@ class FrozenStates:
             attention_mask[i, : len(row)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, ROW_STATES: [s.float() for s in states]}
 
+    @staticmethod
+    def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+        """Where [`build`] stores its Arrow files: `cache_dir`, default `<HF_DATASETS_CACHE>/hf_meta_frozen_states`."""
+        return Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "hf_meta_frozen_states")
+
+    @classmethod
+    def clear_cache(cls, cache_dir: str | os.PathLike | None = None) -> int:
+        """Delete every stored frozen-state file (and leftovers of killed builds); returns the bytes freed.
+
+        Nothing evicts these files on its own: each distinct set of sentences, model or tokenizer writes one (4 x
+        hidden size bytes per token: ~25 KB per sentence on MiniLM). Run it between experiments, e.g.
+        `python -c "from hf_meta.frozen_states import FrozenStates; FrozenStates.clear_cache()"`.
+        """
+        folder = cls.cache_folder(cache_dir)
+        freed = 0
+        for path in [*folder.glob("frozen_states-*.arrow"), *folder.glob(".frozen_states-*.tmp")]:
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+        logger.info(f"Removed {freed / 1e6:.1f} MB of frozen-layer states from {folder}")
+        return freed
+
     @classmethod
     def build(
         cls,
@@ -97,8 +118,11 @@ class FrozenStates:
         """
         if encoder.frozen_depth == 0:
             raise ValueError("Every layer holds LoRA weights, so no layer is frozen: there is nothing to precompute.")
+        from .adapter_checks import clamp_max_length
+
+        max_length = clamp_max_length(max_length, encoder.model)
         unique = sorted(set(texts))
-        folder = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "hf_meta_frozen_states")
+        folder = cls.cache_folder(cache_dir)
         # Tokenised before the lookup: the ids are part of the key, so any tokenizer change (files, lower-casing,
         # truncation side, added tokens ...) makes a new file instead of silently reusing the old ids.
         encoded = tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]
@@ -107,6 +131,7 @@ class FrozenStates:
             logger.info(f"Reusing the frozen-layer states of {len(unique)} sentences from {path}")
             return cls(datasets.Dataset.from_file(str(path)))
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temporary_files(folder)
         order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
         hidden = encoder.model.get_base_model().config.hidden_size
         features = datasets.Features(
@@ -142,6 +167,16 @@ class FrozenStates:
         finally:
             tmp.unlink(missing_ok=True)
         return cls(datasets.Dataset.from_file(str(path)))
+
+
+def _remove_dead_temporary_files(folder: Path) -> None:
+    """Remove the `.frozen_states-*.<pid>.tmp` files of builds whose process was killed."""
+    from .episodes import process_alive
+
+    for tmp in folder.glob(".frozen_states-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int, input_ids: list[list[int]]) -> str:

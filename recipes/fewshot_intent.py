@@ -33,7 +33,14 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import hold_out_classes, intent_pools, intent_tasks, mixed_episodes, with_smlmt
+from hf_meta.bench.protocols import (
+    episode_texts,
+    hold_out_classes,
+    intent_pools,
+    intent_tasks,
+    mixed_episodes,
+    with_smlmt,
+)
 from hf_meta.bench.scripts import (
     card_arguments,
     choose_adaptation,
@@ -97,7 +104,7 @@ def main() -> None:
         ratio=script_args.smlmt_ratio,
         unlabeled_sources=script_args.unlabeled_sources,
         data_dir=data_dir,
-        exclude=tasks[0].test_texts,
+        exclude=[*tasks[0].test_texts, *episode_texts(validation_episodes)],  # nor the validation texts
         **shape,
     )
 

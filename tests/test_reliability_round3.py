@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def crafted(tmp_path, adapter, **changes):
     folder = tmp_path / "crafted"
     folder.mkdir(parents=True)
     for path in adapter.iterdir():
-        if path.is_file():
+        if path.is_file() and path.name != "hf_meta_manifest.json":  # a crafted folder comes without one
             (folder / path.name).write_bytes(path.read_bytes())
     config = json.loads((folder / "adapter_config.json").read_text())
     for key, value in changes.items():
@@ -288,3 +289,205 @@ def test_the_same_setting_reuses_the_cache(tmp_path, tokenizer):
     _frozen(tmp_path, _encoder(), tokenizer)
     _frozen(tmp_path, _encoder(), tokenizer)
     assert len(list((tmp_path / "cache").glob("*.arrow"))) == 1
+
+
+# ---- Item 5 at the classifier: a folder mixing two saves is refused at load -------------------------------------
+
+
+def test_a_classifier_folder_mixing_two_saves_is_refused(base_and_adapter, tmp_path):
+    base, adapter = base_and_adapter
+    texts = [f"{WORDS[c]} example {i}" for c in range(3) for i in range(2)]
+    labels = [WORDS[c].split()[0] for c in range(3) for _ in range(2)]
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    clf.fit(texts[:4], labels[:4], inner_steps=1).save_pretrained(tmp_path / "a")
+    clf.fit(texts, labels, inner_steps=1).save_pretrained(tmp_path / "b")
+    FewShotClassifier.from_pretrained(tmp_path / "a", base_model=str(base))  # each loads on its own
+    for name in ("classifier_head.safetensors", "classifier_labels.json"):
+        (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
+    with pytest.raises(ValueError, match="mixes files of different saves"):
+        FewShotClassifier.from_pretrained(tmp_path / "a", base_model=str(base))
+
+
+# ---- Item 8: `max_length` above the model's positions is clamped everywhere, with a warning ----------------------
+
+
+def test_meta_trainer_clamps_max_length_to_the_model_positions(tmp_path, tokenizer):
+    import datasets
+
+    from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+
+    long = " ".join(["card arrival late"] * 80)  # about 240 tokens; the tiny model has 128 positions
+    texts = [f"{long} {i}" if i % 2 == 0 else f"{WORDS[i % 3]} example {i}" for i in range(18)]
+    data = datasets.Dataset.from_dict(
+        {"text": texts, "label": [i % 3 for i in range(18)]},
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b", "c"])}
+        ),
+    )
+    episodes = build_episodes(data, n_way=3, k_shot=2, num_query=2, num_episodes=2, seed=0)
+    args = MetaTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=1, gradient_accumulation_steps=1, inner_steps=1,
+        max_length=600, report_to="none", disable_tqdm=True, base_model="org/tiny",
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="`max_length` \\(600\\) exceeds the 128 positions"):
+        trainer = MetaTrainer(
+            model=tiny_encoder(vocab_size=tokenizer.vocab_size),
+            args=args,
+            train_dataset=episodes,
+            eval_dataset=episodes,
+            processing_class=tokenizer,
+        )
+    trainer.train()
+    assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1
+
+
+def test_frozen_states_clamp_max_length_to_the_model_positions(tmp_path, tokenizer):
+    from hf_meta.frozen_states import FrozenStates
+
+    encoder = _encoder()
+    long = " ".join(["card arrival late"] * 80)
+    with pytest.warns(UserWarning, match="exceeds the 128 positions"):
+        states = FrozenStates.build(encoder, tokenizer, [long, "pin blocked"], max_length=600, cache_dir=tmp_path)
+    assert states.batch([long], pad_token_id=0)["input_ids"].shape[1] == 128
+
+
+# ---- Item 10: a symlink out of an adapter folder is refused ------------------------------------------------------
+
+
+def test_a_symlink_leaving_the_adapter_folder_is_refused(base_and_adapter, tmp_path):
+    import os
+
+    base, adapter = base_and_adapter
+    folder = crafted(tmp_path, adapter)
+    name = next(n for n in ("vocab.txt", "tokenizer.json") if (folder / n).is_file())
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_bytes((folder / name).read_bytes())
+    (folder / name).unlink()
+    os.symlink(outside, folder / name)
+    with pytest.raises(ValueError, match=f"{name} is a symlink to .*outside the folder"):
+        FewShotClassifier.from_pretrained(folder, base_model=str(base))
+    (folder / name).unlink()
+    (folder / "inside.txt").write_bytes(outside.read_bytes())
+    os.symlink("inside.txt", folder / name)  # a link within the folder is fine
+    FewShotClassifier.from_pretrained(folder, base_model=str(base))
+
+
+# ---- Item 11: names, descriptions and near-duplicate labels: used, or a warning at the default level -------------
+
+
+def _fit_texts(classes):
+    texts = [f"{WORDS[i % 6]} example {j}" for i in range(len(classes)) for j in range(2)]
+    return texts, [c for c in classes for _ in range(2)]
+
+
+@pytest.mark.parametrize(
+    "classes, kwargs, message",
+    [
+        (["card_arrival", "exchange_rate", "N/A"], {}, "carry no words"),
+        (["card_arrival", "exchange_rate", "42"], {}, "carry no words"),
+        ([0, 1, 2], {"label_descriptions": {0: "my card has not arrived"}}, "1 `label_descriptions` given"),
+        (["card", "rate"], {"label_descriptions": {"card": "my card"}, "use_label_names": False}, "are ignored"),
+        (["Card", "card ", "rate"], {}, "differ only by case or whitespace"),
+    ],
+)
+def test_names_silently_dropped_now_warn(classes, kwargs, message, base_and_adapter, caplog):
+    import logging
+
+    base, adapter = base_and_adapter
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    texts, labels = _fit_texts(classes)
+    with caplog.at_level(logging.WARNING):
+        clf.fit(texts, labels, inner_steps=1, **kwargs)
+    assert any(message in record.getMessage() and record.levelno == logging.WARNING for record in caplog.records)
+
+
+# ---- Item 12: SMLMT pools never hold validation texts -------------------------------------------------------------
+
+
+def test_smlmt_pool_excludes_the_validation_episode_texts(data_dir):
+    from hf_meta import build_episodes, load_collection
+    from hf_meta.bench.protocols import episode_texts, hold_out_classes, unlabeled_texts
+
+    hwu64 = load_collection("hwu64", data_dir)["train"]
+    _, [held_out] = hold_out_classes([hwu64], 0.2, seed=0)
+    validation = build_episodes(held_out, n_way=5, k_shot=2, num_query=2, num_episodes=20, seed=1)
+    texts = set(episode_texts(validation, None))
+    assert len(texts) > 50
+    assert texts & set(unlabeled_texts(["hwu64"], data_dir))  # the leak the recipes had
+    assert not texts & set(unlabeled_texts(["hwu64"], data_dir, exclude=episode_texts(validation)))
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    for recipe in ("fewshot_intent.py", "fewshot_sentiment.py"):
+        assert "episode_texts(validation_episodes)" in (recipes / recipe).read_text(), recipe
+
+
+# ---- Item 13: resources and what an untrusted folder may ask for -------------------------------------------------
+
+
+def test_a_killed_cache_build_leaves_no_tmp_and_the_cache_can_be_cleared(tmp_path, tokenizer):
+    import subprocess
+    import sys
+
+    from hf_meta.frozen_states import FrozenStates
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    stale = folder / f".frozen_states-abc.arrow.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"x" * 1000)
+    live = folder / f".frozen_states-def.arrow.{__import__('os').getpid()}.tmp"  # a build running now
+    live.write_bytes(b"y")
+    FrozenStates.build(_encoder(), tokenizer, TEXTS, max_length=8, cache_dir=folder)
+    assert not stale.exists() and live.exists()
+    assert FrozenStates.clear_cache(folder) > 0
+    assert not list(folder.glob("*frozen_states*"))
+
+
+@pytest.mark.parametrize("setting", [{"inner_steps": 10_000}, {"head_fit_steps": 10_000}])
+def test_an_adapter_folder_cannot_ask_for_minutes_per_fit(setting, base_and_adapter, tmp_path):
+    base, adapter = base_and_adapter
+    folder = crafted(tmp_path, adapter)
+    path = folder / "adaptation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **setting}))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=f"`{next(iter(setting))}` to 10000, beyond"):
+        FewShotClassifier.from_pretrained(folder, base_model=str(base))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_learned_step_size_of_e30_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_meta.adaptation import INNER_LOOP_FILE, LearnedInnerLoop
+
+    save_file(
+        {"log_learning_rates": torch.tensor([30.0, 0.0]), "log_logit_scale": torch.tensor([3.0])},
+        str(tmp_path / INNER_LOOP_FILE),
+        metadata={"names": json.dumps(["a", "hf_meta.head"])},
+    )
+    with pytest.raises(ValueError, match="step size of 1.07e\\+13"):
+        LearnedInnerLoop.from_pretrained(tmp_path)
+
+
+def test_smlmt_refuses_an_episode_count_it_cannot_hold(tmp_path):
+    from hf_meta.smlmt import build_smlmt_episodes
+
+    with pytest.raises(ValueError, match="`num_episodes` \\(1000000000000\\) is beyond"):
+        build_smlmt_episodes(["a text"] * 10, n_way=2, k_shot=1, num_query=1, num_episodes=10**12)
+
+
+def test_a_killed_build_episodes_leaves_no_temporary_folder(tmp_path, toy_dataset, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from hf_meta import build_episodes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    left = tmp_path / f"hf_meta_episodes_{dead}_abcd"
+    left.mkdir()
+    (left / "episodes.arrow").write_bytes(b"x")
+    build_episodes(toy_dataset, n_way=2, k_shot=1, num_query=1, num_episodes=2, seed=0)
+    assert not left.exists()
+    assert not list(tmp_path.glob("hf_meta_episodes_*"))
