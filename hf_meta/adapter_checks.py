@@ -462,3 +462,35 @@ def clamp_max_length(max_length: int, model, stacklevel: int = 3) -> int:
         )
         return limit
     return max_length
+
+
+def check_peft_model(model, batch_size) -> None:
+    """`FewShotClassifier(model, ...)` needs a LoRA-wrapped bare encoder and a positive `batch_size`."""
+    if not isinstance(model, PeftModel):
+        kind = type(model).__name__
+        head = any(kind.endswith(s) for s in ("ForSequenceClassification", "ForMaskedLM", "ForTokenClassification"))
+        hint = (
+            "load the bare encoder (`AutoModel.from_pretrained(...)`), not a model with a task head, then wrap it"
+            if head
+            else "wrap it"
+        )
+        raise TypeError(
+            f"`model` must be a `peft.PeftModel` (an encoder with LoRA), got {kind}; {hint} with "
+            "`hf_meta.modeling.with_lora(model, None)`, or use `FewShotClassifier.from_pretrained(path_or_repo_id)`."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int (texts per forward pass), got {batch_size!r}.")
+
+
+def check_head_shape(path: Path, head: torch.Tensor, model, bias: bool) -> None:
+    """A stored head must be a float matrix as wide as the embeddings (one column more with `head_bias`), so a
+    forged or mismatched head fails at load rather than at the first `predict`."""
+    config = (model.get_base_model() if isinstance(model, PeftModel) else model).config
+    width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    expected = None if width is None else width + int(bias)
+    if head.ndim != 2 or not head.is_floating_point() or (expected is not None and head.shape[1] != expected):
+        raise ValueError(
+            f"{path} holds a {head.dtype} tensor of shape {list(head.shape)}, but the head of this model is a float "
+            f"matrix of (classes, {expected}) (embedding width {width}{' + a bias column' if bias else ''}): it "
+            "belongs to another model or settings. Save the classifier again."
+        )

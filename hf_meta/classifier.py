@@ -30,6 +30,8 @@ from .adaptation import (
 from .adapter_checks import (
     check_adapter_fits,
     check_finite_file,
+    check_head_shape,
+    check_peft_model,
     check_safetensors,
     check_tokenizer,
     choose_base_model,
@@ -80,6 +82,7 @@ class FewShotClassifier:
     """
 
     def __init__(self, model: PeftModel, tokenizer, adaptation_config: AdaptationConfig, batch_size: int = 64):
+        check_peft_model(model, batch_size)
         check_tokenizer(tokenizer, model)
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -238,6 +241,7 @@ class FewShotClassifier:
             fit_kwargs = {"label_descriptions": label_descriptions, **overrides}  # every refit uses the same names
             return self_train(self, texts, labels, unlabeled_texts, self_training, fit_kwargs)
         texts = _check_texts(texts, "texts")
+        labels = list(labels) if not isinstance(labels, str | Sequence | np.ndarray) else labels  # a generator
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
         labels, classes = _check_labels(labels)
@@ -586,6 +590,7 @@ class FewShotClassifier:
             raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}: {err}).") from None
         check_safetensors(folder / HEAD_FILE, lora=False)
         head = load_file(str(folder / HEAD_FILE))["weight"]
+        check_head_shape(folder / HEAD_FILE, head, self.model, self.adaptation_config.head_bias)
         if head.shape[0] != len(classes):
             raise ValueError(
                 f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes."

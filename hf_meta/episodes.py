@@ -43,6 +43,10 @@ def _as_range(value: IntOrRange, name: str, minimum: int = 1) -> tuple[int, int]
     `minimum` is the smallest allowed value: 2 for `n_way` (a 1-way episode has nothing to tell apart, so its
     support loss is zero, nothing is trained and its query accuracy is a meaningless 100%).
     """
+    if isinstance(value, np.integer):  # `np.int64(5)` from a numpy computation reads as 5
+        value = int(value)
+    if isinstance(value, tuple | list):
+        value = [int(v) if isinstance(v, np.integer) else v for v in value]
     if isinstance(value, bool) or not isinstance(value, int | tuple | list):
         raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
     if isinstance(value, tuple | list) and len(value) != 2:
@@ -330,6 +334,9 @@ def build_episodes(
         raise ValueError(f"`num_query` must be a positive int, got {num_query!r}.")
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
+    seed = check_seed(seed)
+    n_way = int(n_way) if isinstance(n_way, np.integer) else n_way
+    k_shot = int(k_shot) if isinstance(k_shot, np.integer) else k_shot
     _as_range(n_way, "n_way", minimum=2)
     _as_range(k_shot, "k_shot")
     _check_columns(dataset, [text_column, label_column])
@@ -374,6 +381,15 @@ def build_episodes(
                 raise
             # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
             return builder.as_dataset(split="train", in_memory=cache_dir is None)
+
+
+def check_seed(seed) -> int:
+    """`seed` as a non-negative Python int (numpy integers accepted), or a clear error."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}; e.g. `seed=0`.")
+    return seed
 
 
 TEMPORARY_PREFIX = "hf_meta_episodes_"

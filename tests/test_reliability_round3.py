@@ -491,3 +491,65 @@ def test_a_killed_build_episodes_leaves_no_temporary_folder(tmp_path, toy_datase
     build_episodes(toy_dataset, n_way=2, k_shot=1, num_query=1, num_episodes=2, seed=0)
     assert not left.exists()
     assert not list(tmp_path.glob("hf_meta_episodes_*"))
+
+
+# ---- Item 14: clear errors (the argument, the value, the fix) ----------------------------------------------------
+
+
+def test_meta_training_arguments_take_output_dir_first(tmp_path):
+    from hf_meta import MetaTrainingArguments
+
+    args = MetaTrainingArguments(str(tmp_path / "out"), inner_steps=2)
+    assert args.output_dir == str(tmp_path / "out") and args.inner_steps == 2 and args.pooling == "mean"
+    with pytest.raises(TypeError, match="only positional argument"):
+        MetaTrainingArguments(str(tmp_path / "out"), "mean")
+
+
+def test_episode_arguments_accept_numpy_ints_and_refuse_negative_seeds(toy_dataset):
+    import numpy as np
+
+    from hf_meta import build_episodes
+
+    episodes = build_episodes(toy_dataset, n_way=np.int64(2), k_shot=np.int64(1), num_query=1, num_episodes=2)
+    assert len(episodes[0]["support_text"]) == 2
+    with pytest.raises(ValueError, match="`seed` must be a non-negative int, got -1"):
+        build_episodes(toy_dataset, n_way=2, k_shot=1, num_query=1, num_episodes=2, seed=-1)
+
+
+def test_generator_labels_work_like_a_list(base_and_adapter):
+    base, adapter = base_and_adapter
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    texts = [f"{WORDS[i % 2]} example {i}" for i in range(6)]
+    clf.fit(texts, (WORDS[i % 2].split()[0] for i in range(6)), inner_steps=1)
+    assert clf.classes_ == ["card", "exchange"]
+
+
+def test_a_model_that_is_not_a_peft_encoder_is_refused_at_construction(base_and_adapter, tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    base, adapter = base_and_adapter
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    with pytest.raises(TypeError, match="got BertForSequenceClassification; load the bare encoder"):
+        FewShotClassifier(BertForSequenceClassification(config), tokenizer, clf.adaptation_config)
+    with pytest.raises(TypeError, match="got BertModel; wrap it with `hf_meta.modeling.with_lora"):
+        FewShotClassifier(tiny_encoder(), tokenizer, clf.adaptation_config)
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
+        FewShotClassifier(clf.model, tokenizer, clf.adaptation_config, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "head", [torch.zeros(3, 7), torch.zeros(3, 33, 1), torch.zeros(3, 33, dtype=torch.int32)], ids=str
+)
+def test_a_head_of_the_wrong_width_rank_or_dtype_fails_at_load(head, base_and_adapter, tmp_path):
+    from safetensors.torch import save_file
+
+    base, adapter = base_and_adapter
+    texts, labels = _fit_texts(["card", "rate", "pin"])
+    FewShotClassifier.from_pretrained(adapter, base_model=str(base)).fit(texts, labels, inner_steps=1).save_pretrained(
+        tmp_path / "fitted"
+    )
+    (tmp_path / "fitted" / "hf_meta_manifest.json").unlink()  # an edited folder
+    save_file({"weight": head}, str(tmp_path / "fitted" / "classifier_head.safetensors"))
+    with pytest.raises(ValueError, match="but the head of this model is a float matrix of \\(classes, 33\\)"):
+        FewShotClassifier.from_pretrained(tmp_path / "fitted", base_model=str(base))
