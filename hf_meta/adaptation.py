@@ -230,8 +230,8 @@ class AdaptationConfig:
             value = values.get(name)
             if _is_number(value) and value > limit:
                 raise ValueError(
-                    f"{path} sets `{name}` to {value}, beyond the {limit} a saved adapter may ask for (each `fit` would "
-                    f"run for minutes). Edit the file, or load it and pass `{name}=...` to `fit` if you mean it."
+                    f"{path} sets `{name}` to {value}, beyond the {limit} a saved adapter may ask for (each `fit` "
+                    f"would run for minutes). Edit the file, or load it and pass `{name}=...` to `fit` if you mean it."
                 )
         try:
             return cls(**values)

@@ -70,8 +70,8 @@ MAX_NAME_LENGTH = 200
 MAX_LAYERS = 10_000
 # Module names and pattern keys: word characters and dots (`attention.self.query`), no quantifier, group or class,
 # so matching them is linear in the module name. `|` is allowed in a `target_modules` string ("query|value").
-_MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % MAX_NAME_LENGTH)
-_MODULE_ALTERNATION = re.compile(r"[A-Za-z0-9_.\-|]{1,%d}" % MAX_NAME_LENGTH)
+_MODULE_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME_LENGTH}}}")
+_MODULE_ALTERNATION = re.compile(rf"[A-Za-z0-9_.\-|]{{1,{MAX_NAME_LENGTH}}}")
 _TASK_TYPES = (None, "FEATURE_EXTRACTION")
 _INIT_LORA_WEIGHTS = (True, False, "gaussian")
 
@@ -103,8 +103,10 @@ def _module_names(value, alternation: bool = False) -> bool:
 
 def _pattern_dict(value_ok):
     def check(value) -> bool:
-        return isinstance(value, dict) and len(value) <= MAX_PATTERN_ENTRIES and all(
-            isinstance(k, str) and _MODULE_NAME.fullmatch(k) and value_ok(v) for k, v in value.items()
+        return (
+            isinstance(value, dict)
+            and len(value) <= MAX_PATTERN_ENTRIES
+            and all(isinstance(k, str) and _MODULE_NAME.fullmatch(k) and value_ok(v) for k, v in value.items())
         )
 
     return check
@@ -162,8 +164,10 @@ LORA_CONFIG_SCHEMA = {
     "qalora_group_size": (lambda v: v is None or _is_int(v), "an int (unused without `use_qalora`)"),
     "ensure_weight_tying": (lambda v: isinstance(v, bool), "true or false"),
     "auto_mapping": (
-        lambda v: v is None
-        or (isinstance(v, dict) and len(v) <= 4 and all(_short_string(MAX_NAME_LENGTH)(x) for x in v.values())),
+        lambda v: (
+            v is None
+            or (isinstance(v, dict) and len(v) <= 4 and all(_short_string(MAX_NAME_LENGTH)(x) for x in v.values()))
+        ),
         "null or peft's small dict of class names",
     ),
 }

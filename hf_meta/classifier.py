@@ -679,8 +679,8 @@ def _name_phrases(classes: list, descriptions: dict, use_label_names: bool = Tru
     if not use_label_names:
         if descriptions:
             logger.warning_once(
-                f"`label_descriptions` ({len(descriptions)} given) are ignored: `use_label_names` is off for this fit. "
-                "Pass `use_label_names=True` to `fit` to add them as examples."
+                f"`label_descriptions` ({len(descriptions)} given) are ignored: `use_label_names` is off for this "
+                "fit. Pass `use_label_names=True` to `fit` to add them as examples."
             )
         return None
     undescribed = [c for c in classes if c not in descriptions]

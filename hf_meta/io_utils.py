@@ -219,9 +219,7 @@ def atomic_directory(target: str | os.PathLike, owned: Iterable[str] | None = No
             (staging / STAGING_MARKER).unlink()
             written = sorted(staging.iterdir())
             # Every file but the card and the settings (rewritten by `push_to_hub`, edited by users) is pinned.
-            digests = {
-                e.name: None if e.name in UNPINNED_FILES else file_digest(e) for e in written if e.is_file()
-            }
+            digests = {e.name: None if e.name in UNPINNED_FILES else file_digest(e) for e in written if e.is_file()}
             previous = read_manifest(target) if (target / MANIFEST_NAME).is_file() else None
             ours = set(previous.get("files", {})) | set(previous.get("folders", [])) if previous else set()
             removable = {name for name in owned if name in ours or (previous is None and name in HF_META_ONLY_FILES)}

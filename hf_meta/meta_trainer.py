@@ -24,16 +24,16 @@ from .adaptation import (
     episode_name_phrases,
     episode_query_logits,
 )
-from .episodes import EPISODE_FEATURES
 from .adapter_checks import clamp_max_length
+from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
 from .io_utils import atomic_directory
 from .label_names import names_are_usable
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
-from .selection import check_sweepable
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
+from .selection import check_sweepable
 
 logger = logging.get_logger(__name__)
 
@@ -296,7 +296,9 @@ class MetaTrainer(Trainer):
         _check_episode_dataset("eval_dataset", dataset)
         combinations = _grid_combinations(grid)
         names = getattr(self.data_collator, "use_label_names", self.args.use_label_names)
-        check_sweepable(grid, self.adaptation_config, names_in_collator=names, learned_inner_loop=bool(self.inner_loop))
+        check_sweepable(
+            grid, self.adaptation_config, names_in_collator=names, learned_inner_loop=bool(self.inner_loop)
+        )
         if len(combinations) > 64:
             logger.warning(f"`select_adaptation` scores {len(combinations)} combinations; each adapts every episode.")
         self.model.eval()

@@ -15,9 +15,7 @@ AUGMENTATION_SETTINGS = ("support_augmentation", "augmented_views", "augmentatio
 LEARNED_SETTINGS = ("inner_learning_rate", "logit_scale")
 
 
-def check_sweepable(
-    grid: dict[str, list], current: Any, *, names_in_collator: bool, learned_inner_loop: bool
-) -> None:
+def check_sweepable(grid: dict[str, list], current: Any, *, names_in_collator: bool, learned_inner_loop: bool) -> None:
     """Refuse a grid that lists a value the sweep could not use.
 
     Args:

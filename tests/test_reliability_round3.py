@@ -113,7 +113,9 @@ def test_the_configs_hf_meta_writes_still_load(base_and_adapter, tmp_path):
         folder = crafted(tmp_path / str(i), adapter, **changes)
         clf = FewShotClassifier.from_pretrained(folder, base_model=str(base))
         with torch.no_grad():
-            torch.testing.assert_close(clf.encoder(clf.meta_weights, batch), reference.encoder(reference.meta_weights, batch))
+            torch.testing.assert_close(
+                clf.encoder(clf.meta_weights, batch), reference.encoder(reference.meta_weights, batch)
+            )
 
 
 def test_a_zero_b_adapter_reproduces_the_base_embedding(base_and_adapter):
