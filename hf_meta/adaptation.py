@@ -380,6 +380,7 @@ class EpisodeCollator:
                 "`per_device_train_batch_size=1` and `per_device_eval_batch_size=1`."
             )
         (row,) = rows
+        check_episode_row(row)
         batch = {"num_classes": torch.tensor(len(row["class_names"]))}
         if self.augmentation is not None:  # edited copies of the support sentences; the query set stays as is
             row = dict(row)
@@ -401,6 +402,33 @@ class EpisodeCollator:
                     "adapt without name examples."
                 )
         return batch
+
+
+def check_episode_row(row: dict[str, Any]) -> None:
+    """One episode's sets, checked before tokenising: non-empty, one label per text, labels in `0..N-1` for the N
+    `class_names`, every class in the support set. Errors name the column, the value and the fix."""
+    num_classes = len(row["class_names"])
+    fix = "build episodes with `hf_meta.build_episodes(...)`, or fix the row"
+    for part in ("support", "query"):
+        texts, labels = row[f"{part}_text"], row[f"{part}_label"]
+        if not len(texts):
+            raise ValueError(f"An episode has an empty `{part}_text`; every episode needs {part} examples: {fix}.")
+        if len(texts) != len(labels):
+            raise ValueError(
+                f"An episode has {len(texts)} `{part}_text` but {len(labels)} `{part}_label` entries: {fix}."
+            )
+        bad = [label for label in labels if not 0 <= int(label) < num_classes]
+        if bad:
+            raise ValueError(
+                f"An episode's `{part}_label` holds {bad[0]}, outside 0..{num_classes - 1} for its {num_classes} "
+                f"`class_names`; labels are episode-local class ids: {fix}."
+            )
+    missing = sorted(set(range(num_classes)) - {int(label) for label in row["support_label"]})
+    if missing:
+        raise ValueError(
+            f"An episode's support set has no example of class {missing[0]} ({row['class_names'][missing[0]]!r}) "
+            f"of its {num_classes} `class_names`: {fix}."
+        )
 
 
 def episode_name_phrases(class_names: list) -> list[str]:

@@ -484,6 +484,29 @@ def check_peft_model(model, batch_size) -> None:
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int (texts per forward pass), got {batch_size!r}.")
+    bad = [name for name, p in model.named_parameters() if not p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(
+            f"The base model holds NaN or inf in {len(bad)} frozen weight(s) (e.g. {bad[0]}): it is corrupted, and "
+            "every `fit` would diverge whatever the learning rate. Re-download or re-save the base model."
+        )
+
+
+def refuse_folder_without_model(folder: Path) -> None:
+    """A folder with neither an adapter nor a model config: say what it holds instead of a transformers error."""
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if (p / "adapter_config.json").is_file())
+    if checkpoints:
+        raise ValueError(
+            f"{folder} holds only Trainer checkpoints ({', '.join(checkpoints[-3:])}), no saved adapter: load one of "
+            f"them (`FewShotClassifier.from_pretrained('{folder / checkpoints[-1]}')`), or call "
+            "`trainer.save_model()` after training."
+        )
+    raise ValueError(
+        f"{folder} has neither adapter_config.json (an hf_meta adapter or classifier) nor config.json (a plain "
+        "encoder); check the path."
+    )
 
 
 def check_head_shape(path: Path, head: torch.Tensor, model, bias: bool) -> None:

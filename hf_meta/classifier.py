@@ -40,6 +40,7 @@ from .adapter_checks import (
     position_limit,
     read_lora_config,
     refuse_escaping_symlinks,
+    refuse_folder_without_model,
     refuse_remote_code,
 )
 from .augmentation import augment_support
@@ -171,6 +172,7 @@ class FewShotClassifier:
         """A fresh (not meta-learned) LoRA adapter on a plain encoder: the "fresh LoRA" baseline."""
         path = resolve_model_path(name_or_path)
         if os.path.isdir(path):
+            refuse_folder_without_model(Path(path))
             refuse_remote_code(Path(path))
         AutoConfig.from_pretrained(path, trust_remote_code=False)  # a clear transformers error if this is no model
         model = with_lora(AutoModel.from_pretrained(path, trust_remote_code=False), None)

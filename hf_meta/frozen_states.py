@@ -128,8 +128,13 @@ class FrozenStates:
         encoded = tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]
         path = folder / f"frozen_states-{_fingerprint(encoder, unique, max_length, encoded)}.arrow"
         if path.is_file():
-            logger.info(f"Reusing the frozen-layer states of {len(unique)} sentences from {path}")
-            return cls(datasets.Dataset.from_file(str(path)))
+            try:
+                states = cls(datasets.Dataset.from_file(str(path)))
+                logger.info(f"Reusing the frozen-layer states of {len(unique)} sentences from {path}")
+                return states
+            except Exception as err:  # a truncated or corrupted file: pyarrow raises OSError / ArrowInvalid
+                logger.warning(f"{path} is unreadable ({type(err).__name__}: {err}); computing it again.")
+                path.unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
         _remove_dead_temporary_files(folder)
         order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))

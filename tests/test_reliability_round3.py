@@ -555,3 +555,62 @@ def test_a_head_of_the_wrong_width_rank_or_dtype_fails_at_load(head, base_and_ad
     save_file({"weight": head}, str(tmp_path / "fitted" / "classifier_head.safetensors"))
     with pytest.raises(ValueError, match="but the head of this model is a float matrix of \\(classes, 33\\)"):
         FewShotClassifier.from_pretrained(tmp_path / "fitted", base_model=str(base))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"support_label": [0, 5]}, "`support_label` holds 5, outside 0..1"),
+        ({"query_label": [0, -1]}, "`query_label` holds -1"),
+        ({"support_text": [], "support_label": []}, "empty `support_text`"),
+        ({"support_label": [0, 0]}, "no example of class 1"),
+    ],
+)
+def test_a_malformed_episode_is_a_clear_error_not_an_index_error(change, message, tokenizer):
+    from hf_meta.adaptation import EpisodeCollator
+
+    row = {
+        "support_text": ["card late", "euro rate"],
+        "support_label": [0, 1],
+        "query_text": ["card lost", "rate today"],
+        "query_label": [0, 1],
+        "class_names": ["card", "rate"],
+        **change,
+    }
+    with pytest.raises(ValueError, match=message):
+        EpisodeCollator(tokenizer, 16)([row])
+
+
+def test_a_truncated_cache_file_is_rebuilt(tmp_path, tokenizer):
+    encoder = _encoder()
+    _frozen(tmp_path, encoder, tokenizer)
+    (path,) = (tmp_path / "cache").glob("*.arrow")
+    path.write_bytes(path.read_bytes()[:100])
+    _assert_states_are_fresh(_frozen(tmp_path, encoder, tokenizer), encoder, tokenizer)
+
+
+def test_a_nan_base_weight_is_blamed_on_the_base_model(base_and_adapter, tokenizer):
+    base, adapter = base_and_adapter
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    weight = clf.model.get_base_model().encoder.layer[0].output.dense.weight
+    with torch.no_grad():
+        saved = weight[0, 0].item()
+        weight[0, 0] = float("nan")
+    try:
+        with pytest.raises(ValueError, match="base model holds NaN or inf in 1 frozen weight"):
+            FewShotClassifier(clf.model, tokenizer, clf.adaptation_config)
+    finally:
+        with torch.no_grad():
+            weight[0, 0] = saved
+
+
+def test_an_output_dir_holding_only_checkpoints_says_so(base_and_adapter, tmp_path):
+    import shutil
+
+    _, adapter = base_and_adapter
+    shutil.copytree(adapter, tmp_path / "out" / "checkpoint-4")
+    with pytest.raises(ValueError, match="holds only Trainer checkpoints \\(checkpoint-4\\)"):
+        FewShotClassifier.from_pretrained(tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither adapter_config.json .* nor config.json"):
+        FewShotClassifier.from_pretrained(tmp_path / "empty")
