@@ -240,3 +240,26 @@ def atomic_directory(target: str | os.PathLike, owned: Iterable[str] | None = No
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(trash, ignore_errors=True)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that a save finished: its `trainer_state.json` (the Trainer writes
+    it last) is there and its hf_meta manifest, when it has one, is complete. Partial ones (a run killed while
+    checkpointing) are skipped with a warning; `None` when there is none."""
+    from transformers.utils import logging
+
+    folder = Path(output_dir)
+    steps = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        suffix = path.name.split("-", 1)[1]
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+        if (path / "trainer_state.json").is_file() and (manifest is None or manifest.get("complete")):
+            return str(path)
+        logging.get_logger(__name__).warning(
+            f"Skipping {path}: the save that wrote it did not finish (no trainer_state.json, or an incomplete "
+            f"{MANIFEST_NAME}); resuming from an earlier checkpoint."
+        )
+    return None

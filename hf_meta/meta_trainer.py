@@ -27,7 +27,7 @@ from .adaptation import (
 from .adapter_checks import clamp_max_length
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
@@ -338,6 +338,17 @@ class MetaTrainer(Trainer):
             if self.inner_loop is not None:
                 self.inner_loop.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` picks the newest checkpoint whose save finished."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"`resume_from_checkpoint=True` found no complete checkpoint in `output_dir` "
+                    f"{self.args.output_dir!r}; train from the start (`resume_from_checkpoint=None`) or pass a path."
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The Trainer's resume (adapter weights; the optimizer and scheduler follow), plus the learned inner loop,

@@ -614,3 +614,27 @@ def test_an_output_dir_holding_only_checkpoints_says_so(base_and_adapter, tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither adapter_config.json .* nor config.json"):
         FewShotClassifier.from_pretrained(tmp_path / "empty")
+
+
+def test_resume_true_skips_a_checkpoint_whose_save_did_not_finish(tmp_path, toy_dataset, tokenizer):
+    from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+
+    episodes = build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=2, num_episodes=4, seed=0)
+
+    def trainer(max_steps):
+        args = MetaTrainingArguments(
+            output_dir=str(tmp_path / "out"), max_steps=max_steps, gradient_accumulation_steps=1, inner_steps=1,
+            save_strategy="steps", save_steps=1, report_to="none", disable_tqdm=True, base_model="org/tiny",
+        )  # fmt: skip
+        model = tiny_encoder(vocab_size=tokenizer.vocab_size)
+        return MetaTrainer(model=model, args=args, train_dataset=episodes, processing_class=tokenizer)
+
+    trainer(2).train()
+    (tmp_path / "out" / "checkpoint-2" / "trainer_state.json").unlink()  # killed while writing checkpoint-2
+    resumed = trainer(3)
+    loaded = []
+    real = resumed._load_from_checkpoint
+    resumed._load_from_checkpoint = lambda path, model=None: (loaded.append(path), real(path, model))[1]
+    resumed.train(resume_from_checkpoint=True)
+    assert loaded and loaded[0].endswith("checkpoint-1")
+    assert resumed.state.global_step == 3
