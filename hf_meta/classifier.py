@@ -614,8 +614,13 @@ def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:
 def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
     """A local folder as is; a Hub repo id downloaded (adapter, settings, tokenizer; for a plain encoder repo its
     config and safetensors weights too: never pickled weights). Unreachable Hub: the id as is (embedded copies)."""
-    if os.path.isdir(path_or_repo_id) or not _looks_like_repo_id(path_or_repo_id):
+    if os.path.isdir(path_or_repo_id):
         return Path(path_or_repo_id)
+    if not _looks_like_repo_id(path_or_repo_id):
+        raise FileNotFoundError(
+            f"`path_or_repo_id` {path_or_repo_id!r} is no folder here, and not a Hub repo id (`namespace/name`); "
+            "check the path."
+        )
     from .hub_download import ENCODER_PATTERNS, TOKENIZER_PATTERNS, download
 
     patterns = [*ADAPTER_FILES, ADAPTATION_CONFIG_NAME, INNER_LOOP_FILE, HEAD_FILE, LABELS_FILE, MANIFEST_NAME]

@@ -638,3 +638,24 @@ def test_resume_true_skips_a_checkpoint_whose_save_did_not_finish(tmp_path, toy_
     resumed.train(resume_from_checkpoint=True)
     assert loaded and loaded[0].endswith("checkpoint-1")
     assert resumed.state.global_step == 3
+
+
+@pytest.mark.parametrize("path", ["./my-clasifier", "/tmp/no/such/classifier"])
+def test_a_mistyped_path_says_so(path):
+    with pytest.raises(FileNotFoundError, match="is no folder here, and not a Hub repo id"):
+        FewShotClassifier.from_pretrained(path)
+
+
+def test_self_training_reads_generators_once(base_and_adapter):
+    base, adapter = base_and_adapter
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base))
+    texts = [f"{WORDS[i % 2]} example {i}" for i in range(6)]
+    pool = [f"{WORDS[i % 2]} unlabelled {i}" for i in range(10)]
+    clf.fit(
+        (t for t in texts),
+        (WORDS[i % 2].split()[0] for i in range(6)),
+        unlabeled_texts=(t for t in pool),
+        self_training={"rounds": 1, "per_class": 2},
+        inner_steps=1,
+    )
+    assert clf.classes_ == ["card", "exchange"] and len(clf.pseudo_labeled_) == 4
