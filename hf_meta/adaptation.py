@@ -216,6 +216,8 @@ class AdaptationConfig:
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ValueError(f"{path} nests its JSON too deeply to be a config; restore the original file.") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
         known = set(cls.field_names())

@@ -588,8 +588,8 @@ class FewShotClassifier:
             raise FileNotFoundError(
                 f"{folder / HEAD_FILE} has no {LABELS_FILE} beside it; save the classifier again."
             ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}: {err}).") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as err:
+            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}).") from None
         check_safetensors(folder / HEAD_FILE, lora=False)
         head = load_file(str(folder / HEAD_FILE))["weight"]
         check_head_shape(folder / HEAD_FILE, head, self.model, self.adaptation_config.head_bias)

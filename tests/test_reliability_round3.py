@@ -659,3 +659,18 @@ def test_self_training_reads_generators_once(base_and_adapter):
         inner_steps=1,
     )
     assert clf.classes_ == ["card", "exchange"] and len(clf.pseudo_labeled_) == 4
+
+
+def test_json_bombs_in_the_settings_and_labels_are_clear_errors(base_and_adapter, tmp_path):
+    base, adapter = base_and_adapter
+    bomb = "[" * 100_000 + "]" * 100_000
+    folder = crafted(tmp_path / "settings", adapter)
+    (folder / "adaptation_config.json").write_text(bomb)
+    with pytest.raises(ValueError, match="adaptation_config.json nests its JSON too deeply"):
+        FewShotClassifier.from_pretrained(folder, base_model=str(base))
+    texts, labels = _fit_texts(["card", "rate"])
+    clf = FewShotClassifier.from_pretrained(adapter, base_model=str(base)).fit(texts, labels, inner_steps=1)
+    clf.save_pretrained(tmp_path / "fitted")
+    (tmp_path / "fitted" / "classifier_labels.json").write_text(bomb)
+    with pytest.raises(ValueError, match="classifier_labels.json is not a labels file \\(RecursionError\\)"):
+        FewShotClassifier.from_pretrained(tmp_path / "fitted", base_model=str(base))
