@@ -592,13 +592,13 @@ class FewShotClassifier:
             raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}).") from None
         check_safetensors(folder / HEAD_FILE, lora=False)
         head = load_file(str(folder / HEAD_FILE))["weight"]
-        check_head_shape(folder / HEAD_FILE, head, self.model, self.adaptation_config.head_bias)
         if head.shape[0] != len(classes):
             raise ValueError(
                 f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes."
             )
         if not torch.isfinite(head).all():
             raise ValueError(f"{folder / HEAD_FILE} holds NaN or inf: the classifier diverged; fit and save it again.")
+        check_head_shape(folder / HEAD_FILE, head, self.model, self.adaptation_config.head_bias)
         self.weights = {**self.meta_weights, HEAD: head.to(self.device)}
         self.classes_ = classes
         shots = stored.get("shots")
