@@ -57,6 +57,12 @@ _NUMERIC_CHECKS = {
 }
 
 
+# What `adaptation_config.json` in a folder may ask for (`fit` overrides may go up to the `_NUMERIC_CHECKS` bounds).
+FOLDER_LIMITS = {"inner_steps": 200, "head_fit_steps": 1000, "augmented_views": 16}
+# What `inner_loop.safetensors` may hold: the bounds `inner_learning_rate` and `logit_scale` have as settings.
+MAX_LEARNED_RATE, MAX_LEARNED_LOGIT_SCALE = 1e3, 1e4
+
+
 @dataclass
 class AdaptationConfig:
     """How a meta-initialised adapter adapts to a new task; saved as `adaptation_config.json` beside the adapter.
@@ -259,6 +265,8 @@ class AdaptationConfig:
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ValueError(f"{path} nests its JSON too deeply to be a config; restore the original file.") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
         known = set(cls.field_names())
@@ -269,6 +277,13 @@ class AdaptationConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")
+        for name, limit in FOLDER_LIMITS.items():  # an untrusted folder must not make every `fit` run for minutes
+            value = values.get(name)
+            if _is_number(value) and value > limit:
+                raise ValueError(
+                    f"{path} sets `{name}` to {value}, beyond the {limit} a saved adapter may ask for (each `fit` "
+                    f"would run for minutes). Edit the file, or load it and pass `{name}=...` to `fit` if you mean it."
+                )
         try:
             return cls(**values)
         except ValueError as err:
@@ -367,6 +382,14 @@ class LearnedInnerLoop(torch.nn.Module):
             raise ValueError(f"{path} is not an hf_meta inner-loop file ({type(err).__name__}: {err}).") from None
         if len(names) != len(rates) or not (torch.isfinite(rates).all() and torch.isfinite(scale).all()):
             raise ValueError(f"{path} holds {len(rates)} rates for {len(names)} names, or NaN/inf; save it again.")
+        largest_rate = float(rates.max().exp()) if rates.numel() else 0.0
+        if largest_rate >= MAX_LEARNED_RATE or float(scale.max().exp()) >= MAX_LEARNED_LOGIT_SCALE:
+            raise ValueError(
+                f"{path} holds a step size of {largest_rate:.3g} or a logit scale of {float(scale.max().exp()):.3g}, "
+                f"beyond {MAX_LEARNED_RATE:g} / {MAX_LEARNED_LOGIT_SCALE:g} (the bounds of `inner_learning_rate` and "
+                "`logit_scale`): every prediction would be the same. Restore the file saved with the adapter, or set "
+                '"learn_inner_learning_rates": false in adaptation_config.json.'
+            )
         inner = cls(names[:-1], 1.0, 1.0)
         with torch.no_grad():
             inner.log_learning_rates.copy_(rates)
@@ -426,6 +449,7 @@ class EpisodeCollator:
                 "`per_device_train_batch_size=1` and `per_device_eval_batch_size=1`."
             )
         (row,) = rows
+        check_episode_row(row)
         batch = {"num_classes": torch.tensor(len(row["class_names"]))}
         if self.augmentation is not None:  # edited copies of the support sentences; the query set stays as is
             row = dict(row)
@@ -447,6 +471,33 @@ class EpisodeCollator:
                     "adapt without name examples."
                 )
         return batch
+
+
+def check_episode_row(row: dict[str, Any]) -> None:
+    """One episode's sets, checked before tokenising: non-empty, one label per text, labels in `0..N-1` for the N
+    `class_names`, every class in the support set. Errors name the column, the value and the fix."""
+    num_classes = len(row["class_names"])
+    fix = "build episodes with `hf_meta.build_episodes(...)`, or fix the row"
+    for part in ("support", "query"):
+        texts, labels = row[f"{part}_text"], row[f"{part}_label"]
+        if not len(texts):
+            raise ValueError(f"An episode has an empty `{part}_text`; every episode needs {part} examples: {fix}.")
+        if len(texts) != len(labels):
+            raise ValueError(
+                f"An episode has {len(texts)} `{part}_text` but {len(labels)} `{part}_label` entries: {fix}."
+            )
+        bad = [label for label in labels if not 0 <= int(label) < num_classes]
+        if bad:
+            raise ValueError(
+                f"An episode's `{part}_label` holds {bad[0]}, outside 0..{num_classes - 1} for its {num_classes} "
+                f"`class_names`; labels are episode-local class ids: {fix}."
+            )
+    missing = sorted(set(range(num_classes)) - {int(label) for label in row["support_label"]})
+    if missing:
+        raise ValueError(
+            f"An episode's support set has no example of class {missing[0]} ({row['class_names'][missing[0]]!r}) "
+            f"of its {num_classes} `class_names`: {fix}."
+        )
 
 
 def episode_name_phrases(class_names: list) -> list[str]:

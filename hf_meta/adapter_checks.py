@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,6 +53,181 @@ PADDING_OFFSET_MODEL_TYPES = {
 }
 
 
+# ---- adapter_config.json: a strict allow-list of what hf_meta writes -------------------------------------------
+#
+# An adapter folder may come from an untrusted repo, and peft can express far more than hf_meta writes: regexes it
+# compiles (`target_modules` as a string, `rank_pattern` keys, `layers_pattern`), initialisations that rewrite the
+# frozen base weights at load (`pissa`, `olora`, `loftq`, `eva`, `corda`: SVDs of every targeted weight),
+# architecture changes (`layer_replication`), trainable biases or embedding rows. The config is checked against
+# the keys, value types and sizes hf_meta writes through peft's `LoraConfig` before any pattern is compiled or
+# peft is called; keys outside the list must hold their "unset" value (null, false, {} or []).
+
+MAX_ADAPTER_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_BYTES = 64 * 1024 * 1024  # config.json / tokenizer_config.json: large added-token lists
+MAX_LORA_RANK = 4096
+MAX_PATTERN_ENTRIES = 256
+MAX_NAME_LENGTH = 200
+MAX_LAYERS = 10_000
+# Module names and pattern keys: word characters and dots (`attention.self.query`), no quantifier, group or class,
+# so matching them is linear in the module name. `|` is allowed in a `target_modules` string ("query|value").
+_MODULE_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME_LENGTH}}}")
+_MODULE_ALTERNATION = re.compile(rf"[A-Za-z0-9_.\-|]{{1,{MAX_NAME_LENGTH}}}")
+_TASK_TYPES = (None, "FEATURE_EXTRACTION")
+_INIT_LORA_WEIGHTS = (True, False, "gaussian")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short_string(limit: int):
+    return lambda v: v is None or (isinstance(v, str) and len(v) <= limit)
+
+
+def _module_names(value, alternation: bool = False) -> bool:
+    """`None`, a list of at most 256 plain module names, or one plain name (with `|` when `alternation`)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return bool((_MODULE_ALTERNATION if alternation else _MODULE_NAME).fullmatch(value))
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_PATTERN_ENTRIES
+        and all(isinstance(v, str) and _MODULE_NAME.fullmatch(v) for v in value)
+    )
+
+
+def _pattern_dict(value_ok):
+    def check(value) -> bool:
+        return (
+            isinstance(value, dict)
+            and len(value) <= MAX_PATTERN_ENTRIES
+            and all(isinstance(k, str) and _MODULE_NAME.fullmatch(k) and value_ok(v) for k, v in value.items())
+        )
+
+    return check
+
+
+def _layers(value) -> bool:
+    if value is None or (_is_int(value) and 0 <= value < MAX_LAYERS):
+        return True
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_LAYERS
+        and all(_is_int(v) and 0 <= v < MAX_LAYERS for v in value)
+    )
+
+
+def _rank(value) -> bool:
+    return _is_int(value) and 1 <= value <= MAX_LORA_RANK
+
+
+# key -> (check, what is allowed, as the error message says it)
+LORA_CONFIG_SCHEMA = {
+    "peft_type": (lambda v: v == "LORA", '"LORA" (hf_meta loads LoRA adapters only)'),
+    "task_type": (lambda v: v in _TASK_TYPES, 'null or "FEATURE_EXTRACTION" (an encoder without a task head)'),
+    "r": (_rank, f"an int in [1, {MAX_LORA_RANK}]"),
+    "lora_alpha": (_is_number, "a finite number"),
+    "lora_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
+    "init_lora_weights": (
+        lambda v: any(v is x or (isinstance(v, str) and v == x) for x in _INIT_LORA_WEIGHTS),
+        'true, false or "gaussian" (initialisations such as "pissa", "olora", "loftq", "eva" or "corda" rewrite '
+        "the frozen base weights at load)",
+    ),
+    "target_modules": (
+        lambda v: _module_names(v, alternation=True),
+        f"a list of at most {MAX_PATTERN_ENTRIES} module names (letters, digits, `_`, `.`, `-`; no regular "
+        "expression)",
+    ),
+    "exclude_modules": (_module_names, f"null or a list of at most {MAX_PATTERN_ENTRIES} plain module names"),
+    "layers_to_transform": (_layers, f"null, or layer indices in [0, {MAX_LAYERS})"),
+    "layers_pattern": (_module_names, "null or plain module names (no regular expression)"),
+    "rank_pattern": (
+        _pattern_dict(_rank),
+        f"a dict of at most {MAX_PATTERN_ENTRIES} plain module names -> an int rank in [1, {MAX_LORA_RANK}]",
+    ),
+    "alpha_pattern": (
+        _pattern_dict(_is_number),
+        f"a dict of at most {MAX_PATTERN_ENTRIES} plain module names -> a finite number",
+    ),
+    "bias": (lambda v: v == "none", '"none" (trainable biases would change the frozen base model)'),
+    "inference_mode": (lambda v: isinstance(v, bool), "true or false"),
+    "base_model_name_or_path": (_short_string(1000), "null or a Hub id / path"),
+    "revision": (_short_string(MAX_NAME_LENGTH), "null or a revision name"),
+    "peft_version": (_short_string(MAX_NAME_LENGTH), "null or a version string"),
+    "megatron_core": (_short_string(MAX_NAME_LENGTH), "null or a module name"),
+    "qalora_group_size": (lambda v: v is None or _is_int(v), "an int (unused without `use_qalora`)"),
+    "ensure_weight_tying": (lambda v: isinstance(v, bool), "true or false"),
+    "auto_mapping": (
+        lambda v: (
+            v is None
+            or (isinstance(v, dict) and len(v) <= 4 and all(_short_string(MAX_NAME_LENGTH)(x) for x in v.values()))
+        ),
+        "null or peft's small dict of class names",
+    ),
+}
+
+
+def _unset(value) -> bool:
+    return value is None or value is False or value == {} or value == []
+
+
+def check_lora_config_values(values: dict, path: Path) -> None:
+    """Refuse an `adapter_config.json` outside what hf_meta writes, before peft or any regex sees it.
+
+    Known keys must pass their check in [`LORA_CONFIG_SCHEMA`]; any other key (`layer_replication`, `use_dora`,
+    `modules_to_save`, `trainable_token_indices`, `loftq_config`, a key of a newer peft ...) must be unset (null,
+    false, {} or []). Runs in microseconds for any config under [`MAX_ADAPTER_CONFIG_BYTES`].
+    """
+    for key, value in values.items():
+        rule = LORA_CONFIG_SCHEMA.get(key)
+        if rule is None:
+            if not _unset(value):
+                raise ValueError(
+                    f"{path}: `{key}` is set ({_preview(value)}), but hf_meta only loads plain LoRA adapters, whose "
+                    f"configs leave it unset (null, false, {{}} or []): it could change the frozen base model or its "
+                    "architecture. Remove the key, or load this adapter with peft directly if you trust it."
+                )
+            continue
+        ok, allowed = rule
+        if not ok(value):
+            raise ValueError(
+                f"{path}: `{key}` must be {allowed}, got {_preview(value)}. This is not a config hf_meta writes; "
+                "restore the adapter's own adapter_config.json, or load it with peft directly if you trust it."
+            )
+    if "r" not in values:
+        raise ValueError(f"{path}: `r` is missing; restore the adapter's own adapter_config.json.")
+
+
+def _preview(value, limit: int = 80) -> str:
+    if isinstance(value, dict | list) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value)} entries"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def read_json_file(path: Path, max_bytes: int = MAX_ADAPTER_CONFIG_BYTES):
+    """A small JSON file parsed, or a `ValueError` naming it: oversized, not UTF-8, invalid, or nested too deep."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(
+            f"{path} is {size} bytes, beyond the {max_bytes} an hf_meta config can need; it is not one of hf_meta's "
+            "configs (restore the original file)."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests its JSON too deeply to be a config; restore the original file.") from None
+
+
 def check_safetensors(path: Path, lora: bool = True) -> dict[str, tuple[list[int], str]]:
     """Read the header of a safetensors file (no tensor data) so a truncated or forged file fails here, naming it.
 
@@ -80,11 +256,7 @@ def refuse_remote_code(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        values = read_json_file(path, max_bytes=MAX_CONFIG_BYTES)
         if isinstance(values, dict) and values.get("auto_map"):
             raise ValueError(
                 f"{path} carries `auto_map` ({sorted(values['auto_map'])}): loading it would run code shipped with "
@@ -94,20 +266,35 @@ def refuse_remote_code(folder: Path) -> None:
             )
 
 
+def refuse_escaping_symlinks(folder: Path) -> None:
+    """Refuse a folder holding a symlink that points outside it: its target would be read (a vocabulary from
+    elsewhere) and copied into the next save or upload. A Hub cache snapshot may link into its repo's `blobs/`."""
+    root = folder.resolve()
+    allowed = [root]
+    if folder.parent.name == "snapshots":  # huggingface_hub's cache: snapshots/<rev>/file -> ../../blobs/<hash>
+        allowed.append(folder.parent.parent.resolve())
+    for entry in folder.iterdir():
+        if not entry.is_symlink():
+            continue
+        target = entry.resolve()
+        if not any(target == base or base in target.parents for base in allowed):
+            raise ValueError(
+                f"{entry} is a symlink to {target}, outside the folder: hf_meta would read that file and copy it "
+                "into the next save or upload. Replace the link by a copy of the file, or remove it."
+            )
+
+
 def read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> LoraConfig:
     """`adapter_config.json` parsed and checked against the weights' header before anything is allocated."""
     path = folder / "adapter_config.json"
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    values = read_json_file(path)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
     if values.get("peft_type") != "LORA":
         raise ValueError(
             f'{path} has `peft_type` {values.get("peft_type")!r}; hf_meta loads LoRA adapters only (`"LORA"`).'
         )
+    check_lora_config_values(values, path)
     r = values.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ValueError(f"{path}: `r` must be a positive int, got {r!r}.")
@@ -265,3 +452,72 @@ def position_limit(model: PeftModel) -> int:
     if config.model_type in PADDING_OFFSET_MODEL_TYPES:
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
     return limit
+
+
+def clamp_max_length(max_length: int, model, stacklevel: int = 3) -> int:
+    """`max_length`, or the model's position limit with a warning when it asks for more tokens than the model can
+    encode: the same clamp in `FewShotClassifier`, `MetaTrainer` (its episode collator) and `FrozenStates`."""
+    limit = position_limit(model)
+    if max_length > limit:
+        warnings.warn(
+            f"`max_length` ({max_length}) exceeds the {limit} positions the model can encode; texts are cut at "
+            f"{limit} tokens.",
+            stacklevel=stacklevel,
+        )
+        return limit
+    return max_length
+
+
+def check_peft_model(model, batch_size) -> None:
+    """`FewShotClassifier(model, ...)` needs a LoRA-wrapped bare encoder and a positive `batch_size`."""
+    if not isinstance(model, PeftModel):
+        kind = type(model).__name__
+        head = any(kind.endswith(s) for s in ("ForSequenceClassification", "ForMaskedLM", "ForTokenClassification"))
+        hint = (
+            "load the bare encoder (`AutoModel.from_pretrained(...)`), not a model with a task head, then wrap it"
+            if head
+            else "wrap it"
+        )
+        raise TypeError(
+            f"`model` must be a `peft.PeftModel` (an encoder with LoRA), got {kind}; {hint} with "
+            "`hf_meta.modeling.with_lora(model, None)`, or use `FewShotClassifier.from_pretrained(path_or_repo_id)`."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int (texts per forward pass), got {batch_size!r}.")
+    bad = [name for name, p in model.named_parameters() if not p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(
+            f"The base model holds NaN or inf in {len(bad)} frozen weight(s) (e.g. {bad[0]}): it is corrupted, and "
+            "every `fit` would diverge whatever the learning rate. Re-download or re-save the base model."
+        )
+
+
+def refuse_folder_without_model(folder: Path) -> None:
+    """A folder with neither an adapter nor a model config: say what it holds instead of a transformers error."""
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if (p / "adapter_config.json").is_file())
+    if checkpoints:
+        raise ValueError(
+            f"{folder} holds only Trainer checkpoints ({', '.join(checkpoints[-3:])}), no saved adapter: load one of "
+            f"them (`FewShotClassifier.from_pretrained('{folder / checkpoints[-1]}')`), or call "
+            "`trainer.save_model()` after training."
+        )
+    raise ValueError(
+        f"{folder} has neither adapter_config.json (an hf_meta adapter or classifier) nor config.json (a plain "
+        "encoder); check the path."
+    )
+
+
+def check_head_shape(path: Path, head: torch.Tensor, model, bias: bool) -> None:
+    """A stored head must be a float matrix as wide as the embeddings (one column more with `head_bias`), so a
+    forged or mismatched head fails at load rather than at the first `predict`."""
+    config = (model.get_base_model() if isinstance(model, PeftModel) else model).config
+    width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    expected = None if width is None else width + int(bias)
+    if head.ndim != 2 or not head.is_floating_point() or (expected is not None and head.shape[1] != expected):
+        raise ValueError(
+            f"{path} holds a {head.dtype} tensor of shape {list(head.shape)}, but the head of this model is a float "
+            f"matrix of (classes, {expected}) (embedding width {width}{' + a bias column' if bias else ''}): it "
+            "belongs to another model or settings. Save the classifier again."
+        )

@@ -30,6 +30,8 @@ from .adaptation import (
 from .adapter_checks import (
     check_adapter_fits,
     check_finite_file,
+    check_head_shape,
+    check_peft_model,
     check_safetensors,
     check_tokenizer,
     choose_base_model,
@@ -37,12 +39,14 @@ from .adapter_checks import (
     non_finite,
     position_limit,
     read_lora_config,
+    refuse_escaping_symlinks,
+    refuse_folder_without_model,
     refuse_remote_code,
 )
 from .adapter_strength import StrengthChoice, choose_strength, strength_folds
 from .augmentation import augment_support
 from .inner_loop import head_logits
-from .io_utils import atomic_directory, atomic_write_text
+from .io_utils import MANIFEST_NAME, atomic_directory, atomic_write_text, verify_saved_folder
 from .label_names import label_phrase, names_are_usable
 from .metrics import accuracy
 from .modeling import (
@@ -83,6 +87,7 @@ class FewShotClassifier:
     """
 
     def __init__(self, model: PeftModel, tokenizer, adaptation_config: AdaptationConfig, batch_size: int = 64):
+        check_peft_model(model, batch_size)
         check_tokenizer(tokenizer, model)
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -135,8 +140,10 @@ class FewShotClassifier:
         """
         folder = _local_folder(str(path_or_repo_id), hub_kwargs)
         if not (folder / "adapter_config.json").is_file():
-            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), base_model)
+            hub_id = base_model or (str(path_or_repo_id) if folder != Path(str(path_or_repo_id)) else None)
+            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), hub_id)
         refuse_remote_code(folder)
+        refuse_escaping_symlinks(folder)
         weights_file = folder / "adapter_model.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(
@@ -166,6 +173,7 @@ class FewShotClassifier:
             classifier._set_inner_loop(LearnedInnerLoop.from_pretrained(folder), folder)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
+        verify_saved_folder(folder)  # after the checks above: an interrupted save, or files of two saves mixed
         return classifier
 
     @classmethod
@@ -173,6 +181,7 @@ class FewShotClassifier:
         """A fresh (not meta-learned) LoRA adapter on a plain encoder: the "fresh LoRA" baseline."""
         path = resolve_model_path(name_or_path)
         if os.path.isdir(path):
+            refuse_folder_without_model(Path(path))
             refuse_remote_code(Path(path))
         AutoConfig.from_pretrained(path, trust_remote_code=False)  # a clear transformers error if this is no model
         model = with_lora(AutoModel.from_pretrained(path, trust_remote_code=False), None)
@@ -243,6 +252,7 @@ class FewShotClassifier:
             fit_kwargs = {"label_descriptions": label_descriptions, **overrides}  # every refit uses the same names
             return self_train(self, texts, labels, unlabeled_texts, self_training, fit_kwargs)
         texts = _check_texts(texts, "texts")
+        labels = list(labels) if not isinstance(labels, str | Sequence | np.ndarray) else labels  # a generator
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
         labels, classes = _check_labels(labels)
@@ -253,7 +263,7 @@ class FewShotClassifier:
         batch = self._tokenize(support_texts, config)
         batch["labels"] = torch.tensor([index[label] for label in support_labels], device=self.device)
         descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
-        phrases = _name_phrases(classes, descriptions) if config.use_label_names else None
+        phrases = _name_phrases(classes, descriptions, config.use_label_names)
         names = self._tokenize(phrases, config) if phrases else None
         # The meta-learned step sizes, unless this fit turns them off (`learn_inner_learning_rates=False`).
         rates = self.inner_loop.learning_rates() if self.inner_loop and config.learn_inner_learning_rates else None
@@ -682,8 +692,8 @@ class FewShotClassifier:
             raise FileNotFoundError(
                 f"{folder / HEAD_FILE} has no {LABELS_FILE} beside it; save the classifier again."
             ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}: {err}).") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as err:
+            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}).") from None
         check_safetensors(folder / HEAD_FILE, lora=False)
         head = load_file(str(folder / HEAD_FILE))["weight"]
         if head.shape[0] != len(classes):
@@ -692,6 +702,7 @@ class FewShotClassifier:
             )
         if not torch.isfinite(head).all():
             raise ValueError(f"{folder / HEAD_FILE} holds NaN or inf: the classifier diverged; fit and save it again.")
+        check_head_shape(folder / HEAD_FILE, head, self.model, self.adaptation_config.head_bias)
         self.weights = {**self.meta_weights, HEAD: head.to(self.device)}
         self.classes_ = classes
         shots = stored.get("shots")
@@ -712,33 +723,23 @@ def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:
 
 
 def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
-    """A local folder as is; a Hub repo id downloaded (adapter, settings, tokenizer: never pickled weights)."""
-    if os.path.isdir(path_or_repo_id) or not _looks_like_repo_id(path_or_repo_id):
+    """A local folder as is; a Hub repo id downloaded (adapter, settings, tokenizer; for a plain encoder repo its
+    config and safetensors weights too: never pickled weights). Unreachable Hub: the id as is (embedded copies)."""
+    if os.path.isdir(path_or_repo_id):
         return Path(path_or_repo_id)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                path_or_repo_id,
-                allow_patterns=[
-                    *ADAPTER_FILES,
-                    ADAPTATION_CONFIG_NAME,
-                    INNER_LOOP_FILE,
-                    HEAD_FILE,
-                    LABELS_FILE,
-                    "tokenizer*",
-                    "vocab*",
-                    "special_tokens_map.json",
-                    "*.model",
-                    "merges.txt",
-                ],
-                **hub_kwargs,
-            )
+    if not _looks_like_repo_id(path_or_repo_id):
+        raise FileNotFoundError(
+            f"`path_or_repo_id` {path_or_repo_id!r} is no folder here, and not a Hub repo id (`namespace/name`); "
+            "check the path."
         )
-    except Exception as err:  # offline, unknown repo, gated: let the plain-encoder path try the embedded copies
-        logger.info(f"Could not download {path_or_repo_id!r} from the Hub ({type(err).__name__}).")
-        return Path(path_or_repo_id)
+    from .hub_download import ENCODER_PATTERNS, TOKENIZER_PATTERNS, download
+
+    patterns = [*ADAPTER_FILES, ADAPTATION_CONFIG_NAME, INNER_LOOP_FILE, HEAD_FILE, LABELS_FILE, MANIFEST_NAME]
+    patterns += [*TOKENIZER_PATTERNS, "training_args.json"]
+    folder = download(path_or_repo_id, patterns, hub_kwargs)
+    if folder is not None and not (folder / "adapter_config.json").is_file():  # a plain encoder repo
+        folder = download(path_or_repo_id, [*ENCODER_PATTERNS, *TOKENIZER_PATTERNS], hub_kwargs)
+    return folder if folder is not None else Path(path_or_repo_id)
 
 
 def _looks_like_repo_id(value: str) -> bool:
@@ -788,13 +789,26 @@ def _check_descriptions(classes: list, label_descriptions: Any) -> dict:
     return {(k.item() if isinstance(k, np.generic) else k): v.strip() for k, v in label_descriptions.items()}
 
 
-def _name_phrases(classes: list, descriptions: dict) -> list[str] | None:
-    """One phrase per class (its description, else its name as a phrase), or None when the names are codes."""
+def _name_phrases(classes: list, descriptions: dict, use_label_names: bool = True) -> list[str] | None:
+    """One phrase per class (its description, else its name as a phrase), or None when the names are codes.
+
+    When names or descriptions given are not used, a warning (once per message) says why and how to use them.
+    """
+    if not use_label_names:
+        if descriptions:
+            logger.warning_once(
+                f"`label_descriptions` ({len(descriptions)} given) are ignored: `use_label_names` is off for this "
+                "fit. Pass `use_label_names=True` to `fit` to add them as examples."
+            )
+        return None
     undescribed = [c for c in classes if c not in descriptions]
     if undescribed and not names_are_usable(undescribed if len(undescribed) < len(classes) else classes):
-        logger.info(
-            f"Class names such as {undescribed[:3]} carry no words; `fit` adapts without name examples (describe "
-            "every class with `label_descriptions` to use them)."
+        codes = [c for c in undescribed if not names_are_usable([c])][:3] or undescribed[:3]
+        ignored = f" and the {len(descriptions)} `label_descriptions` given" if descriptions else ""
+        logger.warning_once(
+            f"Class names such as {codes} carry no words, so `fit` adapts without name examples for every class"
+            f"{ignored}. Describe those classes with `label_descriptions` (every class, for int or code labels) to "
+            "use names and descriptions, or pass `use_label_names=False` to silence this."
         )
         return None
     return [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
@@ -810,6 +824,22 @@ def _check_labels(labels: Sequence) -> tuple[list, list]:
     if len(kinds) > 1:
         raise TypeError("`labels` mixes strings and ints; use one type for every label.")
     classes = sorted(set(labels))
+    _warn_near_duplicate_classes(classes)
     if len(classes) < 2:
         raise ValueError(f"`labels` has {len(classes)} class ({classes}); a classifier needs at least 2 classes.")
     return labels, classes
+
+
+def _warn_near_duplicate_classes(classes: list) -> None:
+    """Warn (once per set) when string labels differ only by case or whitespace: they stay separate classes."""
+    groups: dict[str, list] = {}
+    for c in classes:
+        if isinstance(c, str):
+            groups.setdefault(" ".join(c.split()).casefold(), []).append(c)
+    clashes = [names for names in groups.values() if len(names) > 1]
+    if clashes:
+        logger.warning_once(
+            f"`labels` holds classes that differ only by case or whitespace, e.g. {clashes[0]} ({len(clashes)} such "
+            "group(s)); they are kept as separate classes. Normalise the labels (e.g. `label.strip().lower()`) if "
+            "they are the same class."
+        )

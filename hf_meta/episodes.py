@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -40,6 +43,10 @@ def _as_range(value: IntOrRange, name: str, minimum: int = 1) -> tuple[int, int]
     `minimum` is the smallest allowed value: 2 for `n_way` (a 1-way episode has nothing to tell apart, so its
     support loss is zero, nothing is trained and its query accuracy is a meaningless 100%).
     """
+    if isinstance(value, np.integer):  # `np.int64(5)` from a numpy computation reads as 5
+        value = int(value)
+    if isinstance(value, tuple | list):
+        value = [int(v) if isinstance(v, np.integer) else v for v in value]
     if isinstance(value, bool) or not isinstance(value, int | tuple | list):
         raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
     if isinstance(value, tuple | list) and len(value) != 2:
@@ -327,6 +334,9 @@ def build_episodes(
         raise ValueError(f"`num_query` must be a positive int, got {num_query!r}.")
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
+    seed = check_seed(seed)
+    n_way = int(n_way) if isinstance(n_way, np.integer) else n_way
+    k_shot = int(k_shot) if isinstance(k_shot, np.integer) else k_shot
     _as_range(n_way, "n_way", minimum=2)
     _as_range(k_shot, "k_shot")
     _check_columns(dataset, [text_column, label_column])
@@ -341,8 +351,10 @@ def build_episodes(
         "text_column": text_column,
         "label_column": label_column,
     }
+    if cache_dir is None:
+        _remove_dead_temporary_folders()
     with (
-        tempfile.TemporaryDirectory(prefix="hf_meta_episodes_")
+        tempfile.TemporaryDirectory(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}_")
         if cache_dir is None
         else contextlib.nullcontext(cache_dir) as d
     ):
@@ -369,6 +381,39 @@ def build_episodes(
                 raise
             # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
             return builder.as_dataset(split="train", in_memory=cache_dir is None)
+
+
+def check_seed(seed) -> int:
+    """`seed` as a non-negative Python int (numpy integers accepted), or a clear error."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}; e.g. `seed=0`.")
+    return seed
+
+
+TEMPORARY_PREFIX = "hf_meta_episodes_"
+
+
+def _remove_dead_temporary_folders() -> None:
+    """Remove the temporary folders of `build_episodes` calls whose process was killed (their name holds the pid)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*_*"):
+        pid = folder.name[len(TEMPORARY_PREFIX) :].split("_", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a permission error means it does)."""
+    if os.name == "nt":  # `os.kill(pid, 0)` would send CTRL_C_EVENT there: never probe, assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 @contextlib.contextmanager

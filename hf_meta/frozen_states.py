@@ -13,11 +13,13 @@ Episodes stay plain text (any `build_episodes` output works): rows are found by 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from datasets.arrow_writer import ArrowWriter
 from transformers.utils import logging
@@ -26,7 +28,7 @@ from .modeling import ROW_STATES, FunctionalEncoder
 
 logger = logging.get_logger(__name__)
 
-CACHE_FORMAT = "1"  # bump when the stored columns change
+CACHE_FORMAT = "2"  # bump when the stored columns change
 
 
 class FrozenStates:
@@ -71,6 +73,27 @@ class FrozenStates:
             attention_mask[i, : len(row)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, ROW_STATES: [s.float() for s in states]}
 
+    @staticmethod
+    def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+        """Where [`build`] stores its Arrow files: `cache_dir`, default `<HF_DATASETS_CACHE>/hf_meta_frozen_states`."""
+        return Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "hf_meta_frozen_states")
+
+    @classmethod
+    def clear_cache(cls, cache_dir: str | os.PathLike | None = None) -> int:
+        """Delete every stored frozen-state file (and leftovers of killed builds); returns the bytes freed.
+
+        Nothing evicts these files on its own: each distinct set of sentences, model or tokenizer writes one (4 x
+        hidden size bytes per token: ~25 KB per sentence on MiniLM). Run it between experiments, e.g.
+        `python -c "from hf_meta.frozen_states import FrozenStates; FrozenStates.clear_cache()"`.
+        """
+        folder = cls.cache_folder(cache_dir)
+        freed = 0
+        for path in [*folder.glob("frozen_states-*.arrow"), *folder.glob(".frozen_states-*.tmp")]:
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+        logger.info(f"Removed {freed / 1e6:.1f} MB of frozen-layer states from {folder}")
+        return freed
+
     @classmethod
     def build(
         cls,
@@ -95,14 +118,25 @@ class FrozenStates:
         """
         if encoder.frozen_depth == 0:
             raise ValueError("Every layer holds LoRA weights, so no layer is frozen: there is nothing to precompute.")
+        from .adapter_checks import clamp_max_length
+
+        max_length = clamp_max_length(max_length, encoder.model)
         unique = sorted(set(texts))
-        folder = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "hf_meta_frozen_states")
-        path = folder / f"frozen_states-{_fingerprint(encoder, unique, max_length)}.arrow"
-        if path.is_file():
-            logger.info(f"Reusing the frozen-layer states of {len(unique)} sentences from {path}")
-            return cls(datasets.Dataset.from_file(str(path)))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = cls.cache_folder(cache_dir)
+        # Tokenised before the lookup: the ids are part of the key, so any tokenizer change (files, lower-casing,
+        # truncation side, added tokens ...) makes a new file instead of silently reusing the old ids.
         encoded = tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]
+        path = folder / f"frozen_states-{_fingerprint(encoder, unique, max_length, encoded)}.arrow"
+        if path.is_file():
+            try:
+                states = cls(datasets.Dataset.from_file(str(path)))
+                logger.info(f"Reusing the frozen-layer states of {len(unique)} sentences from {path}")
+                return states
+            except Exception as err:  # a truncated or corrupted file: pyarrow raises OSError / ArrowInvalid
+                logger.warning(f"{path} is unreadable ({type(err).__name__}: {err}); computing it again.")
+                path.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temporary_files(folder)
         order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
         hidden = encoder.model.get_base_model().config.hidden_size
         features = datasets.Features(
@@ -140,13 +174,31 @@ class FrozenStates:
         return cls(datasets.Dataset.from_file(str(path)))
 
 
-def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int) -> str:
-    """Names the cache file: the sentences, the base model's weights, the frozen depth and `max_length`."""
+def _remove_dead_temporary_files(folder: Path) -> None:
+    """Remove the `.frozen_states-*.<pid>.tmp` files of builds whose process was killed."""
+    from .episodes import process_alive
+
+    for tmp in folder.glob(".frozen_states-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int, input_ids: list[list[int]]) -> str:
+    """Names the cache file by everything that determines its content: the sentences and their token ids (so the
+    tokenizer's files and settings), `max_length`, the frozen depth, the model config, and every frozen weight and
+    buffer (frozen LoRA weights included; only the trainable LoRA weights, which the states never see, are left out).
+    """
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{max_length}|{encoder.frozen_depth}|".encode())
-    for text in texts:
+    for text, ids in zip(texts, input_ids):
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    for name, param in encoder.model.get_base_model().named_parameters():
-        if "lora_" not in name:  # hashing every base weight costs a fraction of a second, once per run
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().numpy().tobytes())
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"\1")
+    base = encoder.model.get_base_model()
+    config = {k: v for k, v in base.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(str(getattr(base.config, "_attn_implementation", None)).encode())
+    tensors = [(n, p) for n, p in base.named_parameters() if not p.requires_grad]
+    for name, tensor in [*tensors, *base.named_buffers()]:  # hashing every weight: a fraction of a second per run
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:24]

@@ -24,14 +24,16 @@ from .adaptation import (
     episode_name_phrases,
     episode_query_logits,
 )
+from .adapter_checks import clamp_max_length
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
+from .selection import check_sweepable
 
 logger = logging.get_logger(__name__)
 
@@ -103,12 +105,13 @@ class MetaTrainer(Trainer):
             # The saved adapter_config.json must name a Hub id that others can load, never a local path.
             config.base_model_name_or_path = base_model
         self.adaptation_config: AdaptationConfig = args.adaptation_config(base_model)
+        self.max_length = clamp_max_length(args.max_length, model)  # tokens the model can encode, at most
         super().__init__(
             model=model,
             args=args,
             data_collator=data_collator
             or EpisodeCollator(
-                processing_class, args.max_length, use_label_names=args.use_label_names, augmentation=args
+                processing_class, self.max_length, use_label_names=args.use_label_names, augmentation=args
             ),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
@@ -141,10 +144,10 @@ class MetaTrainer(Trainer):
                             texts.update(episode_name_phrases(class_names))
         # The main process computes (or finds) the Arrow file; the others then read the same file.
         with self.args.main_process_first(desc="frozen-layer states"):
-            states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.args.max_length)
+            states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.max_length)
         return EpisodeCollator(
             tokenizer,
-            self.args.max_length,
+            self.max_length,
             frozen_states=states,
             use_label_names=self.args.use_label_names,
             augmentation=self.args,
@@ -292,6 +295,10 @@ class MetaTrainer(Trainer):
             )
         _check_episode_dataset("eval_dataset", dataset)
         combinations = _grid_combinations(grid)
+        names = getattr(self.data_collator, "use_label_names", self.args.use_label_names)
+        check_sweepable(
+            grid, self.adaptation_config, names_in_collator=names, learned_inner_loop=bool(self.inner_loop)
+        )
         if len(combinations) > 64:
             logger.warning(f"`select_adaptation` scores {len(combinations)} combinations; each adapts every episode.")
         self.model.eval()
@@ -332,10 +339,31 @@ class MetaTrainer(Trainer):
                 self.inner_loop.save_pretrained(staging)
         logger.info(f"Saved the meta-initialised adapter and its adaptation settings to {output_dir}")
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` picks the newest checkpoint whose save finished."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"`resume_from_checkpoint=True` found no complete checkpoint in `output_dir` "
+                    f"{self.args.output_dir!r}; train from the start (`resume_from_checkpoint=None`) or pass a path."
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The Trainer's resume (adapter weights; the optimizer and scheduler follow), plus the learned inner loop,
         which lives beside the model: without it a resumed run would restart its step sizes from the config."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_inner_loop(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """The Trainer's `load_best_model_at_end` (the best checkpoint's adapter), with that checkpoint's learned
+        inner loop: the best LoRA weights must not be saved beside the last step's step sizes."""
+        super()._load_best_model()
+        if self.state.best_model_checkpoint is not None:
+            self._load_inner_loop(self.state.best_model_checkpoint)
+
+    def _load_inner_loop(self, resume_from_checkpoint: str) -> None:
         if self.inner_loop is None:
             return
         saved = LearnedInnerLoop.from_pretrained(resume_from_checkpoint)

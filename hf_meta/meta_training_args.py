@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -102,3 +103,26 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
         """The adaptation settings these arguments train for (saved with the adapter), naming `base_model`."""
         values = {name: getattr(self, name) for name in AdaptationConfig.field_names()}
         return AdaptationConfig(**{**values, "base_model": base_model or self.base_model})
+
+
+def _output_dir_first(init):
+    """`MetaTrainingArguments("out")` as `TrainingArguments("out")`: the one positional argument is `output_dir`
+    (the dataclass's own first field is the inherited `pooling`); every other setting is passed by keyword."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if len(args) > 1:
+            raise TypeError(
+                f"`MetaTrainingArguments` takes `output_dir` as its only positional argument, got {len(args)} "
+                f"({args!r}); pass the other settings by keyword, e.g. `MetaTrainingArguments('out', inner_steps=5)`."
+            )
+        if args:
+            if "output_dir" in kwargs:
+                raise TypeError("`output_dir` was given both positionally and by keyword; give it once.")
+            kwargs["output_dir"] = args[0]
+        init(self, **kwargs)
+
+    return __init__
+
+
+MetaTrainingArguments.__init__ = _output_dir_first(MetaTrainingArguments.__init__)

@@ -111,7 +111,10 @@ def self_train(
     if isinstance(unlabeled_texts, str):
         raise TypeError("`unlabeled_texts` must be a list of strings, got a single string; wrap it in a list.")
     config = as_self_training_config(config)
-    labelled = {text.strip().lower() for text in texts}
+    # Generators are read once here: every round reads the texts again.
+    texts, labels = (v if isinstance(v, str) else list(v) for v in (texts, labels))
+    unlabeled_texts = list(unlabeled_texts)
+    labelled = {text.strip().lower() for text in texts if isinstance(text, str)}
     for i, text in enumerate(unlabeled_texts):
         if not isinstance(text, str):
             raise TypeError(f"`unlabeled_texts[{i}]` must be a str, got {type(text).__name__} ({text!r}).")

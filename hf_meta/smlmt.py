@@ -47,6 +47,8 @@ STOP_WORDS = frozenset(
     aren couldn didn doesn hadn hasn haven isn shouldn wasn weren won wouldn""".split()
 )
 
+MAX_SMLMT_EPISODES = 1_000_000  # built in memory: about 1 KB per episode of short sentences
+
 
 def _texts_of(texts_or_dataset: Sequence[str] | datasets.Dataset, text_column: str) -> list[str]:
     if isinstance(texts_or_dataset, datasets.DatasetDict):
@@ -165,6 +167,11 @@ def build_smlmt_episodes(
         raise ValueError(f"`num_query` must be a positive int, got {num_query!r}; e.g. `num_query=3`.")
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
+    if num_episodes > MAX_SMLMT_EPISODES:
+        raise ValueError(
+            f"`num_episodes` ({num_episodes}) is beyond the {MAX_SMLMT_EPISODES} SMLMT episodes built at once (they "
+            "are held in memory); build them in parts with different seeds and `datasets.concatenate_datasets`."
+        )
     if not isinstance(mask, str):
         raise TypeError(f"`mask` must be a string (e.g. '___', or '' to delete the word), got {mask!r}.")
     if mask and _WORD.search(mask.lower()):

@@ -41,6 +41,7 @@ from hf_meta import FewShotClassifier, MetaTrainer
 from hf_meta.bench.comparison import compare_methods
 from hf_meta.bench.protocols import (
     deduplicated,
+    episode_texts,
     hold_out_domains,
     intent_pools,
     intent_tasks,
@@ -121,7 +122,7 @@ def main() -> None:
         ratio=script_args.smlmt_ratio,
         unlabeled_sources=script_args.unlabeled_sources,
         data_dir=data_dir,
-        exclude=tasks[0].test_texts,
+        exclude=[*tasks[0].test_texts, *episode_texts(validation_episodes)],  # nor the validation texts
         **shape,
     )
 

@@ -25,7 +25,14 @@ from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer, load_collection
 from hf_meta.bench.comparison import compare_methods
-from hf_meta.bench.protocols import SENTIMENT_SOURCES, hold_out_sources, sentiment_episodes, sst2_tasks, with_smlmt
+from hf_meta.bench.protocols import (
+    SENTIMENT_SOURCES,
+    episode_texts,
+    hold_out_sources,
+    sentiment_episodes,
+    sst2_tasks,
+    with_smlmt,
+)
 from hf_meta.bench.scripts import (
     card_arguments,
     choose_adaptation,
@@ -98,7 +105,7 @@ def main() -> None:
         k_shot=script_args.episode_range("k_shot"),
         num_query=script_args.num_query,
         seed=training_args.seed,
-        exclude=[text for split in sst2.values() for text in split["text"]],
+        exclude=[*(text for split in sst2.values() for text in split["text"]), *episode_texts(validation_episodes)],
     )
     tasks = sst2_tasks([script_args.shots, *script_args.plot_shots], script_args.seeds, data_dir)
 

@@ -151,3 +151,49 @@ def test_choose_adaptation_writes_the_validation_winner_beside_the_adapter(tmp_p
     trainer.save_model()
     saved = json.loads((tmp_path / "out" / ADAPTATION_CONFIG_NAME).read_text())
     assert {name: saved[name] for name in result["best"]} == result["best"]
+
+
+# ---- Issue 27 item 6: every grid value and combination is checked before meta-training ---------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--adaptation_grid", "head_init=zero,protos"], "protos"),
+        (["--adaptation_grid", "inner_steps=5,-3"], "`inner_steps` must be"),
+        (["--adaptation_grid", "max_length=64,128"], "'max_length' is not a setting `select_adaptation` can sweep"),
+        (
+            ["--head_init", "prototypes", "--head_fit_steps", "0", "--inner_steps", "0"]
+            + ["--adaptation_grid", "head_init=prototypes,zero"],
+            "combination \\{'head_init': 'zero'\\}",
+        ),
+        (["--adaptation_grid", "support_augmentation=none,swap"], "`support_augmentation` cannot be swept"),
+        (
+            ["--learn_inner_learning_rates", "true", "--adaptation_grid", "inner_learning_rate=0.05,0.1"],
+            "`inner_learning_rate` cannot be swept",
+        ),
+    ],
+)
+def test_a_bad_grid_fails_when_the_arguments_are_parsed(argv, message, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--output_dir", str(tmp_path / "out"), *argv])
+    with pytest.raises(ValueError, match=message):
+        parse_script_arguments()
+
+
+def test_the_trained_adapter_is_saved_before_a_failing_selection(tmp_path, toy_dataset, tokenizer):
+    train, validation = (
+        build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=2, seed=seed) for seed in (0, 1)
+    )
+    args = MetaTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=1, inner_steps=0, report_to="none", disable_tqdm=True
+    )
+    trainer = MetaTrainer(
+        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    with pytest.raises(ValueError):
+        choose_adaptation(trainer, validation, {"inner_steps": [0, -3]})
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -295,7 +295,7 @@ FORGED = {
         "have no place in the model",
     ),
     "other peft_type": (lambda f: edit_json(f / "adapter_config.json", peft_type="IA3"), "`peft_type` 'IA3'"),
-    "huge r": (lambda f: edit_json(f / "adapter_config.json", r=30000), "says `r`=30000"),
+    "huge r": (lambda f: edit_json(f / "adapter_config.json", r=30000), "`r` must be an int in [1, 4096], got 30000"),
     "auto_map in tokenizer_config": (
         lambda f: edit_json(f / "tokenizer_config.json", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]}),
         "carries `auto_map`",

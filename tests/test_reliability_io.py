@@ -6,7 +6,7 @@ import os
 import pytest
 
 from hf_meta import io_utils
-from hf_meta.io_utils import HF_META_FILES, atomic_directory
+from hf_meta.io_utils import HF_META_FILES, MANIFEST_NAME, STAGING_MARKER, atomic_directory
 
 
 def save(target, files, **kwargs):
@@ -26,7 +26,12 @@ def test_a_save_removes_the_hf_meta_files_it_did_not_write(tmp_path):
     (target / "checkpoint-2" / "optimizer.pt").write_text("user state")
     (target / "notes.txt").write_text("mine")
     save(target, {"adapter_model.safetensors": "unfitted"})
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_model.safetensors", "checkpoint-2", "notes.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "adapter_model.safetensors",
+        "checkpoint-2",
+        MANIFEST_NAME,
+        "notes.txt",
+    ]
     assert (target / "checkpoint-2" / "optimizer.pt").read_text() == "user state"
 
 
@@ -64,22 +69,23 @@ def test_staging_lives_inside_the_target_so_a_mount_point_works(tmp_path, monkey
     monkeypatch.setattr(io_utils.os, "replace", replace)
     save(target, {"adapter_model.safetensors": "weights", "sub/file.txt": "x"})
     assert (target / "adapter_model.safetensors").read_text() == "weights"
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_model.safetensors", "sub"]
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_model.safetensors", MANIFEST_NAME, "sub"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted"]
 
 
 def test_an_interrupted_save_is_cleaned_up_by_the_next_one(tmp_path):
     target = tmp_path / "out"
     save(target, {"adapter_model.safetensors": "old"})
-    left = target / ".staging-killed"  # what a killed process leaves behind
+    left = target / ".staging-killed"  # what a killed hf_meta save leaves behind (with its marker)
     left.mkdir()
+    (left / STAGING_MARKER).write_text("12345")
     (left / "adapter_model.safetensors").write_text("half")
     with pytest.raises(RuntimeError), atomic_directory(target) as staging:
         (staging / "adapter_model.safetensors").write_text("half-written new")
         raise RuntimeError("crash mid-save")
     assert (target / "adapter_model.safetensors").read_text() == "old"
     save(target, {"adapter_model.safetensors": "new"})
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_model.safetensors", MANIFEST_NAME]
     assert (target / "adapter_model.safetensors").read_text() == "new"
 
 
@@ -89,3 +95,78 @@ def test_a_folder_replaces_a_folder(tmp_path):
     save(target, {"sub/b.txt": "b"})
     assert sorted(p.name for p in (target / "sub").iterdir()) == ["b.txt"]
     assert not [p for p in target.iterdir() if p.name.startswith(".")]
+
+
+# ---- Issue 27 item 5: one save at a time, a manifest written last, nothing deleted that hf_meta did not write ----
+
+
+def test_a_concurrent_save_fails_clearly_and_the_live_one_completes(tmp_path):
+    from hf_meta.io_utils import ConcurrentSaveError
+
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "adapter_model.safetensors").write_text("first")
+        with pytest.raises(ConcurrentSaveError, match="Another save into"):
+            save(target, {"adapter_model.safetensors": "second"})
+        assert staging.is_dir()  # the live save's staging folder was not removed by the other save
+    assert (target / "adapter_model.safetensors").read_text() == "first"
+    save(target, {"adapter_model.safetensors": "third"})  # the lock was released
+    assert (target / "adapter_model.safetensors").read_text() == "third"
+
+
+def test_a_save_into_a_model_folder_keeps_the_files_hf_meta_did_not_write(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    theirs = ["vocab.txt", "special_tokens_map.json", "merges.txt", "training_args.bin", "tokenizer.json"]
+    for name in theirs:
+        (target / name).write_text("the model's own")
+    (target / ".staging-mine").mkdir()  # a user's folder that happens to share the prefix
+    (target / ".staging-mine" / "notes.txt").write_text("mine")
+    save(target, {"adapter_model.safetensors": "x", "adaptation_config.json": "{}"})
+    for name in theirs:
+        assert (target / name).read_text() == "the model's own", name
+    assert (target / ".staging-mine" / "notes.txt").read_text() == "mine"
+    # What hf_meta wrote itself is still its to remove the next time.
+    save(target, {"adapter_model.safetensors": "y", "tokenizer_config.json": "{}"})
+    save(target, {"adapter_model.safetensors": "z"})
+    assert not (target / "tokenizer_config.json").exists() and not (target / "adaptation_config.json").exists()
+    assert (target / "vocab.txt").is_file()
+
+
+def test_a_save_interrupted_between_two_moves_is_refused_at_load(tmp_path, monkeypatch):
+    from hf_meta.io_utils import verify_saved_folder
+
+    target = tmp_path / "out"
+    save(target, {"adapter_model.safetensors": "old", "classifier_head.safetensors": "old head"})
+    verify_saved_folder(target)
+    real_replace = os.replace
+    moves = []
+
+    def interrupted(src, dst):
+        if ".staging-" in str(src) and ".staging-" not in str(dst):
+            moves.append(dst)
+            if len(moves) == 2:
+                raise KeyboardInterrupt  # Ctrl-C between the first and the second move
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_utils.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(target, {"adapter_model.safetensors": "new", "classifier_head.safetensors": "new head"})
+    monkeypatch.setattr(io_utils.os, "replace", real_replace)
+    with pytest.raises(ValueError, match="did not finish"):
+        verify_saved_folder(target)
+
+
+def test_files_of_two_saves_mixed_are_refused_at_load(tmp_path):
+    from hf_meta.io_utils import verify_saved_folder
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    save(a, {"adapter_model.safetensors": "adapter a", "classifier_head.safetensors": "head a"})
+    save(b, {"adapter_model.safetensors": "adapter b", "classifier_head.safetensors": "head b"})
+    (a / "classifier_head.safetensors").write_bytes((b / "classifier_head.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="mixes files of different saves"):
+        verify_saved_folder(a)
+    save(a, {"adapter_model.safetensors": "adapter a"})
+    (a / "classifier_labels.json").write_text("[]")  # a head's labels that no save of this folder wrote
+    with pytest.raises(ValueError, match="was not written by the save"):
+        verify_saved_folder(a)

@@ -58,3 +58,94 @@ def test_select_adaptation_refuses_bad_grids(trainer, grid, message):
     with pytest.raises(ValueError, match=message):
         trainer.select_adaptation(grid)
     assert trainer.adaptation_config == before
+
+
+# ---- Issue 27 item 9: settings the sweep cannot vary are refused, not scored as ties ----------------------------
+
+
+def _trainer(tmp_path, toy_dataset, tokenizer, **settings):
+    episodes = build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=4, seed=3)
+    args = MetaTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        inner_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        base_model="org/tiny",
+        **settings,
+    )
+    return MetaTrainer(
+        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
+        args=args,
+        train_dataset=episodes,
+        eval_dataset=episodes,
+        processing_class=tokenizer,
+    )
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        {"support_augmentation": ["none", "swap"]},
+        {"augmented_views": [1, 4]},
+        {"augmentation_strength": [0.1, 0.3]},
+    ],
+)
+def test_select_adaptation_refuses_the_augmentation_settings(trainer, grid):
+    (name,) = grid
+    before = trainer.adaptation_config
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        trainer.select_adaptation(grid)
+    assert trainer.adaptation_config == before
+
+
+def test_select_adaptation_refuses_label_names_on_a_trainer_built_without_them(tmp_path, toy_dataset, tokenizer):
+    trainer = _trainer(tmp_path, toy_dataset, tokenizer, use_label_names=False)
+    with pytest.raises(ValueError, match="`use_label_names`.*use_label_names=True"):
+        trainer.select_adaptation({"use_label_names": [False, True]})
+    trainer.select_adaptation({"use_label_names": [False]})  # the value it was built with is fine
+
+
+@pytest.mark.parametrize("grid", [{"inner_learning_rate": [0.05, 0.1]}, {"logit_scale": [20.0, 10.0]}])
+def test_select_adaptation_refuses_what_a_learned_inner_loop_sets(grid, tmp_path, toy_dataset, tokenizer):
+    trainer = _trainer(tmp_path, toy_dataset, tokenizer, learn_inner_learning_rates=True)
+    (name,) = grid
+    with pytest.raises(ValueError, match=f"`{name}`.*learn_inner_learning_rates"):
+        trainer.select_adaptation(grid)
+
+
+def test_load_best_model_at_end_restores_the_best_steps_learned_rates(tmp_path, toy_dataset, tokenizer):
+    """The best checkpoint's LoRA comes back with its own learned step sizes, not the last step's."""
+    import torch
+
+    from hf_meta.adaptation import LearnedInnerLoop
+
+    evaluations = []
+
+    def decreasing(_):  # the first evaluation is the best
+        evaluations.append(1)
+        return {"marker": -len(evaluations)}
+
+    trainer = _trainer(
+        tmp_path,
+        toy_dataset,
+        tokenizer,
+        learn_inner_learning_rates=True,
+        max_steps=3,
+        gradient_accumulation_steps=1,
+        learning_rate=0.05,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="marker",
+        greater_is_better=True,
+    )
+    trainer.compute_metrics = decreasing
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-1")
+    best = LearnedInnerLoop.from_pretrained(trainer.state.best_model_checkpoint)
+    last = LearnedInnerLoop.from_pretrained(str(Path(trainer.args.output_dir) / "checkpoint-3"))
+    assert not torch.equal(best.log_learning_rates, last.log_learning_rates)  # the rates did move
+    torch.testing.assert_close(trainer.inner_loop.log_learning_rates.detach().cpu(), best.log_learning_rates)
+    torch.testing.assert_close(trainer.inner_loop.log_logit_scale.detach().cpu(), best.log_logit_scale.reshape(()))

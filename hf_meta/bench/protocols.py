@@ -202,6 +202,16 @@ def unlabeled_texts(sources: Sequence[str], data_dir: str, exclude: Iterable[str
     return list(dict.fromkeys(text for text in texts if _normalised(text) not in excluded))
 
 
+def episode_texts(*episode_sets: datasets.Dataset | None) -> list[str]:
+    """Every support and query text of the given episode datasets (`None` skipped): what SMLMT pools must exclude,
+    so held-out validation texts never reach meta-training."""
+    texts = []
+    for episodes in episode_sets:
+        if episodes is not None:
+            texts += [text for column in ("support_text", "query_text") for row in episodes[column] for text in row]
+    return texts
+
+
 def smlmt_episodes(
     sources: Sequence[str],
     data_dir: str,

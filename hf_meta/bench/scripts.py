@@ -10,6 +10,7 @@ from pathlib import Path
 
 from peft import LoraConfig
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedModel
+from transformers.utils import logging
 
 from ..adaptation import AdaptationConfig
 from ..data import DATA_DIR_ENV_VAR
@@ -17,6 +18,9 @@ from ..io_utils import atomic_write_text
 from ..meta_trainer import MetaTrainer
 from ..meta_training_args import MetaTrainingArguments
 from ..modeling import default_lora_config, resolve_model_path
+from ..selection import check_grid
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # A source checkout sits beside the project's `shared/data` folder (an editable install finds it from here).
@@ -175,7 +179,12 @@ def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str,
     `select_adaptation`'s result, or `None` when there is nothing to choose."""
     if validation_episodes is None or not grid:
         return None
-    result = trainer.select_adaptation(grid, eval_dataset=validation_episodes)
+    trainer.save_model()  # the trained adapter is on disk before the choice, which then only rewrites its settings
+    try:
+        result = trainer.select_adaptation(grid, eval_dataset=validation_episodes)
+    except Exception:
+        logger.error(f"Choosing the adaptation failed; the trained adapter is saved in {trainer.args.output_dir}.")
+        raise
     if trainer.is_world_process_zero():
         print(
             f"Adaptation chosen on {len(validation_episodes)} validation episodes of held-out source data: "
@@ -201,8 +210,16 @@ def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArg
     parser = HfArgumentParser((ScriptArguments, MetaTrainingArguments))
     parser.set_defaults(**defaults)
     if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses()
+        script_args, training_args = parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
+    else:
+        script_args, training_args = parser.parse_args_into_dataclasses()
+    check_grid(  # every value and combination of the grid, before meta-training rather than after it
+        script_args.adaptation_grid_values(),
+        training_args.adaptation_config(),
+        names_in_collator=training_args.use_label_names,
+        learned_inner_loop=training_args.learn_inner_learning_rates,
+    )
+    return script_args, training_args
 
 
 def load_encoder(model_name_or_path: str) -> tuple[PreTrainedModel, object]:

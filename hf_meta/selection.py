@@ -1,0 +1,76 @@
+"""What `MetaTrainer.select_adaptation` can sweep on a given trainer: settings it cannot vary are refused up front.
+
+A setting the sweep cannot vary would score every value the same (bit-identical query logits), and the first value
+listed would be saved in `adaptation_config.json` as if it had won. Shared by `select_adaptation` and the recipes,
+which check their `--adaptation_grid` before meta-training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The collator edits each support set with the trainer's own augmentation settings, before the sweep sees it.
+AUGMENTATION_SETTINGS = ("support_augmentation", "augmented_views", "augmentation_strength")
+# With a learned inner loop, the step sizes and the logit scale are its meta-learned values.
+LEARNED_SETTINGS = ("inner_learning_rate", "logit_scale")
+
+
+def check_sweepable(grid: dict[str, list], current: Any, *, names_in_collator: bool, learned_inner_loop: bool) -> None:
+    """Refuse a grid that lists a value the sweep could not use.
+
+    Args:
+        grid: setting name -> candidate values.
+        current: the trainer's adaptation settings (values equal to these are allowed: they change nothing).
+        names_in_collator: whether the episode collator tokenises the class names (`use_label_names` at build).
+        learned_inner_loop: whether the trainer meta-learns its step sizes (`learn_inner_learning_rates`).
+    """
+    for name, values in grid.items():
+        if not isinstance(values, list | tuple):
+            continue  # the shape of the grid is checked where the combinations are built
+        other = [v for v in values if v != getattr(current, name, None)]
+        if not other:
+            continue
+        if name in AUGMENTATION_SETTINGS:
+            raise ValueError(
+                f"`{name}` cannot be swept by `select_adaptation` (grid values {list(values)}): the episode collator "
+                f"edits every support set with the trainer's own setting ({getattr(current, name)!r}), so each value "
+                f"would score the same and the first would be saved untested. Drop `{name}` from the grid, or "
+                "meta-train once per value."
+            )
+        if name == "use_label_names" and True in other and not names_in_collator:
+            raise ValueError(
+                f"`use_label_names` cannot be swept to True (grid values {list(values)}): this trainer was built "
+                "with `use_label_names=False`, so its collator never tokenised the class names and the sweep would "
+                "score the same logits. Build the trainer with `use_label_names=True` (then `[True, False]` sweeps "
+                "both), or drop it from the grid."
+            )
+        if name in LEARNED_SETTINGS and learned_inner_loop:
+            raise ValueError(
+                f"`{name}` cannot be swept with `learn_inner_learning_rates=True` (grid values {list(values)}): the "
+                "adaptation uses the meta-learned step sizes and logit scale, so every value would score the same. "
+                f"Drop `{name}` from the grid."
+            )
+
+
+def check_grid(grid: dict[str, list], config: Any, *, names_in_collator: bool, learned_inner_loop: bool) -> None:
+    """Every value and every combination of `grid` checked against `config` (an [`AdaptationConfig`]), before any
+    training: unknown or unsweepable keys, invalid values (`head_init=protos`, `inner_steps=-3`), combinations the
+    settings refuse (a zero head never fitted), and what [`check_sweepable`] refuses. Errors name the grid and the
+    combination."""
+    import dataclasses
+
+    from .meta_trainer import _grid_combinations
+
+    if not grid:
+        return
+    combinations = _grid_combinations(grid)
+    base = dataclasses.replace(config)  # a plain copy whose fields `replace` validates
+    for combination in combinations:
+        try:
+            dataclasses.replace(base, **combination)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"`adaptation_grid` combination {combination} is not a valid adaptation setting: {err} Fix or drop "
+                "that value before meta-training."
+            ) from None
+    check_sweepable(grid, config, names_in_collator=names_in_collator, learned_inner_loop=learned_inner_loop)
