@@ -162,8 +162,8 @@ def export_onnx(
         raise NotADirectoryError(f"`path` {str(target)!r} is a file; give a folder path for the export.")
     if _has_entries(target) and not overwrite:
         raise FileExistsError(
-            f"`path` {str(target)!r} exists and is not empty; pass `overwrite=True` to replace the export files in it, "
-            "or choose another folder."
+            f"`path` {str(target)!r} exists and is not empty; pass `overwrite=True` to replace the export files in "
+            "it, or choose another folder."
         )
     onnx, ort = require_onnx()
     highest = max_opset()

@@ -192,9 +192,7 @@ def embeddings(classifier: FewShotClassifier, batch: Batch) -> torch.Tensor:
 _TOP_K_UNSET: Any = object()
 
 
-def pipeline_outputs(
-    classes: Sequence, probs: Any, single: bool, top_k: int | None | object = _TOP_K_UNSET
-) -> list:
+def pipeline_outputs(classes: Sequence, probs: Any, single: bool, top_k: int | None | object = _TOP_K_UNSET) -> list:
     """`probs` (texts x classes) as transformers' text-classification pipeline returns them.
 
     As the pipeline does: without `top_k`, one `{"label", "score"}` per text (a one-element list for a single

@@ -24,9 +24,10 @@ def task(offset=0, n_per_class=4):
 
 
 # Mixed lengths, so that length-sorted chunks differ from the input order and need padding trimmed.
-TEST_TEXTS = [
-    f"{WORDS[i % 6]} " + " ".join(["and some more words"] * (i % 5)) + f" number {i}" for i in range(23)
-] + ["", "refund"]
+TEST_TEXTS = [f"{WORDS[i % 6]} " + " ".join(["and some more words"] * (i % 5)) + f" number {i}" for i in range(23)] + [
+    "",
+    "refund",
+]
 
 
 def fitted(tokenizer, batch_size=4):
@@ -154,7 +155,8 @@ feed = {
     "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
 }
 probabilities = session.run(["probabilities"], feed)[0]
-print(json.dumps({"probabilities": probabilities.tolist(), "labels": [meta["labels"][i] for i in probabilities.argmax(-1)]}))
+labels = [meta["labels"][i] for i in probabilities.argmax(-1)]
+print(json.dumps({"probabilities": probabilities.tolist(), "labels": labels}))
 """
 
 
