@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .io_utils import STAGING_PREFIX, atomic_directory, atomic_write_text
+from .io_utils import STAGING_PREFIX, atomic_directory
 from .serving import ServingModel, check_fitted
 
 if TYPE_CHECKING:
@@ -203,7 +203,8 @@ def export_onnx(
             "opset": opset,
             "base_model": classifier.base_model_id(),
         }
-        atomic_write_text(staging / EXPORT_LABELS_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+        # A plain write: the staging folder as a whole is what appears atomically.
+        (staging / EXPORT_LABELS_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     logger.info(f"Exported the classifier to {target} ({MODEL_FILE}{' + ' + QUANTIZED_FILE if quantize else ''}).")
     return target
 
@@ -236,6 +237,9 @@ def _staged_folder(target: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
         yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # `mkdtemp` makes it private; the export is an ordinary folder
         if target.is_dir():
             shutil.rmtree(target)  # empty but for staging leftovers
         os.replace(staging, target)

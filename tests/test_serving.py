@@ -226,23 +226,25 @@ def test_export_needs_the_onnx_extra(clf, tmp_path, monkeypatch):
 def test_interrupted_export_leaves_no_folder_and_overwrite_keeps_the_rest(clf, tmp_path, monkeypatch):
     import hf_meta.export as export
 
-    def interrupted(*args, **kwargs):
+    def interrupted(model, probe, file, *args):
+        file.write_bytes(b"half a graph")  # killed mid-write
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "_quantize_int8", interrupted)
+    monkeypatch.setattr(export, "_export_graph", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        clf.export_onnx(tmp_path / "new", quantize="int8")
+        clf.export_onnx(tmp_path / "new")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a staging folder
 
     # Overwrite of an existing folder: an interruption leaves what was there, a completed export replaces only the
-    # export files (a user's file is kept).
+    # export files (a user's file is kept, a quantized graph of an earlier export is removed).
     folder = tmp_path / "existing"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
     (folder / MODEL_FILE).write_text("an old export")
+    (folder / QUANTIZED_FILE).write_text("an old int8 export")
     with pytest.raises(KeyboardInterrupt):
-        clf.export_onnx(folder, quantize="int8", overwrite=True)
-    assert sorted(p.name for p in folder.iterdir()) == [MODEL_FILE, "notes.txt"]
+        clf.export_onnx(folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == [MODEL_FILE, QUANTIZED_FILE, "notes.txt"]
     assert (folder / MODEL_FILE).read_text() == "an old export"
     monkeypatch.undo()
     clf.export_onnx(folder, overwrite=True)
