@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
+from . import serving
 from .adaptation import (
     ADAPTATION_CONFIG_NAME,
     HEAD,
@@ -25,7 +26,6 @@ from .adaptation import (
     AdaptationConfig,
     LearnedInnerLoop,
     adapt,
-    predict_logits,
 )
 from .adapter_checks import (
     check_adapter_fits,
@@ -111,6 +111,7 @@ class FewShotClassifier:
         self.strength_scores_: dict[float, dict[str, float]] = {}
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
+        self._serving = None  # `freeze`: (merged serving copy, the weights and settings it was built from)
 
     # ---- Loading --------------------------------------------------------------------------------------------
 
@@ -395,12 +396,10 @@ class FewShotClassifier:
                 "tokens alone, which says nothing about their class. Drop them or give them text.",
                 stacklevel=2,
             )
-        # One tokenisation; the encoder runs it in length-sorted chunks of `batch_size`.
-        batch = self._tokenize(texts, self.adaptation_config)
-        logits = predict_logits(self.encoder, self.weights, batch, self.adaptation_config)
-        return logits.softmax(-1).cpu().numpy()
+        # One tokenisation, run in length-sorted chunks of `batch_size` under `torch.inference_mode`, through the
+        # merged serving copy after `freeze` (hf_meta/serving.py).
+        return serving.probabilities(self, self._tokenize(texts, self.adaptation_config)).cpu().numpy()
 
-    @torch.no_grad()
     def embed(self, texts: Sequence[str], adapted: bool = False) -> np.ndarray:
         """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's), or, with
         `adapted=True`, at the weights of the last `fit` (what `predict` scores; see [`proba_from_embeddings`]).
@@ -420,7 +419,10 @@ class FewShotClassifier:
             return np.zeros((0, self.model.config.hidden_size), np.float32)
         weights = self.weights if adapted else self.meta_weights
         lora = {name: w for name, w in weights.items() if name != HEAD}
-        return self.encoder(lora, self._tokenize(texts, self.adaptation_config)).cpu().numpy()
+        batch = self._tokenize(texts, self.adaptation_config)
+        # The same length-sorted chunks as `predict_proba` (hf_meta/serving.py), so the embeddings are the ones it
+        # scores, bit for bit.
+        return serving.run_length_sorted(batch, self.batch_size, lambda chunk: self.encoder(lora, chunk)).cpu().numpy()
 
     @torch.no_grad()
     def proba_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
@@ -442,6 +444,61 @@ class FewShotClassifier:
     def predict(self, texts: Sequence[str]) -> list:
         """Predicted labels, in the label space given to `fit`."""
         return [self.classes_[i] for i in self.predict_proba(texts).argmax(-1)]
+
+    def __call__(self, texts: str | Sequence[str], top_k: int | None = serving._TOP_K_UNSET) -> list:
+        """Classify like transformers' `pipeline("text-classification")`: `[{"label": ..., "score": ...}]`.
+
+        Without `top_k`: one dict per text, the best class (a single string gives a one-element list). With `top_k`
+        (an int, or `None` for every class): a list of dicts per text, best first; for a single string, that list.
+
+        Example:
+            ```python
+            >>> clf("my card still hasn't arrived")
+            [{'label': 'card_arrival', 'score': ...}]
+            >>> clf(["my card still hasn't arrived", "what is the euro rate"], top_k=2)   # two dicts per text
+            ```
+        """
+        single = isinstance(texts, str)
+        probs = self.predict_proba([texts] if single else texts)
+        return serving.pipeline_outputs(self.classes_, probs, single, top_k)
+
+    def freeze(self) -> FewShotClassifier:
+        """Merge the adapted LoRA delta into a serving copy of the encoder that `predict` then runs on.
+
+        For a classifier that will not be fitted again: `predict`, `predict_proba` and `__call__` run a plain
+        transformers encoder with no LoRA layers ([`hf_meta.serving.ServingModel`]), at the cost of one more copy
+        of the encoder in memory. The meta-initialised weights are untouched: a later `fit` (or `to`) still works
+        and drops the copy, and `predict` then goes back to the functional path until the next `freeze`.
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels).freeze()
+            >>> clf.predict(["my card still hasn't arrived"])
+            ```
+        """
+        serving.freeze(self)
+        return self
+
+    def export_onnx(
+        self,
+        path: str | os.PathLike,
+        quantize: str | None = None,
+        opset: int | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Export the fitted classifier to an ONNX folder runnable with onnxruntime alone (no torch, no hf_meta).
+
+        Needs the optional extra: `pip install 'hf_meta[onnx]'`. See [`hf_meta.export.export_onnx`] for the files
+        written and a loader snippet.
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels).export_onnx("banking-onnx", quantize="int8")
+            ```
+        """
+        from .export import export_onnx
+
+        return export_onnx(self, path, quantize=quantize, opset=opset, overwrite=overwrite)
 
     def evaluate(
         self,
