@@ -58,6 +58,7 @@ from hf_meta.bench.scripts import (
     report,
     require_validation,
     resolve_data_dir,
+    validation_during_training,
 )
 from hf_meta.episodes import class_names_of
 
@@ -80,13 +81,7 @@ def main() -> None:
         max_steps=400,
         logging_steps=25,
         # Validation on the held-out domains during meta-training; the best step is the adapter saved.
-        eval_strategy="steps",
-        eval_steps=50,
-        save_strategy="steps",
-        save_steps=50,
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
+        **validation_during_training(every=50),
     )
     set_seed(training_args.seed)
     data_dir = resolve_data_dir(script_args.data_dir)

@@ -46,6 +46,7 @@ from hf_meta.bench.scripts import (
     report,
     require_validation,
     resolve_data_dir,
+    validation_during_training,
 )
 
 
@@ -71,13 +72,7 @@ def main() -> None:
         max_steps=80,
         logging_steps=10,
         # Validation on the held-out collection during meta-training; the best step is the adapter saved.
-        eval_strategy="steps",
-        eval_steps=20,
-        save_strategy="steps",
-        save_steps=20,
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
+        **validation_during_training(every=20),
     )
     if script_args.target != "sst2" or script_args.n_way != [2]:
         raise ValueError(

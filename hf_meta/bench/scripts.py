@@ -193,6 +193,20 @@ def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str,
     return result
 
 
+def validation_during_training(every: int) -> dict:
+    """Recipe defaults that evaluate the validation episodes every `every` meta-steps through the Trainer and keep
+    the best step as the saved adapter (`load_best_model_at_end` on the episodes' query `accuracy`)."""
+    return dict(
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+    )
+
+
 def require_validation(training_args: MetaTrainingArguments, validation_episodes) -> None:
     """Refuse, before meta-training, validation during training (`eval_strategy`, `load_best_model_at_end`) without
     validation episodes (`--validation_share 0`)."""
