@@ -53,7 +53,10 @@ def render(results: dict) -> str:
         "row, paired per draw, ± its 95% CI: a **win** or a **loss** only when that CI excludes zero. "
         "`frozen_lr_names` is the logistic regression with each class's name as one more example, the fair "
         "baseline now that hf_meta uses names; SetFit ran on the first draw only (its full-encoder training does "
-        "not fit the CPU budget for 77-150-way intent).",
+        "not fit the CPU budget for 77-150-way intent). `hf_meta` chooses its adapter strength on each draw's "
+        'labelled examples by cross-validation (the default, `adapter_strength="auto"`); `hf_meta_full` is the '
+        "same adapter at full strength, which is all that the parts measured before the strength existed scored "
+        "(their `hf_meta` is `–`, not yet measured).",
     ]
     for family in dict.fromkeys(row["family"] for row in rows):
         family_rows = [row for row in rows if row["family"] == family]
