@@ -55,8 +55,7 @@ def render(results: dict) -> str:
         "baseline now that hf_meta uses names; SetFit ran on the first draw only (its full-encoder training does "
         "not fit the CPU budget for 77-150-way intent). `hf_meta` chooses its adapter strength on each draw's "
         'labelled examples by cross-validation (the default, `adapter_strength="auto"`); `hf_meta_full` is the '
-        "same adapter at full strength, which is all that the parts measured before the strength existed scored "
-        "(their `hf_meta` is `–`, not yet measured).",
+        "same adapter at full strength; rows whose `hf_meta` is `–` have only the full-strength score so far.",
     ]
     for family in dict.fromkeys(row["family"] for row in rows):
         family_rows = [row for row in rows if row["family"] == family]

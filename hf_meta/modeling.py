@@ -395,10 +395,17 @@ class FunctionalEncoder:
             finally:
                 for i, layer in enumerate(originals):
                     self.layers[i] = layer
-        hidden = outputs[0]
-        if self.pooling == "mean":
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        else:
-            pooled = hidden[:, 0]
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        return sentence_embeddings(outputs[0], attention_mask, self.pooling, self.normalize)
+
+
+def sentence_embeddings(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling, normalize: bool
+) -> torch.Tensor:
+    """Pool the last hidden states into one vector per text (masked mean, or the first token) and, with
+    `normalize`, L2-normalise it: the one pooling of `FunctionalEncoder` and the exported serving graph."""
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    else:
+        pooled = hidden[:, 0]
+    return F.normalize(pooled, dim=-1) if normalize else pooled

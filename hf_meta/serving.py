@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel
 
 from .adaptation import HEAD, predict_logits
-from .modeling import meta_parameters
+from .modeling import meta_parameters, sentence_embeddings
 
 if TYPE_CHECKING:
     from .classifier import FewShotClassifier
@@ -126,12 +125,7 @@ class ServingModel(torch.nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        if self.pooling == "mean":
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        else:
-            pooled = hidden[:, 0]
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        return sentence_embeddings(hidden, attention_mask, self.pooling, self.normalize)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.embed(input_ids, attention_mask) @ self.weight.T + self.bias
