@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
-from .adaptation import ADAPTATION_CONFIG_NAME, AdaptationConfig
+from .adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 from .modeling import is_local_path
 
 logger = logging.get_logger(__name__)

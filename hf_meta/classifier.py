@@ -19,14 +19,8 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
 from . import serving
-from .adaptation import (
-    ADAPTATION_CONFIG_NAME,
-    HEAD,
-    INNER_LOOP_FILE,
-    AdaptationConfig,
-    LearnedInnerLoop,
-    adapt,
-)
+from .adaptation import adapt
+from .adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 from .adapter_checks import (
     check_adapter_fits,
     check_finite_file,
@@ -45,9 +39,10 @@ from .adapter_checks import (
 )
 from .adapter_strength import StrengthChoice, choose_strength, strength_folds
 from .augmentation import augment_support
-from .inner_loop import head_logits
+from .inner_loop import HEAD, head_logits
 from .io_utils import MANIFEST_NAME, atomic_directory, atomic_write_text, verify_saved_folder
 from .label_names import label_phrase, names_are_usable
+from .learned_inner_loop import INNER_LOOP_FILE, LearnedInnerLoop
 from .metrics import accuracy
 from .modeling import (
     FunctionalEncoder,

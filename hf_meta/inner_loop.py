@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .choices import HeadInit, HeadPrior, check_choice
 
 Weights = dict[str, torch.Tensor]
+HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

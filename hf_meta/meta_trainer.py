@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from typing import Any
 
@@ -16,24 +15,20 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
-from .adaptation import (
-    AdaptationConfig,
-    EpisodeCollator,
-    LearnedInnerLoop,
-    episode_meta_gradient,
-    episode_name_phrases,
-    episode_query_logits,
-)
+from .adaptation import episode_meta_gradient, episode_query_logits
+from .adaptation_config import AdaptationConfig
 from .adapter_checks import clamp_max_length
+from .episode_collator import EpisodeCollator, episode_name_phrases
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
 from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
+from .learned_inner_loop import LearnedInnerLoop
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
-from .selection import check_sweepable
+from .selection import check_sweepable, grid_combinations
 
 logger = logging.get_logger(__name__)
 
@@ -110,9 +105,7 @@ class MetaTrainer(Trainer):
             model=model,
             args=args,
             data_collator=data_collator
-            or EpisodeCollator(
-                processing_class, self.max_length, use_label_names=args.use_label_names, augmentation=args
-            ),
+            or EpisodeCollator(processing_class, self.adaptation_config, max_length=self.max_length),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -145,13 +138,7 @@ class MetaTrainer(Trainer):
         # The main process computes (or finds) the Arrow file; the others then read the same file.
         with self.args.main_process_first(desc="frozen-layer states"):
             states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.max_length)
-        return EpisodeCollator(
-            tokenizer,
-            self.max_length,
-            frozen_states=states,
-            use_label_names=self.args.use_label_names,
-            augmentation=self.args,
-        )
+        return EpisodeCollator(tokenizer, self.adaptation_config, max_length=self.max_length, frozen_states=states)
 
     # ---- Training -------------------------------------------------------------------------------------------
 
@@ -294,7 +281,7 @@ class MetaTrainer(Trainer):
                 f"held-out source classes); the trainer's `eval_dataset` is {type(dataset).__name__}."
             )
         _check_episode_dataset("eval_dataset", dataset)
-        combinations = _grid_combinations(grid)
+        combinations = grid_combinations(grid)
         names = getattr(self.data_collator, "use_label_names", self.args.use_label_names)
         check_sweepable(
             grid, self.adaptation_config, names_in_collator=names, learned_inner_loop=bool(self.inner_loop)
@@ -438,35 +425,6 @@ class MetaTrainer(Trainer):
             extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
-
-
-# Settings an episode's adaptation never reads: the tokenisation and encoder are fixed per trainer, and the
-# strength grid and folds only act in `FewShotClassifier.fit` (episodes adapt with `episode_strength()`).
-_UNSWEEPABLE = (
-    "base_model",
-    "max_length",
-    "pooling",
-    "normalize_embeddings",
-    "learn_inner_learning_rates",
-    "adapter_strength_grid",
-    "adapter_strength_folds",
-)
-
-
-def _grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
-    """Every combination of a settings grid, in order (the first value of each setting first)."""
-    if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"`grid` must be a non-empty dict of setting -> list of values, got {grid!r}.")
-    known = set(AdaptationConfig.field_names()) - set(_UNSWEEPABLE)
-    for name, values in grid.items():
-        if name not in known:
-            raise ValueError(
-                f"`grid` key {name!r} is not a setting `select_adaptation` can sweep; choose from {sorted(known)}."
-            )
-        if not isinstance(values, list | tuple) or not values:
-            raise ValueError(f"`grid[{name!r}]` must be a non-empty list of values, got {values!r}.")
-    names = list(grid)
-    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
 def _splits(dataset) -> list:

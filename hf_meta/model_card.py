@@ -10,7 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .adaptation import AdaptationConfig
+from .adaptation_config import AdaptationConfig
 
 TEMPLATE_NAME = "hf_meta_adapter.md"
 CLASSIFIER_TEMPLATE_NAME = "hf_meta_classifier.md"

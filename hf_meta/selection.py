@@ -7,12 +7,44 @@ which check their `--adaptation_grid` before meta-training.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from typing import Any
+
+from .adaptation_config import AdaptationConfig
 
 # The collator edits each support set with the trainer's own augmentation settings, before the sweep sees it.
 AUGMENTATION_SETTINGS = ("support_augmentation", "augmented_views", "augmentation_strength")
 # With a learned inner loop, the step sizes and the logit scale are its meta-learned values.
 LEARNED_SETTINGS = ("inner_learning_rate", "logit_scale")
+
+# Settings an episode's adaptation never reads: the tokenisation and encoder are fixed per trainer, and the
+# strength grid and folds only act in `FewShotClassifier.fit` (episodes adapt with `episode_strength()`).
+UNSWEEPABLE = (
+    "base_model",
+    "max_length",
+    "pooling",
+    "normalize_embeddings",
+    "learn_inner_learning_rates",
+    "adapter_strength_grid",
+    "adapter_strength_folds",
+)
+
+
+def grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a settings grid, in order (the first value of each setting first)."""
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"`grid` must be a non-empty dict of setting -> list of values, got {grid!r}.")
+    known = set(AdaptationConfig.field_names()) - set(UNSWEEPABLE)
+    for name, values in grid.items():
+        if name not in known:
+            raise ValueError(
+                f"`grid` key {name!r} is not a setting `select_adaptation` can sweep; choose from {sorted(known)}."
+            )
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"`grid[{name!r}]` must be a non-empty list of values, got {values!r}.")
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
 def check_sweepable(grid: dict[str, list], current: Any, *, names_in_collator: bool, learned_inner_loop: bool) -> None:
@@ -57,13 +89,9 @@ def check_grid(grid: dict[str, list], config: Any, *, names_in_collator: bool, l
     training: unknown or unsweepable keys, invalid values (`head_init=protos`, `inner_steps=-3`), combinations the
     settings refuse (a zero head never fitted), and what [`check_sweepable`] refuses. Errors name the grid and the
     combination."""
-    import dataclasses
-
-    from .meta_trainer import _grid_combinations
-
     if not grid:
         return
-    combinations = _grid_combinations(grid)
+    combinations = grid_combinations(grid)
     base = dataclasses.replace(config)  # a plain copy whose fields `replace` validates
     for combination in combinations:
         try:

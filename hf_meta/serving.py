@@ -18,7 +18,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from .adaptation import HEAD, predict_logits
+from .adaptation import predict_logits
+from .inner_loop import HEAD
 from .modeling import meta_parameters, sentence_embeddings
 
 if TYPE_CHECKING:

@@ -6,9 +6,10 @@ import torch
 from conftest import WORDS, tiny_encoder, top_layer_lora
 
 from hf_meta import AdaptationConfig, EpisodeCollator, build_episodes
-from hf_meta.adaptation import HEAD, adapt, episode_meta_gradient, episode_name_phrases
+from hf_meta.adaptation import adapt, episode_meta_gradient
+from hf_meta.episode_collator import episode_name_phrases
 from hf_meta.frozen_states import FrozenStates
-from hf_meta.inner_loop import fit_head, weighted_cross_entropy
+from hf_meta.inner_loop import HEAD, fit_head, weighted_cross_entropy
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
 E = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -105,13 +106,13 @@ def test_names_do_not_enter_the_prototypes(encoder, tokenizer):
 
 def test_collator_adds_name_rows_and_skips_codes(tokenizer, toy_dataset):
     (episode,) = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=1, num_episodes=1, seed=0)
-    batch = EpisodeCollator(tokenizer, 16, use_label_names=True)([episode])
+    batch = EpisodeCollator(tokenizer, AdaptationConfig(max_length=16))([episode])
     assert batch["names_input_ids"].shape[0] == 3
     expected = tokenizer(episode_name_phrases(episode["class_names"]), padding=True)["input_ids"]
     assert batch["names_input_ids"].tolist() == expected
-    assert "names_input_ids" not in EpisodeCollator(tokenizer, 16)([episode])  # off unless asked
+    assert "names_input_ids" not in EpisodeCollator(tokenizer, AdaptationConfig(use_label_names=False))([episode])
     coded = {**episode, "class_names": ["0", "1", "2"]}
-    assert "names_input_ids" not in EpisodeCollator(tokenizer, 16, use_label_names=True)([coded])
+    assert "names_input_ids" not in EpisodeCollator(tokenizer, AdaptationConfig(max_length=16))([coded])
 
 
 def test_names_with_frozen_states_match_the_plain_path(encoder, tokenizer, toy_dataset, tmp_path):
@@ -126,8 +127,8 @@ def test_names_with_frozen_states_match_the_plain_path(encoder, tokenizer, toy_d
             encoder, tokenizer, texts + extra, max_length=16, cache_dir=tmp_path / str(len(extra))
         )
         for episode in episodes:
-            plain = EpisodeCollator(tokenizer, 16, use_label_names=True)([episode])
-            cached = EpisodeCollator(tokenizer, 16, frozen_states=states, use_label_names=True)([episode])
+            plain = EpisodeCollator(tokenizer, config)([episode])
+            cached = EpisodeCollator(tokenizer, config, frozen_states=states)([episode])
             assert ("names_frozen_row_states" in cached) == bool(extra)
             for algorithm in ("fomaml", "reptile"):
                 a = episode_meta_gradient(encoder, dict(weights), plain, config, algorithm)

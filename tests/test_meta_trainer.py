@@ -8,7 +8,7 @@ from conftest import tiny_encoder
 from peft import LoraConfig, get_peft_model
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME, AdaptationConfig
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 from hf_meta.io_utils import atomic_directory
 
 

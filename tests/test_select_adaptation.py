@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_encoder
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_load_best_model_at_end_restores_the_best_steps_learned_rates(tmp_path, 
     """The best checkpoint's LoRA comes back with its own learned step sizes, not the last step's."""
     import torch
 
-    from hf_meta.adaptation import LearnedInnerLoop
+    from hf_meta.learned_inner_loop import LearnedInnerLoop
 
     evaluations = []
 

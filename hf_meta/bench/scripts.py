@@ -12,7 +12,7 @@ from peft import LoraConfig
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedModel
 from transformers.utils import logging
 
-from ..adaptation import AdaptationConfig
+from ..adaptation_config import AdaptationConfig
 from ..data import DATA_DIR_ENV_VAR
 from ..io_utils import atomic_write_text
 from ..meta_trainer import MetaTrainer
