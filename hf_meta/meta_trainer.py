@@ -29,6 +29,7 @@ from .metrics import accuracy
 from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
 from .selection import check_sweepable, grid_combinations
+from .validation import non_finite
 
 logger = logging.get_logger(__name__)
 
@@ -432,7 +433,7 @@ def _splits(dataset) -> list:
 
 
 def _check_finite_weights(weights: dict[str, torch.Tensor], when: str) -> None:
-    bad = [name for name, w in weights.items() if not torch.isfinite(w).all()]
+    bad = non_finite(weights)
     if bad:
         raise FloatingPointError(
             f"{len(bad)} LoRA tensor(s) hold NaN or inf {when} (e.g. {bad[0]}): meta-training diverged; lower the "

@@ -55,41 +55,45 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _imported_modules(tree: ast.AST, package: list[str], modules: set[str]) -> set[str]:
+    """The hf_meta modules `tree` imports, outside `if TYPE_CHECKING:` blocks; `package` is where it sits."""
+    imported = set()
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            elif (node.module or "").startswith("hf_meta"):
+                target = node.module.removeprefix("hf_meta").lstrip(".")
+            else:
+                target = None
+            if target is not None:
+                # `from . import serving` names a module; `from .x import y` names module `x`.
+                for alias in node.names:
+                    candidate = f"{target}.{alias.name}" if target else alias.name
+                    imported.add(candidate if candidate in modules else target or "__init__")
+        elif isinstance(node, ast.Import):
+            imported.update(a.name.removeprefix("hf_meta.") for a in node.names if a.name.startswith("hf_meta."))
+        pending.extend(ast.iter_child_nodes(node))
+    return imported
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the hf_meta modules it imports at run time (module level or inside a function), by `ast`."""
     modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
-        package = [] if name == "__init__" else name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
-        imported = set()
-
-        def visit(node: ast.AST) -> None:
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                for child in node.orelse:
-                    visit(child)
-                return
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package[: len(package) - (node.level - 1)]
-                    target = ".".join([*base, *([node.module] if node.module else [])])
-                elif (node.module or "").startswith("hf_meta"):
-                    target = node.module.removeprefix("hf_meta").lstrip(".")
-                else:
-                    target = None
-                if target is not None:
-                    # `from . import serving` names a module; `from .x import y` names module `x`.
-                    for alias in node.names:
-                        candidate = f"{target}.{alias.name}" if target else alias.name
-                        imported.add(candidate if candidate in modules else target or "__init__")
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.startswith("hf_meta."):
-                        imported.add(alias.name.removeprefix("hf_meta."))
-            for child in ast.iter_child_nodes(node):
-                visit(child)
-
-        visit(ast.parse(path.read_text(encoding="utf-8")))
-        graph[name] = imported - {name}
+        if name == "__init__":
+            package = []
+        else:
+            package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[name] = _imported_modules(tree, package, set(modules)) - {name}
     return graph
 
 

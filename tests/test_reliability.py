@@ -52,10 +52,10 @@ def test_episode_builder_rejects_bad_data(dataset, kwargs, error, message):
 
 
 def test_bytes_texts_get_a_decoding_hint():
-    from hf_meta.episodes import _check_texts
+    from hf_meta.validation import check_texts
 
-    with pytest.raises(TypeError, match="decode them first"):
-        _check_texts(["fine", b"caf\xe9"], "text")
+    with pytest.raises(TypeError, match=r"`text\[1\]` is bytes; decode it first.*latin-1"):
+        check_texts(["fine", b"caf\xe9"], "text")
 
 
 def test_duplicate_texts_warn(caplog):
