@@ -50,7 +50,14 @@ class FewShotClassifier(ClassifierHubMixin):
         ```
     """
 
-    def __init__(self, model: PeftModel, tokenizer, adaptation_config: AdaptationConfig, batch_size: int = 64):
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizer,
+        adaptation_config: AdaptationConfig,
+        batch_size: int = 64,
+        inner_loop: LearnedInnerLoop | None = None,
+    ):
         check_peft_model(model, batch_size)
         check_tokenizer(tokenizer, model)
         self.model = model.eval()
@@ -63,7 +70,16 @@ class FewShotClassifier(ClassifierHubMixin):
         self.encoder = self._encoder_for(adaptation_config)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
         # Meta-learned step sizes (`learn_inner_learning_rates`), read by `from_pretrained` when the adapter has them.
-        self.inner_loop: LearnedInnerLoop | None = None
+        if inner_loop is not None:
+            inner_loop.check_fits(list(self.meta_weights), "`inner_loop`")
+        elif adaptation_config.learn_inner_learning_rates:
+            raise ValueError(
+                "`adaptation_config.learn_inner_learning_rates` is True but no `inner_loop` was given, so `fit` "
+                "would adapt with `inner_learning_rate` instead. Pass the meta-learned step sizes "
+                "(`inner_loop=trainer.inner_loop`), load the saved adapter with `FewShotClassifier.from_pretrained`, "
+                "or set `learn_inner_learning_rates=False`."
+            )
+        self.inner_loop = inner_loop
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
@@ -286,7 +302,14 @@ class FewShotClassifier(ClassifierHubMixin):
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise TypeError(f"`fit` got unknown adaptation setting(s) {unknown}; known settings: {sorted(known)}.")
-        return dataclasses.replace(self.meta_config, **overrides)  # validated in __post_init__
+        config = dataclasses.replace(self.meta_config, **overrides)  # validated in __post_init__
+        if config.learn_inner_learning_rates and self.inner_loop is None:
+            raise ValueError(
+                "`learn_inner_learning_rates=True` needs meta-learned step sizes, and this classifier has none (a "
+                "fresh adapter, or one meta-trained without `learn_inner_learning_rates`): `fit` would adapt with "
+                f"`inner_learning_rate` ({config.inner_learning_rate}) instead. Drop the override."
+            )
+        return config
 
     def _encoder_for(self, config: AdaptationConfig) -> FunctionalEncoder:
         current = getattr(self, "encoder", None)

@@ -64,9 +64,9 @@ class ClassifierHubMixin:
     """`from_pretrained`, `save_pretrained` and `push_to_hub` of [`FewShotClassifier`].
 
     A mixin in the way of `huggingface_hub.ModelHubMixin`: the class that inherits it is built as
-    `cls(model, tokenizer, adaptation_config)` and holds `model` (a `PeftModel`), `tokenizer`, `meta_weights`,
-    `adaptation_config`, `inner_loop`, and after `fit` `weights` (the adapted LoRA tensors and the head under
-    `HEAD`), `classes_`, `shots_`, `adapter_strength_` and `cv_accuracy_`; these are what a save writes.
+    `cls(model, tokenizer, adaptation_config, inner_loop=...)` and holds `model` (a `PeftModel`), `tokenizer`,
+    `meta_weights`, `adaptation_config`, `inner_loop`, and after `fit` `weights` (the adapted LoRA tensors and the
+    head under `HEAD`), `classes_`, `shots_`, `adapter_strength_` and `cv_accuracy_`; these are what a save writes.
     """
 
     # ---- Loading --------------------------------------------------------------------------------------------
@@ -125,9 +125,11 @@ class ClassifierHubMixin:
                 "pass the `base_model=` it was trained on."
             ) from None
         tokenizer = load_tokenizer(folder, base_path)
-        classifier = cls(model, tokenizer, adaptation_config)
+        inner_loop = None
         if adaptation_config.learn_inner_learning_rates:
-            classifier._set_inner_loop(LearnedInnerLoop.from_pretrained(folder), folder)
+            inner_loop = LearnedInnerLoop.from_pretrained(folder)
+            inner_loop.check_fits(list(meta_parameters(model)), str(folder / INNER_LOOP_FILE))
+        classifier = cls(model, tokenizer, adaptation_config, inner_loop=inner_loop)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
         verify_saved_folder(folder)  # after the checks above: an interrupted save, or files of two saves mixed
@@ -146,16 +148,6 @@ class ClassifierHubMixin:
             hub_id = name_or_path
         config = AdaptationConfig(base_model=hub_id_of(model, hub_id))
         return cls(model, load_tokenizer(None, path), config)
-
-    def _set_inner_loop(self, inner_loop: LearnedInnerLoop, folder: Path) -> None:
-        expected = [*self.meta_weights, HEAD]
-        if inner_loop.names != expected:
-            missing = sorted(set(expected) - set(inner_loop.names))[:2]
-            raise ValueError(
-                f"{folder / INNER_LOOP_FILE} has step sizes for {len(inner_loop.names)} tensors, but the adapter has "
-                f"{len(expected)} (e.g. no rate for {missing}); it belongs to another adapter: save them together."
-            )
-        self.inner_loop = inner_loop
 
     # ---- Saving ---------------------------------------------------------------------------------------------
 
@@ -184,8 +176,6 @@ class ClassifierHubMixin:
                     "`fit` diverged. Lower the learning rates and fit or train again."
                 )
         config = self.adaptation_config
-        if config.learn_inner_learning_rates and self.inner_loop is None:
-            config = dataclasses.replace(config, learn_inner_learning_rates=False)  # nothing learned to save
         if base and not is_local_path(base) and config.base_model != base:
             config = dataclasses.replace(config, base_model=base)
         peft_config = self.model.peft_config["default"]

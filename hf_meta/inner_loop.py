@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .adaptation_config import AdaptationConfig
 from .choices import HeadInit, HeadPrior, check_choice
 
 Weights = dict[str, torch.Tensor]
@@ -26,10 +27,14 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def initial_head(
-    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: HeadInit, bias: bool = False
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    head_init: HeadInit,
+    bias: bool = AdaptationConfig.head_bias,
 ) -> torch.Tensor:
-    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros; with `bias`, one more column
-    of zeros holds a bias per class (see [`head_logits`]).
+    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros; with `bias` (default:
+    [`AdaptationConfig`]'s `head_bias`), one more column of zeros holds a bias per class (see [`head_logits`]).
 
     On L2-normalised embeddings the Proto-MAML head `W_k = 2 c_k, b_k = -||c_k||^2` ranks classes like the cosine
     similarity to `c_k`, which is what `normalize(c_k)` gives with no bias term.
@@ -50,7 +55,7 @@ def fit_head(
     l2: float,
     steps: int,
     sample_weight: torch.Tensor | None = None,
-    head_prior: HeadPrior = "mean",
+    head_prior: HeadPrior = AdaptationConfig.head_prior,
 ) -> torch.Tensor:
     """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS (a bias
     column, see [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised).
@@ -64,6 +69,7 @@ def fit_head(
         head_prior: `"mean"` pulls against the (weighted) mean cross-entropy, so the pull's relative strength is
             the same at any number of shots; `"sum"` pulls against the summed cross-entropy (a fixed Gaussian prior
             in a MAP fit), so each class row is pulled as hard as one example and the pull fades as shots grow.
+            Default: [`AdaptationConfig`]'s.
 
     Example:
         ```python
@@ -101,7 +107,7 @@ def fit_heads(
     l2: float,
     steps: int,
     sample_weights: torch.Tensor,
-    head_prior: HeadPrior = "mean",
+    head_prior: HeadPrior = AdaptationConfig.head_prior,
 ) -> torch.Tensor:
     """Several independent [`fit_head`] problems on the same examples at once: head `f` weighs example `n` by
     `sample_weights[f, n]` (0 leaves it out) and is pulled to `priors[f]`. The objectives are summed into one

@@ -96,6 +96,17 @@ class LearnedInnerLoop(torch.nn.Module):
             inner.log_logit_scale.copy_(scale.reshape(()))
         return inner
 
+    def check_fits(self, tensor_names: list[str], where: str) -> None:
+        """Refuse step sizes learned for other tensors than `tensor_names` (an adapter's LoRA tensors); `where`
+        names the inner loop in the error (its file, or the argument)."""
+        expected = [*tensor_names, HEAD]
+        if self.names != expected:
+            missing = sorted(set(expected) - set(self.names))[:2]
+            raise ValueError(
+                f"{where} has step sizes for {len(self.names)} tensors, but the adapter has {len(expected)} (e.g. no "
+                f"rate for {missing}); it belongs to another adapter: save them together."
+            )
+
     def summary(self) -> dict[str, float]:
         """Learned step sizes by tensor name (and `logit_scale`), rounded, for model cards and logs."""
         rates = {name: round(float(rate), 5) for name, rate in self.learning_rates().items()}

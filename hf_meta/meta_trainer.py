@@ -113,7 +113,14 @@ class MetaTrainer(Trainer):
             **kwargs,
         )
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
-        if args.precompute_frozen_states and self.encoder.frozen_depth > 0 and data_collator is None:
+        if args.precompute_frozen_states and self.encoder.frozen_depth > 0:
+            if data_collator is not None:
+                raise ValueError(
+                    f"`precompute_frozen_states=True` reads the frozen layers' outputs through hf_meta's own episode "
+                    f"collator, so it cannot apply to the `data_collator` given ({type(data_collator).__name__}). "
+                    "Pass `precompute_frozen_states=False` to use that collator (the frozen layers then run in every "
+                    "episode), or drop `data_collator`."
+                )
             self.data_collator = self._collator_with_frozen_states(processing_class)
         # Meta-SGD: the learned step sizes and logit scale are meta-parameters too; they live beside the model (not
         # in it, so the saved adapter stays plain LoRA) and join the optimizer in `create_optimizer`.

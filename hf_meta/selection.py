@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 from .adaptation_config import AdaptationConfig
@@ -47,6 +48,22 @@ def grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
+# Settings an adaptation reads only when another setting lets it: name -> (when it is read, why it is not).
+CONDITIONAL_SETTINGS = {
+    "head_l2": (lambda c, names: c.head_fit_steps > 0, "`head_fit_steps` is 0 (no head is fitted)"),
+    "head_prior": (lambda c, names: c.head_fit_steps > 0, "`head_fit_steps` is 0 (no head is fitted)"),
+    "inner_learning_rate": (lambda c, names: c.inner_steps > 0, "`inner_steps` is 0 (no inner step is taken)"),
+    "label_name_weight": (
+        lambda c, names: c.use_label_names and names,
+        "no class name is embedded (`use_label_names` is off, or the collator tokenises no names)",
+    ),
+    "adapter_strength_fallback": (
+        lambda c, names: c.adapter_strength == "auto",
+        "`adapter_strength` is a number (the fallback only stands in for 'auto')",
+    ),
+}
+
+
 def check_sweepable(grid: dict[str, list], current: Any, *, names_in_collator: bool, learned_inner_loop: bool) -> None:
     """Refuse a grid that lists a value the sweep could not use.
 
@@ -81,6 +98,30 @@ def check_sweepable(grid: dict[str, list], current: Any, *, names_in_collator: b
                 f"`{name}` cannot be swept with `learn_inner_learning_rates=True` (grid values {list(values)}): the "
                 "adaptation uses the meta-learned step sizes and logit scale, so every value would score the same. "
                 f"Drop `{name}` from the grid."
+            )
+    _check_every_setting_is_read(grid, current, names_in_collator)
+
+
+def _check_every_setting_is_read(grid: dict[str, list], current: Any, names_in_collator: bool) -> None:
+    """Refuse a swept setting that no combination of the grid reads (e.g. `head_l2` when every combination has
+    `head_fit_steps=0`): its values would all score the same."""
+    swept = {name: values for name, values in grid.items() if isinstance(values, list | tuple) and values}
+    conditional = [
+        name
+        for name in swept
+        if name in CONDITIONAL_SETTINGS and any(v != getattr(current, name, None) for v in swept[name])
+    ]
+    if not conditional:
+        return
+    combinations = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+    for name in conditional:
+        is_read, reason = CONDITIONAL_SETTINGS[name]
+        settings = [{**current.to_dict(), **combination} for combination in combinations]
+        if not any(is_read(SimpleNamespace(**values), names_in_collator) for values in settings):
+            raise ValueError(
+                f"`{name}` cannot be swept by `select_adaptation` (grid values {list(grid[name])}): {reason} in every "
+                "combination, so each value would score the same and the first would be saved untested. Sweep the "
+                f"setting that enables it too, or drop `{name}` from the grid."
             )
 
 

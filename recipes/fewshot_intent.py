@@ -35,6 +35,8 @@ Needs the `bench` extra: `pip install -e ".[bench]"`.
 The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
 """
 
+import dataclasses
+
 from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainer
@@ -132,7 +134,9 @@ def main() -> None:
         eval_dataset=validation_episodes,
         processing_class=tokenizer,
     )
-    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
+    # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
+    initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
+    fresh = FewShotClassifier(trainer.model, tokenizer, initial)
     trainer.train()
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()

@@ -158,6 +158,27 @@ def test_meta_trainer_learns_saves_and_fit_uses_the_rates(tmp_path, episodes, to
     assert "Meta-learned inner loop" in (out / "README.md").read_text()
 
 
+def test_learned_rates_without_an_inner_loop_are_refused_not_replaced_by_the_scalar_rate(tokenizer):
+    from conftest import top_layer_lora
+
+    model = top_layer_lora(tiny_encoder("bert", vocab_size=tokenizer.vocab_size), [1])
+    with pytest.raises(ValueError, match="`adaptation_config.learn_inner_learning_rates` is True but no `inner_loop`"):
+        FewShotClassifier(model, tokenizer, AdaptationConfig(learn_inner_learning_rates=True))
+    clf = FewShotClassifier(model, tokenizer, AdaptationConfig())
+    texts, labels = ["card late", "card lost", "euro rate", "euro today"], ["card", "card", "rate", "rate"]
+    with pytest.raises(ValueError, match="`learn_inner_learning_rates=True` needs meta-learned step sizes"):
+        clf.fit(texts, labels, learn_inner_learning_rates=True)
+    other = LearnedInnerLoop(["not.a.lora.tensor"], 0.05, 20.0)
+    with pytest.raises(ValueError, match="`inner_loop` has step sizes for 2 tensors.*belongs to another adapter"):
+        FewShotClassifier(model, tokenizer, AdaptationConfig(learn_inner_learning_rates=True), inner_loop=other)
+    names = list(meta_parameters(model))
+    inner = LearnedInnerLoop(names, 0.05, 20.0)
+    with_rates = FewShotClassifier(
+        model, tokenizer, AdaptationConfig(learn_inner_learning_rates=True), inner_loop=inner
+    )
+    assert with_rates.fit(texts, labels).inner_loop is inner
+
+
 def test_learning_rates_need_inner_steps(tmp_path):
     with pytest.raises(ValueError, match="`learn_inner_learning_rates` needs `inner_steps` >= 1"):
         MetaTrainingArguments(output_dir=str(tmp_path), learn_inner_learning_rates=True, inner_steps=0)
