@@ -55,7 +55,8 @@ def adapt(
         names: the tokenised class-name phrases, row `c` for class `c` (`input_ids`, `attention_mask`), used when
             `config.use_label_names`: each is embedded at the current fast weights and joins the head fit and the
             support loss as one example of its class with weight `config.label_name_weight`. The prototypes (the
-            head's start and prior) stay the sentences' own: a name is not a sentence, and averaged in it hurts.
+            head's start and centre with `head_init="prototypes"`) stay the sentences' own: a name is not a
+            sentence, and averaged into a prototype it moves it off the sentences.
         learning_rates: one inner learning rate per fast-weight name (LoRA tensors and `HEAD`), e.g. the learned
             ones of [`LearnedInnerLoop`]; default `config.inner_learning_rate` for all.
         gradient_sum: receives the per-tensor sum of the support gradients (see [`sgd_adapt`]).

@@ -74,14 +74,13 @@ class AdaptationConfig:
         default=100,
         metadata={
             "help": "L-BFGS iterations fitting the head to the support embeddings (a logistic regression pulled "
-            "towards the prototypes) before the inner loop; 0 keeps the prototypes."
+            "towards its `head_init` centre) before the inner loop; 0 keeps the `head_init` start."
         },
     )
     head_l2: float = field(
         default=0.1,
         metadata={
-            "help": "Pull of the fitted head towards its `head_init` centre, against the loss `head_prior` names "
-            "(adapters saved before `head_prior` existed used 0.03 against the mean)."
+            "help": "Pull of the fitted head towards its `head_init` centre, against the loss `head_prior` names."
         },
     )
     head_prior: HeadPrior = field(
@@ -89,7 +88,7 @@ class AdaptationConfig:
         metadata={
             "help": "What `head_l2` pulls against: the 'sum' of the support cross-entropies (a fixed prior, so the "
             "pull fades as shots grow and is the same for any number of classes) or their 'mean' (the same relative "
-            "pull at any shot count; the behaviour before this setting existed)."
+            "pull at any shot count)."
         },
     )
     head_bias: bool = field(
@@ -122,7 +121,7 @@ class AdaptationConfig:
             "`inner_steps` >= 1: with the fitted head alone there is no step to size."
         },
     )
-    # Support-set augmentation (hf_meta/augmentation.py): off by default, see the README's measurements
+    # Support-set augmentation (hf_meta/augmentation.py): off by default
     support_augmentation: SupportAugmentation = field(
         default="none",
         metadata={
@@ -243,10 +242,6 @@ class AdaptationConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}.")
         known = set(cls.field_names())
-        # Saved before `head_prior` existed: their `head_l2` was a pull against the mean loss.
-        values.setdefault("head_prior", "mean")
-        # Saved before `head_bias` existed: their heads had none.
-        values.setdefault("head_bias", False)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path} has unknown key(s) {unknown}; known keys are {sorted(known)}.")

@@ -36,9 +36,18 @@ class FewShotClassifier(ClassifierHubMixin):
     """A text classifier adapted from a few labelled examples per class with the meta-learned inner loop.
 
     `fit` runs the adaptation that the adapter was meta-trained for (the settings in `adaptation_config.json`):
-    a cosine head started at the class prototypes and fitted to the labelled embeddings (`head_fit_steps`), then
+    a cosine head with a bias per class, fitted by L-BFGS to the labelled embeddings (`head_fit_steps`; a
+    logistic regression pulled towards its `head_init` start: zero by default, or the class prototypes), then
     `inner_steps` SGD steps of the LoRA weights and the head on all the labelled examples at once, for any number
     of classes. The meta-initialised weights are kept, so `fit` can be called again for another task.
+
+    Args:
+        model: a transformers encoder wrapped with LoRA (`hf_meta.modeling.with_lora(model, None)` for a fresh
+            adapter); [`from_pretrained`] builds it from a folder or Hub repo.
+        tokenizer: the encoder's tokenizer.
+        adaptation_config: the adaptation settings every `fit` starts from.
+        batch_size: texts per forward pass in `predict` and `embed`.
+        inner_loop: meta-learned step sizes, required when `adaptation_config.learn_inner_learning_rates`.
 
     Example:
         ```python

@@ -217,9 +217,9 @@ class ClassifierHubMixin:
     ) -> str:
         """Upload the classifier (adapter, head, labels, tokenizer, settings: safetensors and JSON only) with its card.
 
-        The folder written by `save_pretrained` is uploaded with a model card (`model_cards/hf_meta_classifier.md`)
-        whose metadata names `base_model` and `library_name: peft`, and which lists the labels, the examples per
-        class seen in `fit` and the adaptation settings.
+        The folder written by `save_pretrained` is uploaded with a model card (the template
+        `hf_meta/templates/hf_meta_classifier.md`) whose metadata names `base_model` and `library_name: peft`, and
+        which lists the labels, the examples per class seen in `fit` and the adaptation settings.
 
         Args:
             repo_id: the Hub repo (created if missing).

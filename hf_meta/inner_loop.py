@@ -61,8 +61,8 @@ def fit_head(
     column, see [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised).
 
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
-    towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way
-    tasks a fitted linear head beats prototypes by several points.
+    towards `prior`, the zero or prototype head of [`initial_head`]), solved to its optimum where a few SGD steps
+    would leave the head far from it.
 
     Args:
         sample_weight: one weight per example (e.g. a class-name example counts `label_name_weight`); default 1.
@@ -153,8 +153,7 @@ def fit_heads(
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device):
     """Run the L-BFGS head fit on one CPU thread: its thousands of small vector operations gain nothing from
-    intra-op threads, and on a busy machine each of them waits for a descheduled worker thread (an order of
-    magnitude slower on 2 shared cores)."""
+    intra-op threads, and on a busy machine each of them waits for a descheduled worker thread."""
     if device.type != "cpu" or torch.get_num_threads() == 1:
         yield
         return
@@ -194,15 +193,9 @@ def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> t
     return scale * embeddings @ head.T
 
 
-def sgd_step(loss: torch.Tensor, weights: Weights, lr: float | Weights) -> Weights:
-    """One first-order SGD step: new leaf tensors `w - lr * dloss/dw`, no graph kept to the previous weights.
-
-    `lr` is a float or one learning rate per weight name (Meta-SGD style).
-    """
-    return _step(weights, torch.autograd.grad(loss, list(weights.values())), lr)
-
-
 def _step(weights: Weights, grads: tuple[torch.Tensor, ...], lr: float | Weights) -> Weights:
+    """One first-order SGD step: new leaf tensors `w - lr * g`, no graph kept to the previous weights; `lr` is a
+    float or one learning rate per weight name (Meta-SGD style)."""
     with torch.no_grad():
         return {
             name: (w - (lr[name] if isinstance(lr, dict) else lr) * g).requires_grad_(True)

@@ -57,6 +57,8 @@ class MetaTrainer(Trainer):
             attention query/value projections of every layer, Gaussian init).
         train_dataset / eval_dataset: episode datasets from [`build_episodes`].
         processing_class: the tokenizer; each episode is tokenised once, by [`EpisodeCollator`].
+        data_collator: an episode collator of your own instead; with LoRA leaving the bottom layers frozen it needs
+            `precompute_frozen_states=False` (the precomputed states are read by hf_meta's collator only).
 
     Example:
         ```python
@@ -263,9 +265,12 @@ class MetaTrainer(Trainer):
 
         Each combination adapts to every episode's support set from the current meta-parameters and is scored
         by the mean query accuracy over episodes; ties go to the earlier combination, so list the current value
-        first. Settings that change the tokenisation or the encoder (`max_length`, `pooling`,
-        `normalize_embeddings`), `learn_inner_learning_rates` and `base_model` cannot be swept; sweeping
-        `use_label_names` needs a trainer built with it on (its collator then tokenises the names).
+        first. A setting the sweep cannot vary is refused before any scoring (see `hf_meta/selection.py`): those
+        that change the tokenisation or the encoder (`max_length`, `pooling`, `normalize_embeddings`),
+        `learn_inner_learning_rates`, `base_model`, the augmentation settings (applied once, when the episodes
+        are collated), `inner_learning_rate` and `logit_scale` under a learned inner loop, `use_label_names=True`
+        on a trainer built without it, and a setting that no combination reads (`head_l2` when every combination
+        has `head_fit_steps=0`).
 
         Args:
             grid: setting name -> candidate values, e.g. `{"head_l2": [1.0, 0.3], "inner_steps": [0, 5]}`.

@@ -198,16 +198,15 @@ def test_fit_refuses_bad_label_descriptions(classifier, descriptions, error, mes
         classifier.fit(TEXTS, LABELS, label_descriptions=descriptions, use_label_names=False)
 
 
-def test_adapters_saved_before_head_prior_keep_the_mean_prior(tmp_path):
-    AdaptationConfig().save_pretrained(tmp_path)
-    assert AdaptationConfig.from_pretrained(tmp_path).head_prior == "sum"
-    path = tmp_path / "adaptation_config.json"
+def test_a_saved_config_without_a_setting_takes_its_default(tmp_path):
     import json
 
-    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("head_prior", "use_label_names")}
-    path.write_text(json.dumps({**old, "head_l2": 0.03}))
+    AdaptationConfig(head_prior="mean", head_bias=False).save_pretrained(tmp_path)
+    path = tmp_path / "adaptation_config.json"
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("head_prior", "head_bias")}
+    path.write_text(json.dumps({**saved, "head_l2": 0.03}))
     loaded = AdaptationConfig.from_pretrained(tmp_path)
-    assert (loaded.head_prior, loaded.head_l2) == ("mean", 0.03)
+    assert (loaded.head_prior, loaded.head_bias, loaded.head_l2) == ("sum", True, 0.03)
 
 
 def test_meta_trainer_caches_the_name_phrases_with_the_sentences(tmp_path, toy_dataset, tokenizer):

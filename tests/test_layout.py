@@ -148,8 +148,8 @@ def test_core_path_imports_no_harness_dependency():
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
-def test_data_dir_comes_from_the_argument_then_the_environment(tmp_path, monkeypatch):
-    from hf_meta.bench.scripts import resolve_data_dir
+def test_data_dir_comes_from_the_argument_the_environment_then_the_working_directory(tmp_path, monkeypatch):
+    from hf_meta.data import resolve_data_dir
 
     monkeypatch.setenv("HF_META_DATA_DIR", str(tmp_path))
     assert resolve_data_dir() == tmp_path
@@ -159,6 +159,18 @@ def test_data_dir_comes_from_the_argument_then_the_environment(tmp_path, monkeyp
     monkeypatch.setenv("HF_META_DATA_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match=r"from \$HF_META_DATA_DIR.*--data_dir"):
         resolve_data_dir()
+    # Neither given: the working directory's `data`, then `../shared/data`; never the installed package's location.
+    monkeypatch.delenv("HF_META_DATA_DIR")
+    checkout = tmp_path / "project" / "checkout"
+    checkout.mkdir(parents=True)
+    monkeypatch.chdir(checkout)
+    with pytest.raises(FileNotFoundError, match=r"\$HF_META_DATA_DIR is not set.*under the working directory"):
+        resolve_data_dir()
+    assert resolve_data_dir(search_working_directory=False) is None  # `load_collection` then reads the Hub
+    (tmp_path / "project" / "shared" / "data").mkdir(parents=True)
+    assert resolve_data_dir().resolve() == (tmp_path / "project" / "shared" / "data").resolve()
+    (checkout / "data").mkdir()
+    assert resolve_data_dir() == Path("data")
 
 
 def test_recipe_yaml_parses_into_script_and_training_arguments(monkeypatch):
