@@ -27,7 +27,8 @@ import torch
 import transformers
 
 from hf_meta.bench.protocols import intent_episodes
-from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, resolve_data_dir, write_results
+from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, write_results
+from hf_meta.data import resolve_data_dir
 from hf_meta.io_utils import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -63,7 +64,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: di
 
 
 def data_dir(args: argparse.Namespace) -> Path:
-    """The data folder, decided in one place (`hf_meta.bench.scripts.resolve_data_dir`)."""
+    """The data folder, decided in one place (`hf_meta.data.resolve_data_dir`)."""
     return resolve_data_dir(args.data_dir)
 
 

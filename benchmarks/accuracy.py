@@ -203,7 +203,9 @@ def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClas
         train_dataset=part.episodes(num_episodes=steps * 4, seed=seed),
         processing_class=tokenizer,
     )
-    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # snapshots the initial weights
+    # Snapshots the initial weights; nothing is learned yet, so it adapts with the scalar `inner_learning_rate`.
+    initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
+    fresh = FewShotClassifier(trainer.model, tokenizer, initial)
     trainer.train()
     trainer.save_model()  # scored as saved: the adapter, its settings and any learned inner loop, reloaded
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=args.model)

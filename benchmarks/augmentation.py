@@ -35,12 +35,11 @@ import torch
 from _common import data_dir, make_parser, merge_json, parse, print_table
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, load_collection
-from hf_meta.adaptation import HEAD
 from hf_meta.bench.baselines import logistic_regression
 from hf_meta.bench.comparison import sample_shots
 from hf_meta.bench.protocols import smlmt_episodes
 from hf_meta.bench.scripts import load_encoder, lora_config
-from hf_meta.inner_loop import head_logits
+from hf_meta.inner_loop import HEAD, head_logits
 from hf_meta.metrics import accuracy, mean_ci95
 
 AUGMENTATIONS = ["word_dropout", "swap", "span_cutoff"]

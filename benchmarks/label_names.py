@@ -38,9 +38,8 @@ from _common import data_dir, make_parser, merge_json, parse, print_table
 from sklearn.linear_model import LogisticRegression
 
 from hf_meta import FewShotClassifier, load_collection
-from hf_meta.adaptation import HEAD
 from hf_meta.bench.comparison import sample_shots
-from hf_meta.inner_loop import head_logits
+from hf_meta.inner_loop import HEAD, head_logits
 from hf_meta.label_names import label_phrase
 
 SUM_L2 = [0.3, 1.0, 3.0, 10.0]

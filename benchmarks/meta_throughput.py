@@ -40,8 +40,8 @@ from transformers.utils import logging
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, split_classes
 from hf_meta.bench.protocols import SENTIMENT_SOURCES, mixed_episodes, sentiment_episodes
-from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, resolve_data_dir, write_results
-from hf_meta.data import load_collection
+from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, write_results
+from hf_meta.data import load_collection, resolve_data_dir
 from hf_meta.metrics import mean_ci95
 
 RESULTS = Path(__file__).resolve().parent / "results"

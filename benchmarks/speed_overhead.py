@@ -30,7 +30,8 @@ from _common import (
     trainer_seconds_per_episode,
 )
 
-from hf_meta.adaptation import EpisodeCollator, split_episode
+from hf_meta.adaptation_config import AdaptationConfig
+from hf_meta.episode_collator import EpisodeCollator, split_episode
 from hf_meta.modeling import meta_parameters
 
 
@@ -38,7 +39,9 @@ def bare_seconds_per_episode(trainer, episodes) -> list[float]:
     """The inner steps and the query pass of every episode but the first, as plain autograd calls."""
     peft_model = trainer.model.eval()
     params = list(meta_parameters(peft_model).values())
-    collator = EpisodeCollator(trainer.processing_class, trainer.args.max_length)
+    collator = EpisodeCollator(
+        trainer.processing_class, AdaptationConfig(max_length=trainer.args.max_length, use_label_names=False)
+    )
     hidden_size = peft_model.config.hidden_size
 
     def embed(batch):

@@ -1,8 +1,9 @@
 """hf_meta: meta-learned LoRA initialisations for few-shot text classification."""
 
-from .adaptation import AdaptationConfig, EpisodeCollator
+from .adaptation_config import AdaptationConfig
 from .classifier import FewShotClassifier
 from .data import load_collection
+from .episode_collator import EpisodeCollator
 from .episodes import EpisodeBuilder, EpisodeConfig, build_episodes, split_classes
 from .meta_trainer import MetaTrainer
 from .meta_training_args import MetaTrainingArguments

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
-from .adaptation import ADAPTATION_CONFIG_NAME, AdaptationConfig
+from .adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 from .modeling import is_local_path
+from .validation import check_int, is_int, is_number
 
 logger = logging.get_logger(__name__)
 
@@ -76,14 +77,6 @@ _TASK_TYPES = (None, "FEATURE_EXTRACTION")
 _INIT_LORA_WEIGHTS = (True, False, "gaussian")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _short_string(limit: int):
     return lambda v: v is None or (isinstance(v, str) and len(v) <= limit)
 
@@ -113,17 +106,17 @@ def _pattern_dict(value_ok):
 
 
 def _layers(value) -> bool:
-    if value is None or (_is_int(value) and 0 <= value < MAX_LAYERS):
+    if value is None or (is_int(value) and 0 <= value < MAX_LAYERS):
         return True
     return (
         isinstance(value, list)
         and 0 < len(value) <= MAX_LAYERS
-        and all(_is_int(v) and 0 <= v < MAX_LAYERS for v in value)
+        and all(is_int(v) and 0 <= v < MAX_LAYERS for v in value)
     )
 
 
 def _rank(value) -> bool:
-    return _is_int(value) and 1 <= value <= MAX_LORA_RANK
+    return is_int(value) and 1 <= value <= MAX_LORA_RANK
 
 
 # key -> (check, what is allowed, as the error message says it)
@@ -131,8 +124,8 @@ LORA_CONFIG_SCHEMA = {
     "peft_type": (lambda v: v == "LORA", '"LORA" (hf_meta loads LoRA adapters only)'),
     "task_type": (lambda v: v in _TASK_TYPES, 'null or "FEATURE_EXTRACTION" (an encoder without a task head)'),
     "r": (_rank, f"an int in [1, {MAX_LORA_RANK}]"),
-    "lora_alpha": (_is_number, "a finite number"),
-    "lora_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "lora_alpha": (is_number, "a finite number"),
+    "lora_dropout": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
     "init_lora_weights": (
         lambda v: any(v is x or (isinstance(v, str) and v == x) for x in _INIT_LORA_WEIGHTS),
@@ -152,7 +145,7 @@ LORA_CONFIG_SCHEMA = {
         f"a dict of at most {MAX_PATTERN_ENTRIES} plain module names -> an int rank in [1, {MAX_LORA_RANK}]",
     ),
     "alpha_pattern": (
-        _pattern_dict(_is_number),
+        _pattern_dict(is_number),
         f"a dict of at most {MAX_PATTERN_ENTRIES} plain module names -> a finite number",
     ),
     "bias": (lambda v: v == "none", '"none" (trainable biases would change the frozen base model)'),
@@ -161,7 +154,7 @@ LORA_CONFIG_SCHEMA = {
     "revision": (_short_string(MAX_NAME_LENGTH), "null or a revision name"),
     "peft_version": (_short_string(MAX_NAME_LENGTH), "null or a version string"),
     "megatron_core": (_short_string(MAX_NAME_LENGTH), "null or a module name"),
-    "qalora_group_size": (lambda v: v is None or _is_int(v), "an int (unused without `use_qalora`)"),
+    "qalora_group_size": (lambda v: v is None or is_int(v), "an int (unused without `use_qalora`)"),
     "ensure_weight_tying": (lambda v: isinstance(v, bool), "true or false"),
     "auto_mapping": (
         lambda v: (
@@ -245,11 +238,6 @@ def check_safetensors(path: Path, lora: bool = True) -> dict[str, tuple[list[int
     return header
 
 
-def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the tensors holding NaN or inf."""
-    return [name for name, w in weights.items() if not torch.isfinite(w).all()]
-
-
 def refuse_remote_code(folder: Path) -> None:
     """Refuse a folder whose configs name remote code: hf_meta never runs code shipped with a model."""
     for name in REMOTE_CODE_FILES:
@@ -296,7 +284,7 @@ def read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> 
         )
     check_lora_config_values(values, path)
     r = values.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+    if not is_int(r) or r < 1:
         raise ValueError(f"{path}: `r` must be a positive int, got {r!r}.")
     rank_pattern = values.get("rank_pattern") or {}
     alpha_pattern = values.get("alpha_pattern") or {}
@@ -313,7 +301,7 @@ def read_lora_config(folder: Path, header: dict[str, tuple[list[int], str]]) -> 
             )
     use_rslora = bool(values.get("use_rslora"))
     for key, alpha in [("lora_alpha", values.get("lora_alpha")), *alpha_pattern.items()]:
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        if not is_number(alpha):
             raise ValueError(f"{path}: `lora_alpha` ({key}) must be a finite number, got {alpha!r}.")
         for rank in ranks:
             scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
@@ -482,8 +470,7 @@ def check_peft_model(model, batch_size) -> None:
             f"`model` must be a `peft.PeftModel` (an encoder with LoRA), got {kind}; {hint} with "
             "`hf_meta.modeling.with_lora(model, None)`, or use `FewShotClassifier.from_pretrained(path_or_repo_id)`."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int (texts per forward pass), got {batch_size!r}.")
+    check_int(batch_size, "batch_size", minimum=1, fix="it counts the texts of one forward pass, e.g. 64")
     bad = [name for name, p in model.named_parameters() if not p.requires_grad and not torch.isfinite(p).all()]
     if bad:
         raise ValueError(

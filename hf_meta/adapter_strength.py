@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adaptation import AdaptationConfig, adapt, fitted_head, predict_logits
+from .adaptation import adapt, fitted_head, predict_logits
+from .adaptation_config import AdaptationConfig
 from .inner_loop import Weights, fit_heads, head_logits, initial_head
 from .modeling import FunctionalEncoder, scaled_adapter
 

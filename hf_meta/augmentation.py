@@ -110,12 +110,11 @@ def augment_texts(
 
 def augment_support(texts: Sequence[str], labels: Sequence[Label], config) -> tuple[list[str], list[Label]]:
     """Apply the support augmentation of the adaptation settings `config` (an [`AdaptationConfig`]); the one hook
-    the collator and `fit` call. Settings without the augmentation fields (older configs) leave the set as is."""
-    method = getattr(config, "support_augmentation", "none")
+    the collator and `fit` call."""
     return augment_texts(
         texts,
         labels,
-        method,
-        views=getattr(config, "augmented_views", 1),
-        strength=getattr(config, "augmentation_strength", 0.1),
+        config.support_augmentation,
+        views=config.augmented_views,
+        strength=config.augmentation_strength,
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,67 +12,42 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel
 from transformers.utils import logging
 
 from . import serving
-from .adaptation import (
-    ADAPTATION_CONFIG_NAME,
-    HEAD,
-    INNER_LOOP_FILE,
-    AdaptationConfig,
-    LearnedInnerLoop,
-    adapt,
-)
-from .adapter_checks import (
-    check_adapter_fits,
-    check_finite_file,
-    check_head_shape,
-    check_peft_model,
-    check_safetensors,
-    check_tokenizer,
-    choose_base_model,
-    load_tokenizer,
-    non_finite,
-    position_limit,
-    read_lora_config,
-    refuse_escaping_symlinks,
-    refuse_folder_without_model,
-    refuse_remote_code,
-)
+from .adaptation import adapt
+from .adaptation_config import AdaptationConfig
+from .adapter_checks import check_peft_model, check_tokenizer, position_limit
 from .adapter_strength import StrengthChoice, choose_strength, strength_folds
 from .augmentation import augment_support
-from .inner_loop import head_logits
-from .io_utils import MANIFEST_NAME, atomic_directory, atomic_write_text, verify_saved_folder
+from .classifier_hub import ClassifierHubMixin
+from .inner_loop import HEAD, head_logits
 from .label_names import label_phrase, names_are_usable
+from .learned_inner_loop import LearnedInnerLoop
 from .metrics import accuracy
-from .modeling import (
-    FunctionalEncoder,
-    has_delta,
-    hub_id_of,
-    is_local_path,
-    meta_parameters,
-    peft_compat_warnings_silenced,
-    resolve_model_path,
-    scaled_adapter,
-    with_lora,
-)
+from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adapter
+from .self_training import SelfTrainingConfig, as_self_training_config, select_confident, unlabelled_pool
+from .validation import check_labels, check_texts, non_finite
 
 logger = logging.get_logger(__name__)
 
-HEAD_FILE = "classifier_head.safetensors"
-LABELS_FILE = "classifier_labels.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
-
-class FewShotClassifier:
+class FewShotClassifier(ClassifierHubMixin):
     """A text classifier adapted from a few labelled examples per class with the meta-learned inner loop.
 
     `fit` runs the adaptation that the adapter was meta-trained for (the settings in `adaptation_config.json`):
-    a cosine head started at the class prototypes and fitted to the labelled embeddings (`head_fit_steps`), then
+    a cosine head with a bias per class, fitted by L-BFGS to the labelled embeddings (`head_fit_steps`; a
+    logistic regression pulled towards its `head_init` start: zero by default, or the class prototypes), then
     `inner_steps` SGD steps of the LoRA weights and the head on all the labelled examples at once, for any number
     of classes. The meta-initialised weights are kept, so `fit` can be called again for another task.
+
+    Args:
+        model: a transformers encoder wrapped with LoRA (`hf_meta.modeling.with_lora(model, None)` for a fresh
+            adapter); [`from_pretrained`] builds it from a folder or Hub repo.
+        tokenizer: the encoder's tokenizer.
+        adaptation_config: the adaptation settings every `fit` starts from.
+        batch_size: texts per forward pass in `predict` and `embed`.
+        inner_loop: meta-learned step sizes, required when `adaptation_config.learn_inner_learning_rates`.
 
     Example:
         ```python
@@ -86,7 +59,14 @@ class FewShotClassifier:
         ```
     """
 
-    def __init__(self, model: PeftModel, tokenizer, adaptation_config: AdaptationConfig, batch_size: int = 64):
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizer,
+        adaptation_config: AdaptationConfig,
+        batch_size: int = 64,
+        inner_loop: LearnedInnerLoop | None = None,
+    ):
         check_peft_model(model, batch_size)
         check_tokenizer(tokenizer, model)
         self.model = model.eval()
@@ -99,7 +79,16 @@ class FewShotClassifier:
         self.encoder = self._encoder_for(adaptation_config)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
         # Meta-learned step sizes (`learn_inner_learning_rates`), read by `from_pretrained` when the adapter has them.
-        self.inner_loop: LearnedInnerLoop | None = None
+        if inner_loop is not None:
+            inner_loop.check_fits(list(self.meta_weights), "`inner_loop`")
+        elif adaptation_config.learn_inner_learning_rates:
+            raise ValueError(
+                "`adaptation_config.learn_inner_learning_rates` is True but no `inner_loop` was given, so `fit` "
+                "would adapt with `inner_learning_rate` instead. Pass the meta-learned step sizes "
+                "(`inner_loop=trainer.inner_loop`), load the saved adapter with `FewShotClassifier.from_pretrained`, "
+                "or set `learn_inner_learning_rates=False`."
+            )
+        self.inner_loop = inner_loop
         self.weights: dict[str, torch.Tensor] | None = None
         self.classes_: list | None = None
         self.shots_: list[int] | None = None  # labelled examples per class seen in `fit`, in `classes_` order
@@ -112,84 +101,6 @@ class FewShotClassifier:
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
         self._serving = None  # `freeze`: (merged serving copy, the weights and settings it was built from)
-
-    # ---- Loading --------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, path_or_repo_id: str | os.PathLike, base_model: str | None = None, **hub_kwargs: Any
-    ) -> FewShotClassifier:
-        """Load a meta-initialised adapter (local folder or Hub repo), an adapted classifier, or a plain encoder.
-
-        Args:
-            path_or_repo_id: a folder written by `MetaTrainer.save_model` / `FewShotClassifier.save_pretrained`,
-                a Hub repo id holding one, or a plain transformers encoder (then a fresh LoRA adapter is used).
-            base_model: load the base encoder from here instead of the one named in `adapter_config.json`; for a
-                plain encoder folder, its Hub id (written to saved adapters and cards instead of the local path).
-            hub_kwargs: passed to `huggingface_hub.snapshot_download` (`revision`, `token`, ...).
-
-        Only safetensors weights are read and remote code is never run: folders whose configs carry `auto_map` are
-        refused. The adapter is checked before peft allocates anything: its config (`peft_type`, `r`,
-        `lora_alpha`, `target_modules`) must create exactly the tensors, with the shapes, that the safetensors
-        header lists, and every tensor must be finite. The tokenizer is checked against the embedding table.
-
-        Example:
-            ```python
-            >>> clf = FewShotClassifier.from_pretrained("out")                     # a meta-trained adapter
-            >>> clf = FewShotClassifier.from_pretrained("out", base_model="path/to/local/copy/of/the/encoder")
-            ```
-        """
-        folder = _local_folder(str(path_or_repo_id), hub_kwargs)
-        if not (folder / "adapter_config.json").is_file():
-            hub_id = base_model or (str(path_or_repo_id) if folder != Path(str(path_or_repo_id)) else None)
-            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), hub_id)
-        refuse_remote_code(folder)
-        refuse_escaping_symlinks(folder)
-        weights_file = folder / "adapter_model.safetensors"
-        if not weights_file.is_file():
-            raise FileNotFoundError(
-                f"{weights_file} is missing: hf_meta only loads adapters stored as safetensors (never pickle)."
-            )
-        header = check_safetensors(weights_file)
-        lora_config = read_lora_config(folder, header)
-        adaptation_config = AdaptationConfig.from_pretrained(folder)
-        base = choose_base_model(base_model, lora_config.base_model_name_or_path, adaptation_config, folder)
-        base_path = resolve_model_path(base)
-        if os.path.isdir(base_path):
-            refuse_remote_code(Path(base_path))
-        encoder = AutoModel.from_pretrained(base_path, trust_remote_code=False)
-        check_adapter_fits(encoder, lora_config, header, weights_file, base)
-        check_finite_file(weights_file)
-        try:
-            with peft_compat_warnings_silenced():
-                model = PeftModel.from_pretrained(encoder, folder, is_trainable=True)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(
-                f"The adapter in {folder} does not fit the base model {base!r} ({type(err).__name__}: {err}); "
-                "pass the `base_model=` it was trained on."
-            ) from None
-        tokenizer = load_tokenizer(folder, base_path)
-        classifier = cls(model, tokenizer, adaptation_config)
-        if adaptation_config.learn_inner_learning_rates:
-            classifier._set_inner_loop(LearnedInnerLoop.from_pretrained(folder), folder)
-        if (folder / HEAD_FILE).is_file():
-            classifier._load_head(folder)
-        verify_saved_folder(folder)  # after the checks above: an interrupted save, or files of two saves mixed
-        return classifier
-
-    @classmethod
-    def _from_base_model(cls, name_or_path: str, hub_id: str | None = None) -> FewShotClassifier:
-        """A fresh (not meta-learned) LoRA adapter on a plain encoder: the "fresh LoRA" baseline."""
-        path = resolve_model_path(name_or_path)
-        if os.path.isdir(path):
-            refuse_folder_without_model(Path(path))
-            refuse_remote_code(Path(path))
-        AutoConfig.from_pretrained(path, trust_remote_code=False)  # a clear transformers error if this is no model
-        model = with_lora(AutoModel.from_pretrained(path, trust_remote_code=False), None)
-        if hub_id is None and not os.path.isdir(name_or_path):
-            hub_id = name_or_path
-        config = AdaptationConfig(base_model=hub_id_of(model, hub_id))
-        return cls(model, load_tokenizer(None, path), config)
 
     @property
     def device(self) -> torch.device:
@@ -247,12 +158,10 @@ class FewShotClassifier:
             >>> clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 10})
             ```
         """
-        if unlabeled_texts is not None or self_training is not None:  # fit, pseudo-label, refit: its own module
-            from .self_training import self_train
-
+        if unlabeled_texts is not None or self_training is not None:
             fit_kwargs = {"label_descriptions": label_descriptions, **overrides}  # every refit uses the same names
-            return self_train(self, texts, labels, unlabeled_texts, self_training, fit_kwargs)
-        texts = _check_texts(texts, "texts")
+            return self._self_train(texts, labels, unlabeled_texts, self_training, fit_kwargs)
+        texts = check_texts(texts, "texts")
         labels = list(labels) if not isinstance(labels, str | Sequence | np.ndarray) else labels  # a generator
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
@@ -294,6 +203,51 @@ class FewShotClassifier:
         if choice is not None and config.adapter_strength == "auto":
             logger.info(choice.summary())
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
+        return self
+
+    def _self_train(
+        self,
+        texts: Sequence[str],
+        labels: Sequence,
+        unlabeled_texts: Sequence[str] | None,
+        self_training: SelfTrainingConfig | dict[str, Any] | None,
+        fit_kwargs: dict[str, Any],
+    ) -> FewShotClassifier:
+        """`fit` on `texts`/`labels`, then rounds of pseudo-labelling `unlabeled_texts` (the texts chosen by
+        [`select_confident`]) and fitting again from the meta-initialised weights; see `hf_meta/self_training.py`.
+        `pseudo_labeled_` holds the `(text, label)` pairs added, `shots_` counts the labelled examples only."""
+        if unlabeled_texts is None:
+            raise ValueError(
+                f"`self_training` ({self_training!r}) was given without `unlabeled_texts`; pass the unlabelled pool "
+                "as `unlabeled_texts=` or drop `self_training`."
+            )
+        if isinstance(unlabeled_texts, str):
+            raise TypeError("`unlabeled_texts` must be a list of strings, got a single string; wrap it in a list.")
+        config = as_self_training_config(self_training)
+        # Generators are read once here: every round reads the texts again.
+        texts, labels = (v if isinstance(v, str) else list(v) for v in (texts, labels))
+        pool = unlabelled_pool(unlabeled_texts, texts)
+        texts, labels = list(texts), list(labels)
+        self.fit(texts, labels, **fit_kwargs)
+        added_texts: list[str] = []
+        added_labels: list = []
+        for round_ in range(config.rounds):
+            if not pool:
+                break
+            chosen = select_confident(self.predict_proba(pool), config.per_class, config.threshold)
+            if not chosen:
+                logger.info(
+                    f"Self-training round {round_ + 1}: no text above `threshold` {config.threshold}; stopping."
+                )
+                break
+            added_texts += [pool[row] for row, _ in chosen]
+            added_labels += [self.classes_[c] for _, c in chosen]
+            taken = {row for row, _ in chosen}
+            pool = [t for i, t in enumerate(pool) if i not in taken]
+            self.fit(texts + added_texts, labels + added_labels, **fit_kwargs)
+            logger.info(f"Self-training round {round_ + 1}: {len(added_texts)} pseudo-labelled texts in all.")
+        self.shots_ = [sum(1 for label in labels if label == c) for c in self.classes_]
+        self.pseudo_labeled_ = list(zip(added_texts, added_labels))
         return self
 
     def _choose_strength(
@@ -344,16 +298,6 @@ class FewShotClassifier:
             encoder, self.meta_weights, support, num_classes, config, names, rates, folds, training_batch
         )
 
-    def _set_inner_loop(self, inner_loop: LearnedInnerLoop, folder: Path) -> None:
-        expected = [*self.meta_weights, HEAD]
-        if inner_loop.names != expected:
-            missing = sorted(set(expected) - set(inner_loop.names))[:2]
-            raise ValueError(
-                f"{folder / INNER_LOOP_FILE} has step sizes for {len(inner_loop.names)} tensors, but the adapter has "
-                f"{len(expected)} (e.g. no rate for {missing}); it belongs to another adapter: save them together."
-            )
-        self.inner_loop = inner_loop
-
     def _config_with(self, overrides: dict[str, Any]) -> AdaptationConfig:
         """The loaded settings with `overrides` applied and validated."""
         if not overrides:
@@ -367,7 +311,14 @@ class FewShotClassifier:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise TypeError(f"`fit` got unknown adaptation setting(s) {unknown}; known settings: {sorted(known)}.")
-        return dataclasses.replace(self.meta_config, **overrides)  # validated in __post_init__
+        config = dataclasses.replace(self.meta_config, **overrides)  # validated in __post_init__
+        if config.learn_inner_learning_rates and self.inner_loop is None:
+            raise ValueError(
+                "`learn_inner_learning_rates=True` needs meta-learned step sizes, and this classifier has none (a "
+                "fresh adapter, or one meta-trained without `learn_inner_learning_rates`): `fit` would adapt with "
+                f"`inner_learning_rate` ({config.inner_learning_rate}) instead. Drop the override."
+            )
+        return config
 
     def _encoder_for(self, config: AdaptationConfig) -> FunctionalEncoder:
         current = getattr(self, "encoder", None)
@@ -386,7 +337,7 @@ class FewShotClassifier:
         """
         if self.weights is None:
             raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
-        texts = _check_texts(texts, "texts", allow_empty_list=True, allow_blank=True)
+        texts = check_texts(texts, "texts", allow_empty=True, allow_blank=True)
         if not texts:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         blank = sum(1 for text in texts if not text.strip())
@@ -414,7 +365,7 @@ class FewShotClassifier:
             raise RuntimeError(
                 "`embed(..., adapted=True)` needs a fitted classifier; call `fit(texts, labels)` first."
             )
-        texts = _check_texts(texts, "texts", allow_empty_list=True, allow_blank=adapted)
+        texts = check_texts(texts, "texts", allow_empty=True, allow_blank=adapted)
         if not texts:
             return np.zeros((0, self.model.config.hidden_size), np.float32)
         weights = self.weights if adapted else self.meta_weights
@@ -526,7 +477,7 @@ class FewShotClassifier:
         """
         if self.weights is None:
             raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
-        texts = _check_texts(texts, "texts", allow_blank=True)
+        texts = check_texts(texts, "texts", allow_blank=True)
         labels = list(labels)
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
@@ -606,220 +557,6 @@ class FewShotClassifier:
             self._warned.add(key)
             warnings.warn(message, stacklevel=4)
 
-    # ---- Saving ---------------------------------------------------------------------------------------------
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Save the adapter (the adapted one once fitted, with its head and labels), tokenizer and settings.
-
-        Written atomically: a crash mid-save leaves any previous save in `save_directory` intact. The save owns
-        the hf_meta files of the folder: a head or labels left by an earlier save are removed when this one has
-        none. `adapter_config.json` names the base model's Hub id when it is known (a warning says when only a
-        local path is). Non-finite weights are refused.
-
-        Example:
-            ```python
-            >>> clf.fit(texts, labels).save_pretrained("my-classifier")
-            >>> FewShotClassifier.from_pretrained("my-classifier").predict(["my card still hasn't arrived"])
-            ```
-        """
-        self._save(save_directory, self.base_model_id())
-
-    def _save(self, save_directory: str | os.PathLike, base: str) -> None:
-        for what, weights in (("meta-initialised", self.meta_weights), ("adapted", self.weights or {})):
-            bad = non_finite(weights)
-            if bad:
-                raise FloatingPointError(
-                    f"Refusing to save: {len(bad)} {what} tensor(s) hold NaN or inf (e.g. {bad[0]}); training or "
-                    "`fit` diverged. Lower the learning rates and fit or train again."
-                )
-        config = self.adaptation_config
-        if config.learn_inner_learning_rates and self.inner_loop is None:
-            config = dataclasses.replace(config, learn_inner_learning_rates=False)  # nothing learned to save
-        if base and not is_local_path(base) and config.base_model != base:
-            config = dataclasses.replace(config, base_model=base)
-        peft_config = self.model.peft_config["default"]
-        named_base = peft_config.base_model_name_or_path
-        with atomic_directory(save_directory) as staging:
-            lora = self.weights if self.weights is not None else self.meta_weights
-            state = {name: param.detach().clone() for name, param in meta_parameters(self.model).items()}
-            try:
-                _copy_into(self.model, lora)
-                peft_config.base_model_name_or_path = base or named_base
-                self.model.save_pretrained(staging, save_embedding_layers=False)  # never trained; avoids a Hub lookup
-            finally:
-                _copy_into(self.model, state)
-                peft_config.base_model_name_or_path = named_base
-            self.tokenizer.save_pretrained(staging)
-            config.save_pretrained(staging)
-            if self.inner_loop is not None:
-                self.inner_loop.save_pretrained(staging)
-            if self.weights is not None:
-                save_file({"weight": self.weights[HEAD].detach().cpu().contiguous()}, str(staging / HEAD_FILE))
-                labels = {"classes": self.classes_, "shots": self.shots_}
-                labels.update(adapter_strength=self.adapter_strength_, cv_accuracy=self.cv_accuracy_)
-                atomic_write_text(staging / LABELS_FILE, json.dumps(labels))
-
-    def _learned_inner_loop_summary(self) -> dict[str, float] | None:
-        """The meta-learned step sizes `fit` used, for the card (`None` when it used `inner_learning_rate`)."""
-        if self.inner_loop is None or not self.adaptation_config.learn_inner_learning_rates:
-            return None
-        return self.inner_loop.summary()
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        token: str | None = None,
-        commit_message: str = "Upload hf_meta few-shot classifier",
-        **card_kwargs: Any,
-    ) -> str:
-        """Upload the classifier (adapter, head, labels, tokenizer, settings: safetensors and JSON only) with its card.
-
-        The folder written by `save_pretrained` is uploaded with a model card (`model_cards/hf_meta_classifier.md`)
-        whose metadata names `base_model` and `library_name: peft`, and which lists the labels, the examples per
-        class seen in `fit` and the adaptation settings.
-
-        Args:
-            repo_id: the Hub repo (created if missing).
-            private / token: passed to `huggingface_hub.HfApi`.
-            card_kwargs: passed to [`render_classifier_card`]: `eval_results` (e.g. the dict returned by
-                `evaluate`), `eval_description`, `model_name`, `datasets`, `extra_tags`; `base_model=` names the
-                base encoder's Hub id when it was loaded from a local folder.
-
-        Returns:
-            The URL of the commit.
-
-        Example:
-            ```python
-            >>> clf.fit(texts, labels)
-            >>> scores = clf.evaluate(test_texts, test_labels)
-            >>> clf.push_to_hub("me/banking-intents", eval_results=scores, eval_description="BANKING77 test set")
-            ```
-        """
-        from huggingface_hub import HfApi
-
-        from .model_card import render_classifier_card
-
-        if self.weights is None:
-            raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` before pushing.")
-        base = card_kwargs.pop("base_model", None) or self.base_model_id()
-        if not base or is_local_path(base):
-            raise ValueError(
-                f"The base model is only known as the local path {base!r}; pass its Hub id, e.g. "
-                "`clf.push_to_hub(repo_id, base_model='sentence-transformers/all-MiniLM-L6-v2')`."
-            )
-        api = HfApi(token=token)
-        with tempfile.TemporaryDirectory(prefix="hf_meta_push_") as folder:
-            self._save(folder, base)
-            card = render_classifier_card(
-                adaptation_config=self.adaptation_config,
-                base_model=base,
-                classes=self.classes_,
-                shots=self.shots_,
-                repo_id=repo_id,
-                learned_inner_loop=self._learned_inner_loop_summary(),
-                adapter_strength=self.adapter_strength_,
-                cv_accuracy=self.cv_accuracy_,
-                **card_kwargs,
-            )
-            card.save(os.path.join(folder, "README.md"))
-            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            commit = api.upload_folder(
-                repo_id=getattr(url, "repo_id", repo_id),
-                folder_path=folder,
-                commit_message=commit_message,
-                ignore_patterns=["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", ".staging-*"],
-            )
-        return str(commit)
-
-    def base_model_id(self) -> str:
-        """The base encoder's Hub id when known (settings, embedded-package mapping, Hub cache), else its path."""
-        named = self.adaptation_config.base_model
-        if named and not is_local_path(named):
-            return named
-        return hub_id_of(self.model)
-
-    def _load_head(self, folder: Path) -> None:
-        try:
-            with open(folder / LABELS_FILE, encoding="utf-8") as f:
-                stored = json.load(f)
-            classes = stored["classes"]
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{folder / HEAD_FILE} has no {LABELS_FILE} beside it; save the classifier again."
-            ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as err:
-            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}).") from None
-        check_safetensors(folder / HEAD_FILE, lora=False)
-        head = load_file(str(folder / HEAD_FILE))["weight"]
-        if head.shape[0] != len(classes):
-            raise ValueError(
-                f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes."
-            )
-        if not torch.isfinite(head).all():
-            raise ValueError(f"{folder / HEAD_FILE} holds NaN or inf: the classifier diverged; fit and save it again.")
-        check_head_shape(folder / HEAD_FILE, head, self.model, self.adaptation_config.head_bias)
-        self.weights = {**self.meta_weights, HEAD: head.to(self.device)}
-        self.classes_ = classes
-        shots = stored.get("shots")
-        self.shots_ = shots if isinstance(shots, list) and len(shots) == len(classes) else None
-        strength, estimate = stored.get("adapter_strength"), stored.get("cv_accuracy")
-        self.adapter_strength_ = float(strength) if _is_fraction(strength) else None
-        self.cv_accuracy_ = float(estimate) if _is_fraction(estimate) else None
-
-
-def _is_fraction(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
-
-
-def _copy_into(model: PeftModel, weights: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, param in meta_parameters(model).items():
-            param.copy_(weights[name])
-
-
-def _local_folder(path_or_repo_id: str, hub_kwargs: dict) -> Path:
-    """A local folder as is; a Hub repo id downloaded (adapter, settings, tokenizer; for a plain encoder repo its
-    config and safetensors weights too: never pickled weights). Unreachable Hub: the id as is (embedded copies)."""
-    if os.path.isdir(path_or_repo_id):
-        return Path(path_or_repo_id)
-    if not _looks_like_repo_id(path_or_repo_id):
-        raise FileNotFoundError(
-            f"`path_or_repo_id` {path_or_repo_id!r} is no folder here, and not a Hub repo id (`namespace/name`); "
-            "check the path."
-        )
-    from .hub_download import ENCODER_PATTERNS, TOKENIZER_PATTERNS, download
-
-    patterns = [*ADAPTER_FILES, ADAPTATION_CONFIG_NAME, INNER_LOOP_FILE, HEAD_FILE, LABELS_FILE, MANIFEST_NAME]
-    patterns += [*TOKENIZER_PATTERNS, "training_args.json"]
-    folder = download(path_or_repo_id, patterns, hub_kwargs)
-    if folder is not None and not (folder / "adapter_config.json").is_file():  # a plain encoder repo
-        folder = download(path_or_repo_id, [*ENCODER_PATTERNS, *TOKENIZER_PATTERNS], hub_kwargs)
-    return folder if folder is not None else Path(path_or_repo_id)
-
-
-def _looks_like_repo_id(value: str) -> bool:
-    return value.count("/") <= 1 and not value.startswith((".", "/")) and not os.path.exists(value)
-
-
-def _check_texts(
-    texts: Sequence[str], name: str, allow_empty_list: bool = False, allow_blank: bool = False
-) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"`{name}` must be a list of strings, got a single string; wrap it in a list.")
-    texts = list(texts)
-    if not texts and not allow_empty_list:
-        raise ValueError(f"`{name}` is empty; give at least one text per class.")
-    for i, text in enumerate(texts):
-        if isinstance(text, bytes):
-            raise TypeError(f"`{name}[{i}]` is bytes; decode it first, e.g. `raw.decode('utf-8', errors='replace')`.")
-        if not isinstance(text, str):
-            raise TypeError(f"`{name}[{i}]` must be a str, got {type(text).__name__} ({text!r}); convert or drop it.")
-        if not allow_blank and not text.strip():
-            raise ValueError(f"`{name}[{i}]` is empty or whitespace; drop it or give it text.")
-    return texts
-
 
 def _check_descriptions(classes: list, label_descriptions: Any) -> dict:
     """`label_descriptions` checked against the classes of `fit`: a mapping from known labels to non-empty text."""
@@ -872,14 +609,8 @@ def _name_phrases(classes: list, descriptions: dict, use_label_names: bool = Tru
 
 
 def _check_labels(labels: Sequence) -> tuple[list, list]:
-    """Validated labels (numpy ints become Python ints, so they round-trip through JSON) and the sorted classes."""
-    labels = [label.item() if isinstance(label, np.integer) else label for label in labels]
-    for i, label in enumerate(labels):
-        if label is None or isinstance(label, float | bool) or not isinstance(label, str | int):
-            raise TypeError(f"`labels[{i}]` must be a str or an int, got {type(label).__name__} ({label!r}).")
-    kinds = {isinstance(label, str) for label in labels}
-    if len(kinds) > 1:
-        raise TypeError("`labels` mixes strings and ints; use one type for every label.")
+    """Validated labels (see [`check_labels`]) and the sorted classes: at least 2."""
+    labels = check_labels(labels)
     classes = sorted(set(labels))
     _warn_near_duplicate_classes(classes)
     if len(classes) < 2:

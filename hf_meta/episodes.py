@@ -22,6 +22,8 @@ import numpy as np
 from datasets.fingerprint import Hasher
 from transformers.utils import logging
 
+from .validation import check_int, check_labels, check_texts, is_int
+
 logger = logging.get_logger(__name__)
 
 EPISODE_FEATURES = datasets.Features(
@@ -52,7 +54,7 @@ def _as_range(value: IntOrRange, name: str, minimum: int = 1) -> tuple[int, int]
     if isinstance(value, tuple | list) and len(value) != 2:
         raise ValueError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
     low, high = (value, value) if isinstance(value, int) else tuple(value)
-    if not (isinstance(low, int) and isinstance(high, int)) or isinstance(low, bool) or isinstance(high, bool):
+    if not (is_int(low) and is_int(high)):
         raise TypeError(f"`{name}` must be an int or a `(low, high)` pair of ints, got {value!r}.")
     if minimum > 1 and low < minimum:
         raise ValueError(
@@ -106,32 +108,14 @@ def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str | Non
                 "silence this warning."
             )
         return [None if value == -1 else feature.names[value] for value in values]
-    kinds = set()
-    for i, value in enumerate(values):
-        if value is None or isinstance(value, float | bool) or not isinstance(value, str | int):
-            raise TypeError(
-                f"Label column `{label_column}` row {i} holds {value!r} ({type(value).__name__}); labels must be "
-                "ints, strings or a `ClassLabel`; cast them, e.g. `dataset.cast_column(column, ClassLabel(...))`."
-            )
-        kinds.add(type(value))
-    if len(kinds) > 1:
-        raise TypeError(f"Label column `{label_column}` mixes ints and strings; use one type for every label.")
+    values = check_labels(
+        values,
+        label_column,
+        item="Label column `{name}` row {i}",
+        fix="labels must be ints, strings or a `ClassLabel`; cast them, e.g. "
+        "`dataset.cast_column(column, ClassLabel(...))`",
+    )
     return [str(value) for value in values]
-
-
-def _check_texts(texts: list, text_column: str, rows: Sequence[int] | None = None) -> None:
-    """Validate `texts` (only the `rows` given, when given: unlabelled rows are not read)."""
-    for i in range(len(texts)) if rows is None else rows:
-        text = texts[i]
-        if isinstance(text, bytes):
-            raise TypeError(
-                f"Text column `{text_column}` row {i} holds bytes; decode them first, e.g. "
-                "`raw.decode('utf-8', errors='replace')`, or read the file with its encoding (latin-1, cp1252)."
-            )
-        if not isinstance(text, str):
-            raise TypeError(f"Text column `{text_column}` row {i} holds {text!r} ({type(text).__name__}), not a str.")
-        if not text.strip():
-            raise ValueError(f"Text column `{text_column}` row {i} is empty; drop empty rows with `dataset.filter`.")
 
 
 def _check_columns(dataset: datasets.Dataset, columns: Sequence[str]) -> None:
@@ -251,7 +235,14 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     texts = dataset[config.text_column]
     labels = _label_names(dataset, config.label_column)
     labelled = [i for i, name in enumerate(labels) if name is not None]
-    _check_texts(texts, config.text_column, labelled)
+    check_texts(
+        texts,
+        config.text_column,
+        item="Text column `{name}` row {i}",
+        rows=labelled,
+        allow_empty=True,
+        blank_fix="drop empty rows with `dataset.filter`",
+    )
     available = _present_classes(dataset.features[config.label_column], labels)  # one read of the label column
     pool = list(available) if config.classes is None else list(dict.fromkeys(str(c) for c in config.classes))
     unknown = sorted(set(pool) - set(available))
@@ -330,11 +321,9 @@ def build_episodes(
         ['...', '...', '...', '...', '...']
         ```
     """
-    if isinstance(num_query, bool) or not isinstance(num_query, int) or num_query < 1:
-        raise ValueError(f"`num_query` must be a positive int, got {num_query!r}.")
-    if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
-        raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
-    seed = check_seed(seed)
+    num_query = check_int(num_query, "num_query", minimum=1)
+    num_episodes = check_int(num_episodes, "num_episodes", minimum=1)
+    seed = check_int(seed, "seed", minimum=0, fix="e.g. `seed=0`")
     n_way = int(n_way) if isinstance(n_way, np.integer) else n_way
     k_shot = int(k_shot) if isinstance(k_shot, np.integer) else k_shot
     _as_range(n_way, "n_way", minimum=2)
@@ -381,15 +370,6 @@ def build_episodes(
                 raise
             # In a temporary folder the Arrow file disappears with it, so keep the episodes in memory.
             return builder.as_dataset(split="train", in_memory=cache_dir is None)
-
-
-def check_seed(seed) -> int:
-    """`seed` as a non-negative Python int (numpy integers accepted), or a clear error."""
-    if isinstance(seed, np.integer):
-        seed = int(seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}; e.g. `seed=0`.")
-    return seed
 
 
 TEMPORARY_PREFIX = "hf_meta_episodes_"

@@ -58,6 +58,7 @@ from transformers.utils import logging
 
 from .io_utils import MANIFEST_NAME, STAGING_PREFIX, atomic_directory, file_digest
 from .serving import ServingModel, check_fitted
+from .validation import is_int
 
 if TYPE_CHECKING:
     from .classifier import FewShotClassifier
@@ -168,7 +169,7 @@ def export_onnx(
     onnx, ort = require_onnx()
     highest = max_opset()
     opset = DEFAULT_OPSET if opset is None else opset
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= highest:
+    if not is_int(opset) or not MIN_OPSET <= opset <= highest:
         raise ValueError(
             f"`opset` must be an int from {MIN_OPSET} to {highest} (what the installed torch {torch.__version__} "
             f"exporter and onnx {onnx.__version__} write), got {opset!r}; pass one in that range or leave the default."

@@ -12,9 +12,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .adaptation_config import AdaptationConfig
 from .choices import HeadInit, HeadPrior, check_choice
 
 Weights = dict[str, torch.Tensor]
+HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -25,10 +27,14 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def initial_head(
-    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, head_init: HeadInit, bias: bool = False
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    head_init: HeadInit,
+    bias: bool = AdaptationConfig.head_bias,
 ) -> torch.Tensor:
-    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros; with `bias`, one more column
-    of zeros holds a bias per class (see [`head_logits`]).
+    """Per-episode head weight: normalised support prototypes (Proto-MAML) or zeros; with `bias` (default:
+    [`AdaptationConfig`]'s `head_bias`), one more column of zeros holds a bias per class (see [`head_logits`]).
 
     On L2-normalised embeddings the Proto-MAML head `W_k = 2 c_k, b_k = -||c_k||^2` ranks classes like the cosine
     similarity to `c_k`, which is what `normalize(c_k)` gives with no bias term.
@@ -49,20 +55,21 @@ def fit_head(
     l2: float,
     steps: int,
     sample_weight: torch.Tensor | None = None,
-    head_prior: HeadPrior = "mean",
+    head_prior: HeadPrior = AdaptationConfig.head_prior,
 ) -> torch.Tensor:
     """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS (a bias
     column, see [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised).
 
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
-    towards the prototype head `prior`): a few SGD steps leave the head far from its optimum, and on many-way
-    tasks a fitted linear head beats prototypes by several points.
+    towards `prior`, the zero or prototype head of [`initial_head`]), solved to its optimum where a few SGD steps
+    would leave the head far from it.
 
     Args:
         sample_weight: one weight per example (e.g. a class-name example counts `label_name_weight`); default 1.
         head_prior: `"mean"` pulls against the (weighted) mean cross-entropy, so the pull's relative strength is
             the same at any number of shots; `"sum"` pulls against the summed cross-entropy (a fixed Gaussian prior
             in a MAP fit), so each class row is pulled as hard as one example and the pull fades as shots grow.
+            Default: [`AdaptationConfig`]'s.
 
     Example:
         ```python
@@ -100,7 +107,7 @@ def fit_heads(
     l2: float,
     steps: int,
     sample_weights: torch.Tensor,
-    head_prior: HeadPrior = "mean",
+    head_prior: HeadPrior = AdaptationConfig.head_prior,
 ) -> torch.Tensor:
     """Several independent [`fit_head`] problems on the same examples at once: head `f` weighs example `n` by
     `sample_weights[f, n]` (0 leaves it out) and is pulled to `priors[f]`. The objectives are summed into one
@@ -146,8 +153,7 @@ def fit_heads(
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device):
     """Run the L-BFGS head fit on one CPU thread: its thousands of small vector operations gain nothing from
-    intra-op threads, and on a busy machine each of them waits for a descheduled worker thread (an order of
-    magnitude slower on 2 shared cores)."""
+    intra-op threads, and on a busy machine each of them waits for a descheduled worker thread."""
     if device.type != "cpu" or torch.get_num_threads() == 1:
         yield
         return
@@ -187,15 +193,9 @@ def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> t
     return scale * embeddings @ head.T
 
 
-def sgd_step(loss: torch.Tensor, weights: Weights, lr: float | Weights) -> Weights:
-    """One first-order SGD step: new leaf tensors `w - lr * dloss/dw`, no graph kept to the previous weights.
-
-    `lr` is a float or one learning rate per weight name (Meta-SGD style).
-    """
-    return _step(weights, torch.autograd.grad(loss, list(weights.values())), lr)
-
-
 def _step(weights: Weights, grads: tuple[torch.Tensor, ...], lr: float | Weights) -> Weights:
+    """One first-order SGD step: new leaf tensors `w - lr * g`, no graph kept to the previous weights; `lr` is a
+    float or one learning rate per weight name (Meta-SGD style)."""
     with torch.no_grad():
         return {
             name: (w - (lr[name] if isinstance(lr, dict) else lr) * g).requires_grad_(True)

@@ -58,9 +58,9 @@ HF_META_FILES = (
 )
 
 
-# Only hf_meta writes files of these names, so a save may remove them from a folder that has no manifest yet (one
-# saved before manifests existed): a stale head must never survive an unfitted save. Other names (tokenizer files,
-# `training_args.bin`) are removed only when the folder's manifest shows that hf_meta wrote them.
+# Only hf_meta writes files of these names, so a save may remove them from a folder without a manifest (its
+# manifest deleted after a hand edit, or files copied in): a stale head must never survive an unfitted save. Other
+# names (tokenizer files, `training_args.bin`) are removed only when the folder's manifest shows hf_meta wrote them.
 HF_META_ONLY_FILES = (
     "adaptation_config.json",
     "classifier_head.safetensors",
@@ -139,7 +139,8 @@ def read_manifest(folder: Path) -> dict | None:
 def verify_saved_folder(folder: str | os.PathLike, checked: Iterable[str] | None = None) -> None:
     """Refuse a folder whose last hf_meta save did not complete, or whose files were mixed with another save's.
 
-    A folder without `hf_meta_manifest.json` (saved by an older version, or not by hf_meta) is not checked.
+    A folder without `hf_meta_manifest.json` (not saved by hf_meta, or its manifest deleted after a deliberate edit)
+    is not checked.
     Otherwise every file the manifest lists must be there with its recorded SHA-256, and no file of `checked`
     (default: the adapter's and hf_meta's own files) may be there unlisted.
     """

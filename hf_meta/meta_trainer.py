@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from typing import Any
 
@@ -16,24 +15,21 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
-from .adaptation import (
-    AdaptationConfig,
-    EpisodeCollator,
-    LearnedInnerLoop,
-    episode_meta_gradient,
-    episode_name_phrases,
-    episode_query_logits,
-)
+from .adaptation import episode_meta_gradient, episode_query_logits
+from .adaptation_config import AdaptationConfig
 from .adapter_checks import clamp_max_length
+from .episode_collator import EpisodeCollator, episode_name_phrases
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
 from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
+from .learned_inner_loop import LearnedInnerLoop
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
-from .selection import check_sweepable
+from .selection import check_sweepable, grid_combinations
+from .validation import non_finite
 
 logger = logging.get_logger(__name__)
 
@@ -61,6 +57,8 @@ class MetaTrainer(Trainer):
             attention query/value projections of every layer, Gaussian init).
         train_dataset / eval_dataset: episode datasets from [`build_episodes`].
         processing_class: the tokenizer; each episode is tokenised once, by [`EpisodeCollator`].
+        data_collator: an episode collator of your own instead; with LoRA leaving the bottom layers frozen it needs
+            `precompute_frozen_states=False` (the precomputed states are read by hf_meta's collator only).
 
     Example:
         ```python
@@ -110,16 +108,21 @@ class MetaTrainer(Trainer):
             model=model,
             args=args,
             data_collator=data_collator
-            or EpisodeCollator(
-                processing_class, self.max_length, use_label_names=args.use_label_names, augmentation=args
-            ),
+            or EpisodeCollator(processing_class, self.adaptation_config, max_length=self.max_length),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             **kwargs,
         )
         self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
-        if args.precompute_frozen_states and self.encoder.frozen_depth > 0 and data_collator is None:
+        if args.precompute_frozen_states and self.encoder.frozen_depth > 0:
+            if data_collator is not None:
+                raise ValueError(
+                    f"`precompute_frozen_states=True` reads the frozen layers' outputs through hf_meta's own episode "
+                    f"collator, so it cannot apply to the `data_collator` given ({type(data_collator).__name__}). "
+                    "Pass `precompute_frozen_states=False` to use that collator (the frozen layers then run in every "
+                    "episode), or drop `data_collator`."
+                )
             self.data_collator = self._collator_with_frozen_states(processing_class)
         # Meta-SGD: the learned step sizes and logit scale are meta-parameters too; they live beside the model (not
         # in it, so the saved adapter stays plain LoRA) and join the optimizer in `create_optimizer`.
@@ -145,13 +148,7 @@ class MetaTrainer(Trainer):
         # The main process computes (or finds) the Arrow file; the others then read the same file.
         with self.args.main_process_first(desc="frozen-layer states"):
             states = FrozenStates.build(self.encoder, tokenizer, texts, max_length=self.max_length)
-        return EpisodeCollator(
-            tokenizer,
-            self.max_length,
-            frozen_states=states,
-            use_label_names=self.args.use_label_names,
-            augmentation=self.args,
-        )
+        return EpisodeCollator(tokenizer, self.adaptation_config, max_length=self.max_length, frozen_states=states)
 
     # ---- Training -------------------------------------------------------------------------------------------
 
@@ -268,9 +265,12 @@ class MetaTrainer(Trainer):
 
         Each combination adapts to every episode's support set from the current meta-parameters and is scored
         by the mean query accuracy over episodes; ties go to the earlier combination, so list the current value
-        first. Settings that change the tokenisation or the encoder (`max_length`, `pooling`,
-        `normalize_embeddings`), `learn_inner_learning_rates` and `base_model` cannot be swept; sweeping
-        `use_label_names` needs a trainer built with it on (its collator then tokenises the names).
+        first. A setting the sweep cannot vary is refused before any scoring (see `hf_meta/selection.py`): those
+        that change the tokenisation or the encoder (`max_length`, `pooling`, `normalize_embeddings`),
+        `learn_inner_learning_rates`, `base_model`, the augmentation settings (applied once, when the episodes
+        are collated), `inner_learning_rate` and `logit_scale` under a learned inner loop, `use_label_names=True`
+        on a trainer built without it, and a setting that no combination reads (`head_l2` when every combination
+        has `head_fit_steps=0`).
 
         Args:
             grid: setting name -> candidate values, e.g. `{"head_l2": [1.0, 0.3], "inner_steps": [0, 5]}`.
@@ -294,7 +294,7 @@ class MetaTrainer(Trainer):
                 f"held-out source classes); the trainer's `eval_dataset` is {type(dataset).__name__}."
             )
         _check_episode_dataset("eval_dataset", dataset)
-        combinations = _grid_combinations(grid)
+        combinations = grid_combinations(grid)
         names = getattr(self.data_collator, "use_label_names", self.args.use_label_names)
         check_sweepable(
             grid, self.adaptation_config, names_in_collator=names, learned_inner_loop=bool(self.inner_loop)
@@ -440,41 +440,12 @@ class MetaTrainer(Trainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
-# Settings an episode's adaptation never reads: the tokenisation and encoder are fixed per trainer, and the
-# strength grid and folds only act in `FewShotClassifier.fit` (episodes adapt with `episode_strength()`).
-_UNSWEEPABLE = (
-    "base_model",
-    "max_length",
-    "pooling",
-    "normalize_embeddings",
-    "learn_inner_learning_rates",
-    "adapter_strength_grid",
-    "adapter_strength_folds",
-)
-
-
-def _grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
-    """Every combination of a settings grid, in order (the first value of each setting first)."""
-    if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"`grid` must be a non-empty dict of setting -> list of values, got {grid!r}.")
-    known = set(AdaptationConfig.field_names()) - set(_UNSWEEPABLE)
-    for name, values in grid.items():
-        if name not in known:
-            raise ValueError(
-                f"`grid` key {name!r} is not a setting `select_adaptation` can sweep; choose from {sorted(known)}."
-            )
-        if not isinstance(values, list | tuple) or not values:
-            raise ValueError(f"`grid[{name!r}]` must be a non-empty list of values, got {values!r}.")
-    names = list(grid)
-    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
-
-
 def _splits(dataset) -> list:
     return list(dataset.values()) if isinstance(dataset, dict) else [dataset]
 
 
 def _check_finite_weights(weights: dict[str, torch.Tensor], when: str) -> None:
-    bad = [name for name, w in weights.items() if not torch.isfinite(w).all()]
+    bad = non_finite(weights)
     if bad:
         raise FloatingPointError(
             f"{len(bad)} LoRA tensor(s) hold NaN or inf {when} (e.g. {bad[0]}): meta-training diverged; lower the "

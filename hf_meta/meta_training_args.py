@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .adaptation import AdaptationConfig
+from .adaptation_config import AdaptationConfig
 from .choices import Algorithm, check_choice
 
 

@@ -1,16 +1,15 @@
-"""Model cards for meta-initialised adapters and fitted classifiers, rendered from the Jinja templates in
-`model_cards/`."""
+"""Model cards for meta-initialised adapters and fitted classifiers, rendered from the Jinja templates shipped in
+`hf_meta/templates/`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from importlib import resources
-from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .adaptation import AdaptationConfig
+from .adaptation_config import AdaptationConfig
 
 TEMPLATE_NAME = "hf_meta_adapter.md"
 CLASSIFIER_TEMPLATE_NAME = "hf_meta_classifier.md"
@@ -19,11 +18,8 @@ TAGS = ["hf_meta", "few-shot", "meta-learning", "lora", "peft", "text-classifica
 
 
 def template_path(name: str = TEMPLATE_NAME) -> str:
-    """A card template: `hf_meta.model_cards` in an installed wheel, the top-level `model_cards/` in a checkout."""
-    try:
-        return str(resources.files("hf_meta.model_cards").joinpath(name))
-    except ModuleNotFoundError:  # a source checkout (or editable install): the folder sits beside the package
-        return str(Path(__file__).resolve().parents[1] / "model_cards" / name)
+    """The path of a card template, package data of `hf_meta` (`hf_meta/templates/<name>`)."""
+    return str(resources.files("hf_meta").joinpath("templates", name))
 
 
 def render_model_card(

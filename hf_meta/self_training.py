@@ -6,22 +6,20 @@ the classifier is fitted again from the meta-initialised weights, for `rounds` r
 class, so a class the classifier likes cannot flood the training set (class-balanced up to the cap). A pseudo-label
 is never revised, and texts already labelled are never pseudo-labelled.
 
-[`FewShotClassifier.fit`] runs it when given `unlabeled_texts=`; it is opt-in (see the README's measurements).
+This module is the selection alone, pure functions of texts and probabilities: [`unlabelled_pool`] (the texts that
+may be pseudo-labelled) and [`select_confident`] (which of them join, with which class).
+[`FewShotClassifier.fit`] runs the rounds when given `unlabeled_texts=`; it is opt-in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from transformers.utils import logging
 
-if TYPE_CHECKING:
-    from .classifier import FewShotClassifier
-
-logger = logging.get_logger(__name__)
+from .validation import check_int, check_texts, is_number
 
 
 @dataclasses.dataclass
@@ -40,15 +38,9 @@ class SelfTrainingConfig:
     threshold: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= 100:
-            raise ValueError(f"`self_training.rounds` must be an int in [1, 100], got {self.rounds!r}; e.g. 3.")
-        if isinstance(self.per_class, bool) or not isinstance(self.per_class, int) or self.per_class < 1:
-            raise ValueError(f"`self_training.per_class` must be a positive int, got {self.per_class!r}; e.g. 10.")
-        if (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, int | float)
-            or not 0 <= self.threshold < 1
-        ):
+        check_int(self.rounds, "self_training.rounds", minimum=1, maximum=100, fix="e.g. 3")
+        check_int(self.per_class, "self_training.per_class", minimum=1, fix="e.g. 10")
+        if not (is_number(self.threshold) and 0 <= self.threshold < 1):
             raise ValueError(
                 f"`self_training.threshold` must be a probability in [0, 1), got {self.threshold!r}; 0 keeps the "
                 "`per_class` most confident whatever their probability."
@@ -92,32 +84,18 @@ def select_confident(probabilities: np.ndarray, per_class: int, threshold: float
     return chosen
 
 
-def self_train(
-    classifier: FewShotClassifier,
-    texts: Sequence[str],
-    labels: Sequence,
-    unlabeled_texts: Sequence[str] | None,
-    config: SelfTrainingConfig | dict[str, Any] | None,
-    overrides: dict[str, Any],
-) -> FewShotClassifier:
-    """Fit `classifier` on `texts`/`labels`, then `config.rounds` rounds of pseudo-labelling `unlabeled_texts` and
-    refitting (see the module docstring). Returns the classifier, fitted on the labelled and pseudo-labelled texts;
-    `classifier.pseudo_labeled_` holds the `(text, label)` pairs added."""
-    if unlabeled_texts is None:
-        raise ValueError(
-            f"`self_training` ({config!r}) was given without `unlabeled_texts`; pass the unlabelled pool as "
-            "`unlabeled_texts=` or drop `self_training`."
-        )
-    if isinstance(unlabeled_texts, str):
-        raise TypeError("`unlabeled_texts` must be a list of strings, got a single string; wrap it in a list.")
-    config = as_self_training_config(config)
-    # Generators are read once here: every round reads the texts again.
-    texts, labels = (v if isinstance(v, str) else list(v) for v in (texts, labels))
-    unlabeled_texts = list(unlabeled_texts)
-    labelled = {text.strip().lower() for text in texts if isinstance(text, str)}
-    for i, text in enumerate(unlabeled_texts):
-        if not isinstance(text, str):
-            raise TypeError(f"`unlabeled_texts[{i}]` must be a str, got {type(text).__name__} ({text!r}).")
+def unlabelled_pool(unlabeled_texts: Sequence[str], labelled_texts: Sequence[str]) -> list[str]:
+    """The texts self-training may pseudo-label: the distinct non-blank `unlabeled_texts`, in order, without those
+    already among `labelled_texts` (compared stripped and lower-cased).
+
+    Example:
+        ```python
+        >>> unlabelled_pool(["my card is late", "euro rate", "My card is late ", " "], ["euro rate"])
+        ['my card is late', 'My card is late ']
+        ```
+    """
+    unlabeled_texts = check_texts(unlabeled_texts, "unlabeled_texts", allow_empty=True, allow_blank=True)
+    labelled = {text.strip().lower() for text in labelled_texts if isinstance(text, str)}
     pool = list(dict.fromkeys(t for t in unlabeled_texts if t.strip()))
     pool = [t for t in pool if t.strip().lower() not in labelled]
     if not pool:
@@ -125,23 +103,4 @@ def self_train(
             f"`unlabeled_texts` holds no usable text ({len(unlabeled_texts)} given, none non-empty and not already "
             "labelled); pass in-domain sentences without labels, or `unlabeled_texts=None`."
         )
-    texts, labels = list(texts), list(labels)
-    classifier.fit(texts, labels, **overrides)
-    added_texts: list[str] = []
-    added_labels: list = []
-    for round_ in range(config.rounds):
-        if not pool:
-            break
-        chosen = select_confident(classifier.predict_proba(pool), config.per_class, config.threshold)
-        if not chosen:
-            logger.info(f"Self-training round {round_ + 1}: no text above `threshold` {config.threshold}; stopping.")
-            break
-        added_texts += [pool[row] for row, _ in chosen]
-        added_labels += [classifier.classes_[c] for _, c in chosen]
-        taken = {row for row, _ in chosen}
-        pool = [t for i, t in enumerate(pool) if i not in taken]
-        classifier.fit(texts + added_texts, labels + added_labels, **overrides)
-        logger.info(f"Self-training round {round_ + 1}: {len(added_texts)} pseudo-labelled texts in all.")
-    classifier.shots_ = [sum(1 for label in labels if label == c) for c in classifier.classes_]
-    classifier.pseudo_labeled_ = list(zip(added_texts, added_labels))
-    return classifier
+    return pool

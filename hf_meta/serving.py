@@ -18,8 +18,10 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from .adaptation import HEAD, predict_logits
+from .adaptation import predict_logits
+from .inner_loop import HEAD
 from .modeling import meta_parameters, sentence_embeddings
+from .validation import is_int
 
 if TYPE_CHECKING:
     from .classifier import FewShotClassifier
@@ -189,7 +191,7 @@ def pipeline_outputs(classes: Sequence, probs: Any, single: bool, top_k: int | N
     string, that list).
     """
     legacy = top_k is _TOP_K_UNSET
-    if not legacy and top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if not legacy and top_k is not None and not (is_int(top_k) and top_k >= 1):
         raise ValueError(f"`top_k` must be a positive int or None (every class), got {top_k!r}.")
     results = []
     for row in probs:

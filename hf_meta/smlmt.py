@@ -28,6 +28,7 @@ import numpy as np
 from transformers.utils import logging
 
 from .episodes import EPISODE_FEATURES, IntOrRange, _as_range, datasets_progress_bars_off
+from .validation import check_int, is_int
 
 logger = logging.get_logger(__name__)
 
@@ -163,10 +164,8 @@ def build_smlmt_episodes(
         ('___ transactions appear on my account', ['word_1', 'word_2'])
         ```
     """
-    if isinstance(num_query, bool) or not isinstance(num_query, int) or num_query < 1:
-        raise ValueError(f"`num_query` must be a positive int, got {num_query!r}; e.g. `num_query=3`.")
-    if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
-        raise ValueError(f"`num_episodes` must be a positive int, got {num_episodes!r}.")
+    num_query = check_int(num_query, "num_query", minimum=1, fix="e.g. `num_query=3`")
+    num_episodes = check_int(num_episodes, "num_episodes", minimum=1)
     if num_episodes > MAX_SMLMT_EPISODES:
         raise ValueError(
             f"`num_episodes` ({num_episodes}) is beyond the {MAX_SMLMT_EPISODES} SMLMT episodes built at once (they "
@@ -181,12 +180,12 @@ def build_smlmt_episodes(
     need = k_high + num_query
     if min_sentences is None:
         min_sentences = need
-    if isinstance(min_sentences, bool) or not isinstance(min_sentences, int) or min_sentences < need:
+    if not is_int(min_sentences) or min_sentences < need:
         raise ValueError(
             f"`min_sentences` must be an int of at least `k_shot + num_query` ({need}), got {min_sentences!r}; a "
             "rarer word cannot fill its support and query sets."
         )
-    if max_sentences is not None and (not isinstance(max_sentences, int) or max_sentences < min_sentences):
+    if max_sentences is not None and (not is_int(max_sentences) or max_sentences < min_sentences):
         raise ValueError(
             f"`max_sentences` must be None or an int >= `min_sentences` ({min_sentences}), got {max_sentences!r}."
         )

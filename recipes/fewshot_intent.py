@@ -32,8 +32,11 @@ Needs the `bench` extra: `pip install -e ".[bench]"`.
     # all arguments from one file
     accelerate launch recipes/fewshot_intent.py recipes/fewshot_intent.yaml
 
-The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
+The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `./data` or `../shared/data` from the working
+directory (the commands above run from the checkout's root).
 """
+
+import dataclasses
 
 from transformers import set_seed
 
@@ -57,9 +60,9 @@ from hf_meta.bench.scripts import (
     parse_script_arguments,
     report,
     require_validation,
-    resolve_data_dir,
     validation_during_training,
 )
+from hf_meta.data import resolve_data_dir
 from hf_meta.episodes import class_names_of
 
 
@@ -69,9 +72,9 @@ def main() -> None:
         sources=["clinc150", "hwu64"],
         shots=5,
         plot_shots=[1, 2, 5, 10],
-        # Chosen on held-out CLINC150/HWU64 classes (benchmarks/meta_throughput.py): LoRA in the top 3 layers with
-        # the frozen layers precomputed once per sentence, and the fitted head alone in the inner loop, run several
-        # times more episodes per second than LoRA everywhere with 5 SGD steps, at the same validation accuracy.
+        # Chosen on held-out CLINC150/HWU64 classes with benchmarks/meta_throughput.py (its results file has the
+        # numbers): LoRA in the top 3 layers, their frozen inputs precomputed once per sentence, and the fitted
+        # head alone in the inner loop.
         lora_top_layers=3,
         inner_steps=0,
         # After meta-training, episodes of the held-out source domains choose the fitted head's centre and pull,
@@ -132,7 +135,9 @@ def main() -> None:
         eval_dataset=validation_episodes,
         processing_class=tokenizer,
     )
-    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
+    # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
+    initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
+    fresh = FewShotClassifier(trainer.model, tokenizer, initial)
     trainer.train()
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()

@@ -21,8 +21,11 @@ extra.
     # a quarter of the episodes SMLMT tasks from unlabelled IMDB training reviews
     accelerate launch recipes/fewshot_sentiment.py --unlabeled_sources imdb --smlmt_ratio 0.25
 
-The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
+The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `./data` or `../shared/data` from the working
+directory (the commands above run from the checkout's root).
 """
+
+import dataclasses
 
 from transformers import set_seed
 
@@ -45,9 +48,9 @@ from hf_meta.bench.scripts import (
     parse_script_arguments,
     report,
     require_validation,
-    resolve_data_dir,
     validation_during_training,
 )
+from hf_meta.data import resolve_data_dir
 
 
 def main() -> None:
@@ -59,8 +62,8 @@ def main() -> None:
         n_way=[2],
         k_shot=[8],
         num_query=8,
-        # Chosen on held-out sentiment collections (benchmarks/meta_throughput.py --family sentiment), never SST-2:
-        # the prototype head with LoRA in every layer; LoRA in the top layers only, or a fitted head, scored lower.
+        # Chosen on held-out sentiment collections with benchmarks/meta_throughput.py --family sentiment (never
+        # SST-2; its results file has the numbers): the prototype head with LoRA in every layer.
         head_fit_steps=0,
         head_init="prototypes",
         head_bias=False,
@@ -127,7 +130,9 @@ def main() -> None:
         eval_dataset=validation_episodes,
         processing_class=tokenizer,
     )
-    fresh = FewShotClassifier(trainer.model, tokenizer, trainer.adaptation_config)  # the init, before training
+    # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
+    initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
+    fresh = FewShotClassifier(trainer.model, tokenizer, initial)
     trainer.train()
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()

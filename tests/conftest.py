@@ -18,7 +18,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The raw data folder, found as the recipes find it; a missing folder fails the test with the fix, never skips."""
-    from hf_meta.bench.scripts import resolve_data_dir
+    from hf_meta.data import resolve_data_dir
 
     try:
         return resolve_data_dir()

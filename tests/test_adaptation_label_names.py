@@ -6,9 +6,10 @@ import torch
 from conftest import WORDS, tiny_encoder, top_layer_lora
 
 from hf_meta import AdaptationConfig, EpisodeCollator, build_episodes
-from hf_meta.adaptation import HEAD, adapt, episode_meta_gradient, episode_name_phrases
+from hf_meta.adaptation import adapt, episode_meta_gradient
+from hf_meta.episode_collator import episode_name_phrases
 from hf_meta.frozen_states import FrozenStates
-from hf_meta.inner_loop import fit_head, weighted_cross_entropy
+from hf_meta.inner_loop import HEAD, fit_head, weighted_cross_entropy
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
 E = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -32,7 +33,7 @@ def test_weighted_cross_entropy_weight_two_equals_a_duplicate():
 
 def test_sum_prior_fades_with_shots_and_mean_prior_does_not():
     few, many = (E[:6], Y[:6]), (torch.cat([E[:6]] * 4), torch.cat([Y[:6]] * 4))  # the same data, 4x the shots
-    mean_few, mean_many = fit(*few), fit(*many)
+    mean_few, mean_many = fit(*few, head_prior="mean"), fit(*many, head_prior="mean")
     torch.testing.assert_close(mean_few, mean_many, rtol=1e-4, atol=1e-5)  # the mean is blind to repetition
     sum_few, sum_many = fit(*few, head_prior="sum"), fit(*many, head_prior="sum")
     # 4x the shots under a fixed prior is the original shots under a 4x weaker pull, and lands further from it.
@@ -105,13 +106,13 @@ def test_names_do_not_enter_the_prototypes(encoder, tokenizer):
 
 def test_collator_adds_name_rows_and_skips_codes(tokenizer, toy_dataset):
     (episode,) = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=1, num_episodes=1, seed=0)
-    batch = EpisodeCollator(tokenizer, 16, use_label_names=True)([episode])
+    batch = EpisodeCollator(tokenizer, AdaptationConfig(max_length=16))([episode])
     assert batch["names_input_ids"].shape[0] == 3
     expected = tokenizer(episode_name_phrases(episode["class_names"]), padding=True)["input_ids"]
     assert batch["names_input_ids"].tolist() == expected
-    assert "names_input_ids" not in EpisodeCollator(tokenizer, 16)([episode])  # off unless asked
+    assert "names_input_ids" not in EpisodeCollator(tokenizer, AdaptationConfig(use_label_names=False))([episode])
     coded = {**episode, "class_names": ["0", "1", "2"]}
-    assert "names_input_ids" not in EpisodeCollator(tokenizer, 16, use_label_names=True)([coded])
+    assert "names_input_ids" not in EpisodeCollator(tokenizer, AdaptationConfig(max_length=16))([coded])
 
 
 def test_names_with_frozen_states_match_the_plain_path(encoder, tokenizer, toy_dataset, tmp_path):
@@ -126,8 +127,8 @@ def test_names_with_frozen_states_match_the_plain_path(encoder, tokenizer, toy_d
             encoder, tokenizer, texts + extra, max_length=16, cache_dir=tmp_path / str(len(extra))
         )
         for episode in episodes:
-            plain = EpisodeCollator(tokenizer, 16, use_label_names=True)([episode])
-            cached = EpisodeCollator(tokenizer, 16, frozen_states=states, use_label_names=True)([episode])
+            plain = EpisodeCollator(tokenizer, config)([episode])
+            cached = EpisodeCollator(tokenizer, config, frozen_states=states)([episode])
             assert ("names_frozen_row_states" in cached) == bool(extra)
             for algorithm in ("fomaml", "reptile"):
                 a = episode_meta_gradient(encoder, dict(weights), plain, config, algorithm)
@@ -197,16 +198,15 @@ def test_fit_refuses_bad_label_descriptions(classifier, descriptions, error, mes
         classifier.fit(TEXTS, LABELS, label_descriptions=descriptions, use_label_names=False)
 
 
-def test_adapters_saved_before_head_prior_keep_the_mean_prior(tmp_path):
-    AdaptationConfig().save_pretrained(tmp_path)
-    assert AdaptationConfig.from_pretrained(tmp_path).head_prior == "sum"
-    path = tmp_path / "adaptation_config.json"
+def test_a_saved_config_without_a_setting_takes_its_default(tmp_path):
     import json
 
-    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("head_prior", "use_label_names")}
-    path.write_text(json.dumps({**old, "head_l2": 0.03}))
+    AdaptationConfig(head_prior="mean", head_bias=False).save_pretrained(tmp_path)
+    path = tmp_path / "adaptation_config.json"
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("head_prior", "head_bias")}
+    path.write_text(json.dumps({**saved, "head_l2": 0.03}))
     loaded = AdaptationConfig.from_pretrained(tmp_path)
-    assert (loaded.head_prior, loaded.head_l2) == ("mean", 0.03)
+    assert (loaded.head_prior, loaded.head_bias, loaded.head_l2) == ("sum", True, 0.03)
 
 
 def test_meta_trainer_caches_the_name_phrases_with_the_sentences(tmp_path, toy_dataset, tokenizer):

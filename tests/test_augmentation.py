@@ -1,5 +1,7 @@
 """Support-set augmentation: the edit functions, the adaptation settings, and the two hooks (collator, `fit`)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -67,8 +69,8 @@ def test_settings_are_validated_and_default_off():
 def test_collator_augments_support_only(tokenizer, toy_dataset):
     episode = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=1, seed=0)[0]
     config = AdaptationConfig(support_augmentation="swap", augmented_views=2)
-    plain = EpisodeCollator(tokenizer, 64)([episode])
-    augmented = EpisodeCollator(tokenizer, 64, augmentation=config)([episode])
+    plain = EpisodeCollator(tokenizer, AdaptationConfig(use_label_names=False))([episode])
+    augmented = EpisodeCollator(tokenizer, dataclasses.replace(config, use_label_names=False))([episode])
     assert augmented["support_input_ids"].shape[0] == 3 * plain["support_input_ids"].shape[0]
     assert augmented["support_labels"].tolist() == plain["support_labels"].tolist() * 3
     assert torch.equal(augmented["query_input_ids"], plain["query_input_ids"])

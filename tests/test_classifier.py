@@ -8,8 +8,8 @@ from conftest import WORDS, tiny_encoder
 from peft import PeftModel
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import HEAD
-from hf_meta.classifier import HEAD_FILE
+from hf_meta.classifier_hub import HEAD_FILE
+from hf_meta.inner_loop import HEAD
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from conftest import WORDS, tiny_encoder
 from test_model_card_and_hub import FakeHubApi
 
 from hf_meta import FewShotClassifier
-from hf_meta.classifier import HEAD_FILE, LABELS_FILE
+from hf_meta.classifier_hub import HEAD_FILE, LABELS_FILE
 from hf_meta.model_card import CLASSIFIER_TEMPLATE_NAME, template_path
 
 

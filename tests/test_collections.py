@@ -236,7 +236,7 @@ def test_env_var_data_dir(monkeypatch, data_dir):
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match=r"absent.* \(from `data_dir`\) does not exist"):
         load_collection("reuters", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match=r"reuters[/\\]reuters\.json"):
         load_collection("reuters", tmp_path)

@@ -13,7 +13,7 @@ from conftest import WORDS, tiny_encoder, top_layer_lora
 from transformers import BertTokenizerFast
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import AdaptationConfig
+from hf_meta.adaptation_config import AdaptationConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

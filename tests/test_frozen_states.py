@@ -1,5 +1,7 @@
 """The corpus-level frozen-layer cache gives the same embeddings, losses and meta-gradients as the plain path."""
 
+import dataclasses
+
 import datasets
 import pytest
 import torch
@@ -7,14 +9,16 @@ from conftest import WORDS, tiny_encoder, top_layer_lora
 from peft import LoraConfig
 
 from hf_meta import AdaptationConfig, EpisodeCollator, MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import episode_meta_gradient, split_episode
+from hf_meta.adaptation import episode_meta_gradient
+from hf_meta.episode_collator import split_episode
 from hf_meta.frozen_states import FrozenStates
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
 
 def assert_same_episode(encoder, episode, tokenizer, states, config):
-    plain = EpisodeCollator(tokenizer, config.max_length)([episode])
-    cached = EpisodeCollator(tokenizer, config.max_length, frozen_states=states)([episode])
+    config = dataclasses.replace(config, use_label_names=False)  # the sentences' cache is under test, not the names
+    plain = EpisodeCollator(tokenizer, config)([episode])
+    cached = EpisodeCollator(tokenizer, config, frozen_states=states)([episode])
     for part in ("support", "query"):
         assert torch.equal(plain[f"{part}_input_ids"], cached[f"{part}_input_ids"])
         assert torch.equal(plain[f"{part}_attention_mask"], cached[f"{part}_attention_mask"])

@@ -79,10 +79,10 @@ def test_prototype_head_is_normalised_class_mean():
     torch.testing.assert_close(
         class_means(emb, labels, 2), torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     )
-    head = initial_head(emb, labels, 2, "prototypes")
+    head = initial_head(emb, labels, 2, "prototypes", bias=False)
     torch.testing.assert_close(head, torch.eye(2, dtype=torch.float64))
     torch.testing.assert_close(head_logits(emb, head, 10.0), 10.0 * emb)
-    assert torch.count_nonzero(initial_head(emb, labels, 2, "zero")) == 0
+    assert torch.count_nonzero(initial_head(emb, labels, 2, "zero", bias=False)) == 0
 
 
 def _head_objective(head, emb, labels, prior, scale, l2):
@@ -95,14 +95,16 @@ def test_fitted_head_is_the_regularised_optimum():
     generator = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(30, 8, generator=generator, dtype=torch.float64), dim=-1)
     labels = torch.arange(30) % 3
-    prior = initial_head(emb, labels, 3, "prototypes")
-    head = fit_head(emb, labels, prior, scale=5.0, l2=0.05, steps=200)
+    prior = initial_head(emb, labels, 3, "prototypes", bias=False)
+    head = fit_head(emb, labels, prior, scale=5.0, l2=0.05, steps=200, head_prior="mean")
     w = head.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(_head_objective(w, emb, labels, prior, 5.0, 0.05), [w])
     assert grad.abs().max() < 1e-5
     assert _head_objective(head, emb, labels, prior, 5.0, 0.05) < _head_objective(prior, emb, labels, prior, 5.0, 0.05)
     assert not head.requires_grad and not torch.equal(head, prior)
-    torch.testing.assert_close(fit_head(emb, labels, prior, 5.0, 1e4, 200), prior, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        fit_head(emb, labels, prior, 5.0, 1e4, 200, head_prior="mean"), prior, atol=1e-4, rtol=0
+    )
 
 
 def test_fitted_head_moves_no_more_than_its_inputs():
@@ -112,7 +114,8 @@ def test_fitted_head_moves_no_more_than_its_inputs():
     emb = torch.nn.functional.normalize(torch.randn(30, 32, generator=generator), dim=-1)
     labels = torch.arange(30) % 6
     nudged = emb + 1e-7 * torch.randn(emb.shape, generator=generator)
-    heads = [fit_head(e, labels, initial_head(e, labels, 6, "prototypes"), 20.0, 0.03, 100) for e in (emb, nudged)]
+    prior = [initial_head(e, labels, 6, "prototypes", bias=False) for e in (emb, nudged)]
+    heads = [fit_head(e, labels, p, 20.0, 0.03, 100, head_prior="mean") for e, p in zip((emb, nudged), prior)]
     assert heads[0].dtype == torch.float32
     assert (heads[0] - heads[1]).abs().max() < 2e-6
 
@@ -141,3 +144,17 @@ def test_a_fitted_bias_absorbs_class_imbalance():
         bias: torch.nn.functional.cross_entropy(head_logits(emb, head, 5.0), labels) for bias, head in heads.items()
     }
     assert losses[True] < losses[False]
+
+
+def test_the_lower_layers_take_their_defaults_from_the_adaptation_config(tokenizer):
+    import inspect
+
+    from hf_meta import AdaptationConfig, EpisodeCollator
+    from hf_meta.inner_loop import fit_heads
+
+    config = AdaptationConfig()
+    for function in (fit_head, fit_heads):
+        assert inspect.signature(function).parameters["head_prior"].default == config.head_prior
+    assert inspect.signature(initial_head).parameters["bias"].default == config.head_bias
+    collator = EpisodeCollator(tokenizer)
+    assert collator.use_label_names == config.use_label_names and collator.max_length == config.max_length

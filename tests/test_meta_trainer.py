@@ -8,7 +8,7 @@ from conftest import tiny_encoder
 from peft import LoraConfig, get_peft_model
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME, AdaptationConfig
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +233,32 @@ def test_fomaml_with_no_inner_step_trains_through_the_fitted_head(tmp_path, epis
     trainer.train()
     after = snapshot(trainer.model)
     assert any(not torch.equal(before[name], after[name]) for name in before if "lora_" in name)
+
+
+def test_a_data_collator_with_precomputed_frozen_states_is_refused_not_silently_uncached(
+    tmp_path, episodes, tokenizer
+):
+    from hf_meta import EpisodeCollator
+    from hf_meta.modeling import lora_target_modules
+
+    top_layer = LoraConfig(r=4, target_modules=lora_target_modules("bert"), layers_to_transform=[1])
+    collator = EpisodeCollator(tokenizer, AdaptationConfig(inner_steps=2))
+    arguments = dict(output_dir=str(tmp_path / "out"), inner_steps=2, report_to="none", disable_tqdm=True)
+    with pytest.raises(
+        ValueError, match="`precompute_frozen_states=True`.*`data_collator` given \\(EpisodeCollator\\)"
+    ):
+        MetaTrainer(
+            model=tiny_encoder(),
+            args=MetaTrainingArguments(**arguments),
+            peft_config=top_layer,
+            train_dataset=episodes,
+            data_collator=collator,
+        )
+    trainer = MetaTrainer(
+        model=tiny_encoder(),
+        args=MetaTrainingArguments(**arguments, precompute_frozen_states=False),
+        peft_config=top_layer,
+        train_dataset=episodes,
+        data_collator=collator,
+    )
+    assert trainer.data_collator is collator

@@ -65,7 +65,7 @@ def test_wheel_ships_the_card_template_and_renders_from_it(tmp_path):
         cwd=_root(),
     )
     (wheel,) = tmp_path.glob("hf_meta-*.whl")
-    assert "hf_meta/model_cards/hf_meta_adapter.md" in zipfile.ZipFile(wheel).namelist()
+    assert "hf_meta/templates/hf_meta_adapter.md" in zipfile.ZipFile(wheel).namelist()
     # Import hf_meta from the unpacked wheel (not the checkout) and render a card from the packaged template.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

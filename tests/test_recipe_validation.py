@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_encoder
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 from hf_meta.bench.protocols import (
     SENTIMENT_SOURCES,
     class_domains,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 from hf_meta.io_utils import atomic_directory
 
 
@@ -52,10 +52,10 @@ def test_episode_builder_rejects_bad_data(dataset, kwargs, error, message):
 
 
 def test_bytes_texts_get_a_decoding_hint():
-    from hf_meta.episodes import _check_texts
+    from hf_meta.validation import check_texts
 
-    with pytest.raises(TypeError, match="decode them first"):
-        _check_texts(["fine", b"caf\xe9"], "text")
+    with pytest.raises(TypeError, match=r"`text\[1\]` is bytes; decode it first.*latin-1"):
+        check_texts(["fine", b"caf\xe9"], "text")
 
 
 def test_duplicate_texts_warn(caplog):

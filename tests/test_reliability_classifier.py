@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, adapter_checks, build_episodes, classifier
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
-from hf_meta.classifier import HEAD_FILE, LABELS_FILE
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
+from hf_meta.classifier_hub import HEAD_FILE, LABELS_FILE
 from hf_meta.metrics import AccuracyWithCI
 
 ADAPTER = "adapter_model.safetensors"

@@ -459,7 +459,7 @@ def test_an_adapter_folder_cannot_ask_for_minutes_per_fit(setting, base_and_adap
 def test_a_learned_step_size_of_e30_is_refused(tmp_path):
     from safetensors.torch import save_file
 
-    from hf_meta.adaptation import INNER_LOOP_FILE, LearnedInnerLoop
+    from hf_meta.learned_inner_loop import INNER_LOOP_FILE, LearnedInnerLoop
 
     save_file(
         {"log_learning_rates": torch.tensor([30.0, 0.0]), "log_logit_scale": torch.tensor([3.0])},
@@ -567,7 +567,8 @@ def test_a_head_of_the_wrong_width_rank_or_dtype_fails_at_load(head, base_and_ad
     ],
 )
 def test_a_malformed_episode_is_a_clear_error_not_an_index_error(change, message, tokenizer):
-    from hf_meta.adaptation import EpisodeCollator
+    from hf_meta import AdaptationConfig
+    from hf_meta.episode_collator import EpisodeCollator
 
     row = {
         "support_text": ["card late", "euro rate"],
@@ -578,7 +579,7 @@ def test_a_malformed_episode_is_a_clear_error_not_an_index_error(change, message
         **change,
     }
     with pytest.raises(ValueError, match=message):
-        EpisodeCollator(tokenizer, 16)([row])
+        EpisodeCollator(tokenizer, AdaptationConfig(max_length=16))([row])
 
 
 def test_a_truncated_cache_file_is_rebuilt(tmp_path, tokenizer):

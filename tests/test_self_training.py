@@ -5,7 +5,7 @@ import pytest
 from conftest import WORDS, tiny_encoder
 
 from hf_meta import FewShotClassifier
-from hf_meta.self_training import SelfTrainingConfig, select_confident
+from hf_meta.self_training import SelfTrainingConfig, select_confident, unlabelled_pool
 
 
 def test_select_confident_is_class_balanced_and_thresholded():
@@ -13,6 +13,15 @@ def test_select_confident_is_class_balanced_and_thresholded():
     assert select_confident(proba, per_class=2) == [(0, 0), (1, 0), (3, 1), (4, 1)]
     assert select_confident(proba, per_class=5, threshold=0.75) == [(0, 0), (1, 0)]
     assert select_confident(proba, per_class=1, threshold=0.95) == []
+
+
+def test_unlabelled_pool_drops_blanks_repeats_and_labelled_texts():
+    pool = unlabelled_pool(["card late", "euro rate", "card late", "  ", "Euro Rate ", "pin"], ["euro rate"])
+    assert pool == ["card late", "pin"]
+    with pytest.raises(TypeError, match=r"`unlabeled_texts\[1\]` must be a str, got int"):
+        unlabelled_pool(["card late", 3], [])
+    with pytest.raises(ValueError, match="holds no usable text"):
+        unlabelled_pool(["euro rate", " "], ["euro rate"])
 
 
 @pytest.fixture(scope="module")

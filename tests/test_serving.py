@@ -11,7 +11,7 @@ import torch
 from conftest import WORDS, tiny_encoder, top_layer_lora
 
 from hf_meta import FewShotClassifier
-from hf_meta.adaptation import AdaptationConfig
+from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.export import EXPORT_LABELS_FILE, MODEL_FILE, QUANTIZED_FILE
 
 ADAPTATION = AdaptationConfig(inner_steps=3, inner_learning_rate=0.2, head_fit_steps=10)

@@ -19,8 +19,8 @@ def logistic_regression(
     """Predictions of a logistic regression fitted on frozen embeddings.
 
     The inverse regularisation `C` is chosen by stratified cross-validation on the labelled examples only (never
-    the test set): on L2-normalised embeddings scikit-learn's default `C=1` underfits badly (BANKING77 5-shot:
-    75.0% with `C=1`). With a single example per class there is nothing to cross-validate and `C=1` is used.
+    the test set): on L2-normalised embeddings scikit-learn's default `C=1` underfits. With a single example per
+    class there is nothing to cross-validate and `C=1` is used.
     """
     labels = np.asarray(train_labels)
     folds = min(5, int(np.unique(labels, return_counts=True)[1].min()))

@@ -12,11 +12,10 @@ import datasets
 import numpy as np
 from transformers.utils import logging
 
-from ..data import load_collection
+from ..data import load_collection, resolve_data_dir
 from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off, split_classes
 from ..smlmt import build_smlmt_episodes
 from .comparison import FewShotTask, first_shots, sample_shots
-from .scripts import resolve_data_dir
 
 INTENT_COLLECTIONS = ("banking77", "clinc150", "hwu64")
 SENTIMENT_SOURCES = ("mr", "amazon_books", "amazon_dvd", "amazon_electronics", "amazon_kitchen", "airline", "imdb")

@@ -12,7 +12,7 @@ from peft import LoraConfig
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedModel
 from transformers.utils import logging
 
-from ..adaptation import AdaptationConfig
+from ..adaptation_config import AdaptationConfig
 from ..data import DATA_DIR_ENV_VAR
 from ..io_utils import atomic_write_text
 from ..meta_trainer import MetaTrainer
@@ -23,24 +23,6 @@ from ..selection import check_grid
 logger = logging.get_logger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-# A source checkout sits beside the project's `shared/data` folder (an editable install finds it from here).
-CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The raw-data folder: `data_dir`, else `$HF_META_DATA_DIR`, else `shared/data` beside this checkout.
-
-    This is the one place that decides where recipes, benchmarks and tests read the collections from.
-    """
-    env = os.environ.get(DATA_DIR_ENV_VAR)
-    origin = "`data_dir`" if data_dir else f"${DATA_DIR_ENV_VAR}" if env else "the checkout's default"
-    path = Path(data_dir or env or CHECKOUT_DATA_DIR).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"The data folder {str(path)!r} (from {origin}) does not exist; pass `--data_dir` or set "
-            f"${DATA_DIR_ENV_VAR} to a folder laid out like the project's `shared/data`."
-        )
-    return path
 
 
 @dataclass
@@ -53,7 +35,10 @@ class ScriptArguments:
     )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": f"Folder holding the raw collections; default ${DATA_DIR_ENV_VAR}, else ../shared/data."},
+        metadata={
+            "help": f"Folder holding the raw collections; default ${DATA_DIR_ENV_VAR}, else ./data or "
+            "../shared/data from the working directory."
+        },
     )
     target: str = field(default="banking77", metadata={"help": "Collection to adapt to."})
     sources: list[str] = field(

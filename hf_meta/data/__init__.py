@@ -1,5 +1,19 @@
 """Text-classification collections as uniform `datasets.DatasetDict`s (`text` and a `ClassLabel` `label`)."""
 
-from .collections import DATA_DIR_ENV_VAR, HUB_REPO_IDS, HUB_SOURCES, list_collections, load_collection
+from .collections import (
+    DATA_DIR_ENV_VAR,
+    HUB_REPO_IDS,
+    HUB_SOURCES,
+    list_collections,
+    load_collection,
+    resolve_data_dir,
+)
 
-__all__ = ["DATA_DIR_ENV_VAR", "HUB_REPO_IDS", "HUB_SOURCES", "list_collections", "load_collection"]
+__all__ = [
+    "DATA_DIR_ENV_VAR",
+    "HUB_REPO_IDS",
+    "HUB_SOURCES",
+    "list_collections",
+    "load_collection",
+    "resolve_data_dir",
+]

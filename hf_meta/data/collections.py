@@ -34,6 +34,51 @@ logger = logging.get_logger(__name__)
 
 DATA_DIR_ENV_VAR = "HF_META_DATA_DIR"
 """Environment variable naming the default data folder, used when `load_collection` gets no `data_dir`."""
+# Where a checkout's scripts find the data when neither `data_dir` nor the variable is given, from the working
+# directory: `./data`, or the project's `shared/data` beside the checkout.
+WORKING_DIRECTORY_DATA_DIRS = ("data", os.path.join("..", "shared", "data"))
+
+
+def resolve_data_dir(
+    data_dir: str | os.PathLike | None = None, *, search_working_directory: bool = True
+) -> Path | None:
+    """The raw-data folder: `data_dir`, else `$HF_META_DATA_DIR`, else (with `search_working_directory`) `./data`
+    or `../shared/data` from the working directory. Never a location derived from where hf_meta is installed.
+
+    Returns `None` when nothing is given and no candidate exists with `search_working_directory=False` (what
+    [`load_collection`] then falls back to the Hub for); raises otherwise.
+
+    Raises:
+        FileNotFoundError: `data_dir` or `$HF_META_DATA_DIR` names a missing folder, or (searching the working
+            directory) no candidate exists; the message names `HF_META_DATA_DIR`.
+
+    Example:
+        ```python
+        >>> resolve_data_dir("../shared/data")
+        PosixPath('../shared/data')
+        ```
+    """
+    env = os.environ.get(DATA_DIR_ENV_VAR) or None
+    if data_dir is not None or env is not None:
+        origin = "`data_dir`" if data_dir is not None else f"${DATA_DIR_ENV_VAR}"
+        path = Path(data_dir if data_dir is not None else env).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"The data folder {str(path)!r} (from {origin}) does not exist; pass `--data_dir` (or `data_dir=`) "
+                f"or set ${DATA_DIR_ENV_VAR} to a folder laid out like the project's `shared/data`."
+            )
+        return path
+    if not search_working_directory:
+        return None
+    for candidate in WORKING_DIRECTORY_DATA_DIRS:
+        if Path(candidate).is_dir():
+            return Path(candidate)
+    raise FileNotFoundError(
+        f"No data folder: no `data_dir` given, ${DATA_DIR_ENV_VAR} is not set, and neither of "
+        f"{list(WORKING_DIRECTORY_DATA_DIRS)} exists under the working directory {os.getcwd()!r}. Pass `--data_dir` "
+        f"(or `data_dir=`) or set ${DATA_DIR_ENV_VAR} to a folder laid out like the project's `shared/data`."
+    )
+
 
 BINARY_SENTIMENT_NAMES = ("negative", "positive")
 SST5_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
@@ -733,14 +778,11 @@ def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> dat
     """
     if name not in _READERS:
         raise ValueError(f"Unknown collection {name!r}. Known collections: {', '.join(list_collections())}.")
+    root = resolve_data_dir(data_dir, search_working_directory=False)
+    if root is None:
+        return _load_from_hub(name)
     if data_dir is None:
-        data_dir = os.environ.get(DATA_DIR_ENV_VAR) or None
-        if data_dir is None:
-            return _load_from_hub(name)
-        logger.info(f"Reading collection {name!r} from ${DATA_DIR_ENV_VAR}={data_dir!r}.")
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"`data_dir` {str(root)!r} for collection {name!r} is not a folder.")
+        logger.info(f"Reading collection {name!r} from ${DATA_DIR_ENV_VAR}={str(root)!r}.")
     token = _ROOT.set(root)
     try:
         raw = _READERS[name](root)

@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_encoder
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import ADAPTATION_CONFIG_NAME
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +113,33 @@ def test_select_adaptation_refuses_what_a_learned_inner_loop_sets(grid, tmp_path
         trainer.select_adaptation(grid)
 
 
+@pytest.mark.parametrize(
+    "grid, name",
+    [
+        ({"head_fit_steps": [0], "head_l2": [0.1, 1.0]}, "head_l2"),
+        ({"head_fit_steps": [0], "head_prior": ["sum", "mean"], "head_init": ["prototypes"]}, "head_prior"),
+        ({"inner_steps": [0], "inner_learning_rate": [0.05, 0.5]}, "inner_learning_rate"),
+        ({"use_label_names": [False], "label_name_weight": [1.0, 2.0]}, "label_name_weight"),
+        ({"adapter_strength": [1.0], "adapter_strength_fallback": [1.0, 0.5]}, "adapter_strength_fallback"),
+    ],
+)
+def test_select_adaptation_refuses_a_setting_no_combination_reads(trainer, grid, name):
+    before = trainer.adaptation_config
+    with pytest.raises(ValueError, match=f"`{name}` cannot be swept.*in every combination"):
+        trainer.select_adaptation(grid)
+    assert trainer.adaptation_config == before
+
+
+def test_a_setting_read_by_some_combination_is_swept(trainer):
+    result = trainer.select_adaptation({"head_fit_steps": [0, 100], "head_l2": [0.1, 1.0]})
+    assert len(result["scores"]) == 4
+
+
 def test_load_best_model_at_end_restores_the_best_steps_learned_rates(tmp_path, toy_dataset, tokenizer):
     """The best checkpoint's LoRA comes back with its own learned step sizes, not the last step's."""
     import torch
 
-    from hf_meta.adaptation import LearnedInnerLoop
+    from hf_meta.learned_inner_loop import LearnedInnerLoop
 
     evaluations = []
 

@@ -8,16 +8,11 @@ import torch
 from conftest import StopAt, tiny_encoder
 
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
-from hf_meta.adaptation import (
-    ADAPTATION_CONFIG_NAME,
-    HEAD,
-    INNER_LOOP_FILE,
-    AdaptationConfig,
-    EpisodeCollator,
-    LearnedInnerLoop,
-    episode_meta_gradient,
-)
-from hf_meta.inner_loop import detached_copy, learning_rate_hypergradient, sgd_adapt
+from hf_meta.adaptation import episode_meta_gradient
+from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
+from hf_meta.episode_collator import EpisodeCollator
+from hf_meta.inner_loop import HEAD, detached_copy, learning_rate_hypergradient, sgd_adapt
+from hf_meta.learned_inner_loop import INNER_LOOP_FILE, LearnedInnerLoop
 from hf_meta.model_card import render_classifier_card
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
@@ -95,7 +90,7 @@ def test_learned_rates_at_the_config_value_give_the_plain_fomaml_gradient(episod
 
     encoder = FunctionalEncoder(top_layer_lora(tiny_encoder("bert", vocab_size=tokenizer.vocab_size), [0, 1]))
     config = AdaptationConfig(inner_steps=2, inner_learning_rate=0.3, max_length=16)
-    batch = EpisodeCollator(tokenizer, 16, use_label_names=True)([episodes[0]])
+    batch = EpisodeCollator(tokenizer, config)([episodes[0]])
     weights = {n: p.detach().clone() for n, p in meta_parameters(encoder.model).items()}
     inner = LearnedInnerLoop(list(weights), 0.3, config.logit_scale)
     plain = episode_meta_gradient(encoder, dict(weights), batch, config)
@@ -161,6 +156,27 @@ def test_meta_trainer_learns_saves_and_fit_uses_the_rates(tmp_path, episodes, to
     assert clf._learned_inner_loop_summary() is None
     trainer.create_model_card()
     assert "Meta-learned inner loop" in (out / "README.md").read_text()
+
+
+def test_learned_rates_without_an_inner_loop_are_refused_not_replaced_by_the_scalar_rate(tokenizer):
+    from conftest import top_layer_lora
+
+    model = top_layer_lora(tiny_encoder("bert", vocab_size=tokenizer.vocab_size), [1])
+    with pytest.raises(ValueError, match="`adaptation_config.learn_inner_learning_rates` is True but no `inner_loop`"):
+        FewShotClassifier(model, tokenizer, AdaptationConfig(learn_inner_learning_rates=True))
+    clf = FewShotClassifier(model, tokenizer, AdaptationConfig())
+    texts, labels = ["card late", "card lost", "euro rate", "euro today"], ["card", "card", "rate", "rate"]
+    with pytest.raises(ValueError, match="`learn_inner_learning_rates=True` needs meta-learned step sizes"):
+        clf.fit(texts, labels, learn_inner_learning_rates=True)
+    other = LearnedInnerLoop(["not.a.lora.tensor"], 0.05, 20.0)
+    with pytest.raises(ValueError, match="`inner_loop` has step sizes for 2 tensors.*belongs to another adapter"):
+        FewShotClassifier(model, tokenizer, AdaptationConfig(learn_inner_learning_rates=True), inner_loop=other)
+    names = list(meta_parameters(model))
+    inner = LearnedInnerLoop(names, 0.05, 20.0)
+    with_rates = FewShotClassifier(
+        model, tokenizer, AdaptationConfig(learn_inner_learning_rates=True), inner_loop=inner
+    )
+    assert with_rates.fit(texts, labels).inner_loop is inner
 
 
 def test_learning_rates_need_inner_steps(tmp_path):

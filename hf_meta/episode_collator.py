@@ -1,0 +1,147 @@
+"""`EpisodeCollator`: one episode row tokenised once, and the helpers that read a collated episode back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.utils import logging
+
+from .adaptation_config import AdaptationConfig
+from .augmentation import augment_support
+from .frozen_states import FrozenStates
+from .label_names import label_phrase, names_are_usable
+from .modeling import ROW_STATES
+
+logger = logging.get_logger(__name__)
+
+
+class EpisodeCollator:
+    """Tokenises one episode (a batch of exactly one row) once; the inner loop reuses the tensors every step.
+
+    Returns `support_input_ids`, `support_attention_mask`, `support_labels`, the same three for the query set, and
+    `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
+    ids and the frozen lower layers' output from there instead (`support_frozen_row_states`, ...), so neither the
+    tokenizer nor the frozen layers run per episode; an episode with a sentence outside that set is tokenised.
+
+    The adaptation settings `config` decide what is collated: with `use_label_names`, the phrase of each class name
+    (see [`label_phrase`]) is tokenised too, one row per class in class order (`names_input_ids`,
+    `names_attention_mask`; episodes whose names are codes get none); with a `support_augmentation`, the support
+    set first gets its edited copies (see [`augment_support`]), which are outside the frozen states, so such a
+    support set is tokenised.
+
+    Args:
+        tokenizer: the encoder's tokenizer.
+        config: the adaptation settings (default [`AdaptationConfig`]'s defaults).
+        max_length: tokens per text at most; default `config.max_length` ([`MetaTrainer`] passes it capped at
+            the positions the model can encode).
+        frozen_states: token ids and frozen-layer outputs computed once per sentence.
+
+    Example:
+        ```python
+        >>> collator = EpisodeCollator(tokenizer, AdaptationConfig(use_label_names=False))
+        >>> batch = collator([episodes[0]])
+        >>> sorted(batch)[:3]
+        ['num_classes', 'query_attention_mask', 'query_input_ids']
+        ```
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        config: AdaptationConfig | None = None,
+        *,
+        max_length: int | None = None,
+        frozen_states: FrozenStates | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.config = config if config is not None else AdaptationConfig()
+        self.max_length = self.config.max_length if max_length is None else max_length
+        self.frozen_states = frozen_states
+        self._logged_codes = False
+
+    @property
+    def use_label_names(self) -> bool:
+        """Whether the class-name phrases are collated (what `select_adaptation` can then sweep)."""
+        return self.config.use_label_names
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.frozen_states is not None and self.frozen_states.covers(texts):
+            return self.frozen_states.batch(list(texts), pad_token_id=self.tokenizer.pad_token_id)
+        # Texts outside the precomputed set (e.g. a new `trainer.predict` dataset) take the plain path.
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if len(rows) != 1:
+            raise ValueError(
+                f"Episodes are processed one per micro-batch, got a batch of {len(rows)}; set "
+                "`per_device_train_batch_size=1` and `per_device_eval_batch_size=1`."
+            )
+        (row,) = rows
+        check_episode_row(row)
+        batch = {"num_classes": torch.tensor(len(row["class_names"]))}
+        if self.config.support_augmentation != "none":  # edited copies of the support sentences, not the query's
+            row = dict(row)
+            row["support_text"], row["support_label"] = augment_support(
+                row["support_text"], row["support_label"], self.config
+            )
+        for part in ("support", "query"):
+            for key, value in self.tokenize(row[f"{part}_text"]).items():
+                batch[f"{part}_{key}"] = value
+            batch[f"{part}_labels"] = torch.tensor(row[f"{part}_label"], dtype=torch.long)
+        if self.use_label_names:
+            if names_are_usable(row["class_names"]):
+                for key, value in self.tokenize(episode_name_phrases(row["class_names"])).items():
+                    batch[f"names_{key}"] = value
+            elif not self._logged_codes:
+                self._logged_codes = True
+                logger.info(
+                    f"Class names such as {list(row['class_names'])[:3]} carry no words; episodes with such names "
+                    "adapt without name examples."
+                )
+        return batch
+
+
+def check_episode_row(row: dict[str, Any]) -> None:
+    """One episode's sets, checked before tokenising: non-empty, one label per text, labels in `0..N-1` for the N
+    `class_names`, every class in the support set. Errors name the column, the value and the fix."""
+    num_classes = len(row["class_names"])
+    fix = "build episodes with `hf_meta.build_episodes(...)`, or fix the row"
+    for part in ("support", "query"):
+        texts, labels = row[f"{part}_text"], row[f"{part}_label"]
+        if not len(texts):
+            raise ValueError(f"An episode has an empty `{part}_text`; every episode needs {part} examples: {fix}.")
+        if len(texts) != len(labels):
+            raise ValueError(
+                f"An episode has {len(texts)} `{part}_text` but {len(labels)} `{part}_label` entries: {fix}."
+            )
+        bad = [label for label in labels if not 0 <= int(label) < num_classes]
+        if bad:
+            raise ValueError(
+                f"An episode's `{part}_label` holds {bad[0]}, outside 0..{num_classes - 1} for its {num_classes} "
+                f"`class_names`; labels are episode-local class ids: {fix}."
+            )
+    missing = sorted(set(range(num_classes)) - {int(label) for label in row["support_label"]})
+    if missing:
+        raise ValueError(
+            f"An episode's support set has no example of class {missing[0]} ({row['class_names'][missing[0]]!r}) "
+            f"of its {num_classes} `class_names`: {fix}."
+        )
+
+
+def episode_name_phrases(class_names: list) -> list[str]:
+    """The phrase of each class name, in class order (what the collator tokenises and the frozen cache covers)."""
+    return [label_phrase(name) for name in class_names]
+
+
+def split_episode(batch: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """The `support` or `query` half of a collated episode: `input_ids`, `attention_mask`, `labels` (and the
+    precomputed frozen states when the collator had them); `names` gives the class-name rows (empty if none)."""
+    return {
+        key: batch[f"{part}_{key}"]
+        for key in ("input_ids", "attention_mask", "labels", ROW_STATES)
+        if f"{part}_{key}" in batch
+    }
