@@ -1,12 +1,12 @@
-"""Regenerate the README's protocol results (tables and one plot per family) from `benchmarks/results/accuracy.json`,
-so the README can never drift from the measured numbers.
+"""Regenerate the protocol results from `benchmarks/results/accuracy.json`, so no document can drift from the
+measured numbers: the full tables (and one plot per family) in `docs/results.md`, and the one summary table of the
+README.
 
-The generated block sits between `<!-- accuracy:begin -->` and `<!-- accuracy:end -->` in README.md; everything
-else in the README is left alone. `--check` only compares (exit status 1 when the README is stale), which is what
-the test suite runs.
+Each generated block sits between `<!-- accuracy:begin -->` and `<!-- accuracy:end -->`; everything else in the
+files is left alone. `--check` only compares (exit status 1 when a file is stale), which is what the test suite runs.
 
-    python benchmarks/readme_results.py            # rewrite the block and the plots
-    python benchmarks/readme_results.py --check    # is the README up to date with the JSON?
+    python benchmarks/readme_results.py            # rewrite both blocks and the plots
+    python benchmarks/readme_results.py --check    # are the documents up to date with the JSON?
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from hf_meta.bench.comparison import paired_table
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 README = ROOT / "README.md"
+RESULTS_DOC = ROOT / "docs" / "results.md"
+# The README's summary: the methods a user weighs against each other (the full table has every baseline).
+SUMMARY_METHODS = ("hf_meta", "hf_meta_full", "fresh_lora", "frozen_lr_names", "setfit")
 BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
 FAMILIES = {
@@ -40,8 +43,26 @@ def plot_file(family: str) -> str:
     return f"benchmarks/results/accuracy_{family}.png"
 
 
+def render_summary(results: dict) -> str:
+    """The README's block for `results`: one row per target and shot count, the methods of `SUMMARY_METHODS`."""
+    rows = [row for row in results["rows"] if row["family"] != "heldout_classes"]
+    rows = [row for row in rows if row["method"] in SUMMARY_METHODS]
+    draws = results["budget_settings"]["draws"]
+    return "\n".join(
+        [
+            f"Mean accuracy (%) ± 95% CI over {draws} draws of the labelled examples, the same draws for every "
+            "method; the last columns are `hf_meta` (adapter strength chosen at `fit`, the default) minus the best "
+            "baseline of the row (every baseline, see the full tables), paired per draw: a **win** or a **loss** "
+            "only when its CI excludes zero. `hf_meta_full` is the same adapter at full strength; `–`: not run "
+            "with the automatic strength yet. SetFit: first draw only.",
+            "",
+            paired_table(rows, markdown=True),
+        ]
+    )
+
+
 def render(results: dict) -> str:
-    """The README block for `results` (the content of accuracy.json), markers excluded."""
+    """The `docs/results.md` block for `results` (the content of accuracy.json), markers excluded."""
     rows, parts = results["rows"], results.get("parts", {})
     main_parts = {name: part for name, part in parts.items() if part["family"] != "heldout_classes"}
     commands = [part.get("command") or results["command"] for part in main_parts.values()] or [results["command"]]
@@ -63,7 +84,7 @@ def render(results: dict) -> str:
         lines += ["", f"**{FAMILIES.get(family, family)}** ({seconds / 60:.0f} min)", ""]
         lines.append(paired_table(family_rows, markdown=True))
         if len({row["shots"] for row in family_rows}) > 1:
-            lines += ["", f"![{family} accuracy against shots]({plot_file(family)})"]
+            lines += ["", f"![{family} accuracy against shots](../{plot_file(family)})"]
     if main_parts:
         total = sum(_seconds(part) for part in main_parts.values())
         lines += ["", f"Time of the default run, meta-training included: {total / 60:.0f} min."]
@@ -76,7 +97,7 @@ def _seconds(part: dict) -> float:
 
 def replace_block(readme: str, block: str) -> str:
     if BEGIN not in readme or END not in readme:
-        raise ValueError(f"README.md has no `{BEGIN}` ... `{END}` block to fill.")
+        raise ValueError(f"The document has no `{BEGIN}` ... `{END}` block to fill.")
     head, rest = readme.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{block}\n{END}{tail}"
@@ -86,24 +107,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--readme", default=str(README))
-    parser.add_argument("--check", action="store_true", help="Exit 1 if the README block differs from the JSON.")
+    parser.add_argument("--results_doc", default=str(RESULTS_DOC))
+    parser.add_argument("--check", action="store_true", help="Exit 1 if a generated block differs from the JSON.")
     args = parser.parse_args(argv)
     results = json.loads(Path(args.results).read_text())
-    readme = Path(args.readme).read_text()
-    updated = replace_block(readme, render(results))
+    updates = {}
+    for path, block in ((args.readme, render_summary(results)), (args.results_doc, render(results))):
+        text = Path(path).read_text()
+        updates[path] = (text, replace_block(text, block))
     if args.check:
-        if updated != readme:
-            print(f"{args.readme} is stale: run `python benchmarks/readme_results.py`.")
-            return 1
-        return 0
+        stale = [path for path, (text, updated) in updates.items() if updated != text]
+        for path in stale:
+            print(f"{path} is stale: run `python benchmarks/readme_results.py`.")
+        return 1 if stale else 0
     from hf_meta.bench.plots import plot_targets
 
     for family in dict.fromkeys(row["family"] for row in results["rows"]):
         family_rows = [row for row in results["rows"] if row["family"] == family]
         if len({row["shots"] for row in family_rows}) > 1:
             plot_targets(family_rows, ROOT / plot_file(family), title=family)
-    Path(args.readme).write_text(updated)
-    print(f"updated {args.readme}")
+    for path, (_, updated) in updates.items():
+        Path(path).write_text(updated)
+        print(f"updated {path}")
     return 0
 
 

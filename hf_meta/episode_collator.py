@@ -17,7 +17,8 @@ logger = logging.get_logger(__name__)
 
 
 class EpisodeCollator:
-    """Tokenises one episode (a batch of exactly one row) once; the inner loop reuses the tensors every step.
+    """Tokenises an episode once; the inner loop reuses the tensors every step. A batch of several episode rows
+    becomes `{"episodes": [one collated episode per row]}`.
 
     Returns `support_input_ids`, `support_attention_mask`, `support_labels`, the same three for the query set, and
     `num_classes`. Given `frozen_states` (a [`FrozenStates`] built over the episodes' sentences), it reads the token
@@ -74,12 +75,11 @@ class EpisodeCollator:
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if len(rows) != 1:
-            raise ValueError(
-                f"Episodes are processed one per micro-batch, got a batch of {len(rows)}; set "
-                "`per_device_train_batch_size=1` and `per_device_eval_batch_size=1`."
-            )
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("An episode batch is empty; give the collator at least one episode row.")
+        if len(rows) > 1:  # several episodes per micro-batch: each collated alone (see `batch_meta_gradient`)
+            return {"episodes": [self([row]) for row in rows]}
         (row,) = rows
         check_episode_row(row)
         batch = {"num_classes": torch.tensor(len(row["class_names"]))}

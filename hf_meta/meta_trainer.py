@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
-from .adaptation import episode_meta_gradient, episode_query_logits
+from .adaptation import episode_query_logits
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import clamp_max_length
 from .episode_collator import EpisodeCollator, episode_name_phrases
@@ -24,6 +24,7 @@ from .frozen_states import FrozenStates
 from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
 from .learned_inner_loop import LearnedInnerLoop
+from .meta_batch import batch_meta_gradient
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
@@ -39,12 +40,13 @@ TRAINING_ARGS_JSON = "training_args.json"  # `Trainer` pickles them to training_
 class MetaTrainer(Trainer):
     """A `transformers.Trainer` that meta-learns a LoRA initialisation from episodes.
 
-    Each micro-batch is one episode (see [`build_episodes`]). [`compute_loss`] adapts fast copies of the LoRA
-    weights on the support set (the head fitted from the support embeddings, then `inner_steps` SGD steps) and
-    returns a surrogate loss whose gradient is the episode's meta-gradient: the query-loss gradient at the adapted
-    weights (first-order MAML) or `theta - phi_T` (Reptile). The Trainer's `training_step` backpropagates it
-    through `accelerator.backward`, so accumulation, mixed-precision loss scaling, clipping, the optimizer, the
-    scheduler, logging, progress bars and checkpoints are the Trainer's. The base model is frozen, never copied.
+    Each micro-batch holds `per_device_train_batch_size` episodes (see [`build_episodes`]). [`compute_loss`]
+    adapts fast copies of the LoRA weights on each support set (the head fitted from the support embeddings, then
+    `inner_steps` SGD steps) and returns a surrogate loss whose gradient is the episodes' mean meta-gradient: the
+    query-loss gradient at the adapted weights (first-order MAML) or `theta - phi_T` (Reptile). The Trainer's
+    `training_step` backpropagates it through `accelerator.backward`, so accumulation, mixed-precision loss
+    scaling, clipping, the optimizer, the scheduler, logging, progress bars and checkpoints are the Trainer's. The
+    base model is frozen, never copied.
 
     `trainer.evaluate()` adapts to every evaluation episode and reports the query accuracy with its 95% CI over
     episodes; `compute_metrics`, if given, receives an `EvalPrediction` of all query predictions and labels, and
@@ -167,11 +169,12 @@ class MetaTrainer(Trainer):
         return SequentialSampler(self.train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """A surrogate loss whose value is the episode's query loss and whose gradient is its meta-gradient.
+        """A surrogate loss whose value is the episodes' mean query loss and whose gradient is their mean
+        meta-gradient.
 
         The Trainer's `training_step` then divides it by the accumulation steps and calls `accelerator.backward`,
         so gradient accumulation, loss scaling in mixed precision, clipping and the optimizer are the Trainer's.
-        The meta-gradient is averaged over processes here, once per episode: the inner loop calls the base model
+        The meta-gradient is averaged over processes here, once per micro-batch: the inner loop calls the base model
         functionally, never through the DDP wrapper, so DDP's own gradient hooks are never armed.
         """
         if return_outputs:
@@ -179,8 +182,9 @@ class MetaTrainer(Trainer):
         self.model.eval()  # dropout off: the meta-learned adaptation is the deterministic one run at test time
         meta = meta_parameters(self.model)
         _check_finite_weights(meta, f"before meta-step {self.state.global_step + 1}")
-        outcome = episode_meta_gradient(
-            self.encoder, dict(meta), inputs, self.adaptation_config, self.args.algorithm, self.inner_loop
+        episodes = inputs["episodes"] if "episodes" in inputs else [inputs]
+        outcome, accuracies = batch_meta_gradient(
+            self.encoder, dict(meta), episodes, self.adaptation_config, self.args.algorithm, self.inner_loop
         )
         gradients = [outcome.meta_gradient[name].to(param.dtype) for name, param in meta.items()]
         extra = dict(self.inner_loop.named_parameters()) if self.inner_loop is not None else {}
@@ -192,8 +196,8 @@ class MetaTrainer(Trainer):
                 f"Non-finite meta-gradient or loss ({outcome.loss.item()}) at meta-step {self.state.global_step + 1}; "
                 "the outer `learning_rate` or the `inner_learning_rate` is likely too large for this model."
             )
-        if outcome.accuracy is not None:
-            self._query_accuracy += torch.tensor([outcome.accuracy, 1.0], dtype=torch.float64)
+        if accuracies:
+            self._query_accuracy += torch.tensor([sum(accuracies), len(accuracies)], dtype=torch.float64)
         params = [*meta.values(), *extra.values()]
         surrogate = sum((param * grad).sum() for param, grad in zip(params, gradients))
         return outcome.loss.to(surrogate) + surrogate - surrogate.detach()
@@ -204,9 +208,10 @@ class MetaTrainer(Trainer):
         return [chunk.view_as(t).to(t.device) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def floating_point_ops(self, inputs) -> int:
-        """Forward+backward FLOPs of one episode: 6 x parameters x tokens, over every inner step and the query."""
+        """Forward+backward FLOPs of a micro-batch: 6 x parameters x tokens, over every inner step and the query."""
         steps = max(self.args.inner_steps, 1)
-        tokens = inputs["support_attention_mask"].numel() * steps + inputs["query_attention_mask"].numel()
+        episodes = inputs["episodes"] if "episodes" in inputs else [inputs]
+        tokens = sum(e["support_attention_mask"].numel() * steps + e["query_attention_mask"].numel() for e in episodes)
         return 6 * self.model.get_base_model().num_parameters(exclude_embeddings=True) * tokens
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -54,7 +54,14 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
     )
 
     # Changed defaults of TrainingArguments.
-    per_device_train_batch_size: int = field(default=1, metadata={"help": "Episodes per micro-batch (must be 1)."})
+    per_device_train_batch_size: int = field(
+        default=1,
+        metadata={
+            "help": "Episodes per micro-batch. With `inner_steps=0` they share one support pass, one batched head "
+            "fit and one query pass; otherwise they adapt one after another. The meta-batch is this x "
+            "`gradient_accumulation_steps` x processes."
+        },
+    )
     per_device_eval_batch_size: int = field(default=1, metadata={"help": "Episodes per eval batch (must be 1)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep episode columns (must be False)."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Outer (meta) learning rate."})
@@ -67,12 +74,14 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
     )
 
     def __post_init__(self):
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
-            if getattr(self, name) != 1:
-                raise ValueError(
-                    f"`{name}` must be 1 (one episode per micro-batch), got {getattr(self, name)}; raise "
-                    "`gradient_accumulation_steps` to put more episodes in a meta-step."
-                )
+        size = self.per_device_train_batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`per_device_train_batch_size` must be a positive int (episodes), got {size!r}.")
+        if self.per_device_eval_batch_size != 1:
+            raise ValueError(
+                f"`per_device_eval_batch_size` must be 1 (one evaluation episode per batch), got "
+                f"{self.per_device_eval_batch_size}."
+            )
         if self.remove_unused_columns:
             raise ValueError("`remove_unused_columns` must be False: episode columns are not model inputs.")
         check_choice("algorithm", self.algorithm, Algorithm)

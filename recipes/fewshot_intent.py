@@ -77,6 +77,9 @@ def main() -> None:
         # head alone in the inner loop.
         lora_top_layers=3,
         inner_steps=0,
+        # A meta-step of 4 episodes in one micro-batch: with `inner_steps=0` they share the encoder passes.
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
         # After meta-training, episodes of the held-out source domains choose the fitted head's centre and pull,
         # and whether class names join the support set (the training values first).
         adaptation_grid=["head_init=zero,prototypes", "head_l2=0.1,0.03,0.3", "use_label_names=true,false"],

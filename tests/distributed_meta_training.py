@@ -25,7 +25,10 @@ def main(output: str, tokenizer_path: str, accumulation: int) -> None:
         max_steps=3,
         gradient_accumulation_steps=accumulation,
         inner_steps=2,
-        learning_rate=1e-2,
+        # Plain SGD: Adam's first steps are lr x sign(gradient), so an element whose gradient is ~0 turns the
+        # order of float additions in the all-reduce into a full step; SGD moves a weight as its gradient does.
+        optim="sgd",
+        learning_rate=1.0,
         report_to="none",
         disable_tqdm=True,
         seed=0,

@@ -33,7 +33,7 @@ LAYERS = {
     },
     "settings": {"adaptation_config", "meta_training_args", "selection", "model_card"},
     "model": {"inner_loop", "modeling", "learned_inner_loop", "adapter_checks", "frozen_states", "episode_collator"},
-    "algorithm": {"adaptation", "adapter_strength", "serving", "export"},
+    "algorithm": {"adaptation", "meta_batch", "adapter_strength", "serving", "export"},
     "hub and folder I/O": {"classifier_hub"},
     "trainer and classifier": {"classifier", "meta_trainer"},
     "public names": {"__init__"},

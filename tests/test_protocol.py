@@ -80,19 +80,25 @@ def test_readme_block_is_generated_and_checked(tmp_path):
     )
     results = {"command": "python x", "machine": "m", "budget_settings": {"draws": 2}, "rows": rows, "parts": {}}
     (tmp_path / "accuracy.json").write_text(json.dumps(results))
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- accuracy:begin -->\nold numbers\n<!-- accuracy:end -->\noutro\n")
-    argv = ["--results", str(tmp_path / "accuracy.json"), "--readme", str(readme)]
-    assert module.main([*argv, "--check"]) == 1  # stale
-    readme.write_text(module.replace_block(readme.read_text(), module.render(results)))
+    readme, doc = tmp_path / "README.md", tmp_path / "results.md"
+    for path in (readme, doc):
+        path.write_text("intro\n<!-- accuracy:begin -->\nold numbers\n<!-- accuracy:end -->\noutro\n")
+    argv = ["--results", str(tmp_path / "accuracy.json"), "--readme", str(readme), "--results_doc", str(doc)]
+    assert module.main([*argv, "--check"]) == 1  # both stale
+    doc.write_text(module.replace_block(doc.read_text(), module.render(results)))
+    assert module.main([*argv, "--check"]) == 1  # the README's summary still stale
+    readme.write_text(module.replace_block(readme.read_text(), module.render_summary(results)))
     assert module.main([*argv, "--check"]) == 0
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old numbers" not in text
-    assert "| banking77 | 5 | 65.0 ± " in text
+    for path in (readme, doc):
+        text = path.read_text()
+        assert text.startswith("intro\n") and text.endswith("outro\n") and "old numbers" not in text
+        assert "| banking77 | 5 | 65.0 ± " in text
+    assert "frozen_lr |" in doc.read_text() and "frozen_lr |" not in readme.read_text()  # the summary's methods
 
 
 def test_readme_matches_the_committed_results():
-    """The README's protocol tables are the ones `benchmarks/readme_results.py` renders from accuracy.json."""
+    """The README's summary and the tables of docs/results.md are what `benchmarks/readme_results.py` renders from
+    accuracy.json."""
     assert _readme_results().main(["--check"]) == 0
 
 

@@ -238,7 +238,7 @@ def meta_training_episodes(args: MetaTrainingArguments) -> int:
     """How many episodes `args.max_steps` meta-steps consume over all processes."""
     if args.max_steps <= 0:
         raise ValueError(f"`max_steps` must be set (> 0) to size the episode set, got {args.max_steps}.")
-    return args.max_steps * args.gradient_accumulation_steps * args.world_size
+    return args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
 def write_results(path: str | os.PathLike, **content) -> None:

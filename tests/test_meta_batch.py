@@ -1,0 +1,101 @@
+"""Several episodes per micro-batch: the batched meta-step equals the per-episode one, in the Trainer too."""
+
+import pytest
+import torch
+from conftest import tiny_encoder, top_layer_lora
+
+from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta.adaptation import episode_meta_gradient
+from hf_meta.adaptation_config import AdaptationConfig
+from hf_meta.episode_collator import EpisodeCollator
+from hf_meta.meta_batch import batch_meta_gradient
+from hf_meta.modeling import FunctionalEncoder, meta_parameters
+
+
+@pytest.fixture(scope="module")
+def episodes(toy_dataset):
+    # Episodes of different ways, shots and lengths, so padding and class counts differ inside a micro-batch.
+    return build_episodes(toy_dataset, n_way=(2, 4), k_shot=(1, 3), num_query=2, num_episodes=16, seed=0)
+
+
+def collated(episodes, tokenizer, use_label_names):
+    collator = EpisodeCollator(tokenizer, AdaptationConfig(use_label_names=use_label_names), max_length=32)
+    return collator([episodes[i] for i in range(4)])
+
+
+@pytest.mark.parametrize("use_label_names", [True, False])
+@pytest.mark.parametrize("top_layers", [[1], [0, 1]])  # frozen layers below the LoRA, or LoRA everywhere
+def test_batched_meta_gradient_equals_the_mean_over_episodes(episodes, tokenizer, use_label_names, top_layers):
+    model = top_layer_lora(tiny_encoder("bert"), top_layers)
+    encoder = FunctionalEncoder(model)
+    config = AdaptationConfig(inner_steps=0, use_label_names=use_label_names)
+    batch = collated(episodes, tokenizer, use_label_names)
+    assert len(batch["episodes"]) == 4
+    meta = dict(meta_parameters(model))
+    outcome, accuracies = batch_meta_gradient(encoder, meta, batch["episodes"], config)
+    singles = [episode_meta_gradient(encoder, meta, episode, config) for episode in batch["episodes"]]
+    torch.testing.assert_close(outcome.loss, torch.stack([s.loss for s in singles]).mean(), rtol=1e-5, atol=1e-6)
+    assert accuracies == pytest.approx([s.accuracy for s in singles])
+    for name in meta:
+        expected = sum(s.meta_gradient[name] for s in singles) / len(singles)
+        assert expected.abs().max() > 0, name  # a real gradient, not two zeros
+        torch.testing.assert_close(outcome.meta_gradient[name], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_configurations_without_a_shared_start_adapt_episode_by_episode(episodes, tokenizer):
+    model = top_layer_lora(tiny_encoder("bert"), [1])
+    encoder = FunctionalEncoder(model)
+    config = AdaptationConfig(inner_steps=2)  # inner LoRA steps: each episode moves its own fast weights
+    batch = collated(episodes, tokenizer, True)
+    meta = dict(meta_parameters(model))
+    outcome, _ = batch_meta_gradient(encoder, meta, batch["episodes"], config)
+    singles = [episode_meta_gradient(encoder, meta, episode, config) for episode in batch["episodes"]]
+    for name in meta:
+        torch.testing.assert_close(outcome.meta_gradient[name], sum(s.meta_gradient[name] for s in singles) / 4)
+
+
+def train(tmp_path, episodes, tokenizer, batch_size, accumulation):
+    args = MetaTrainingArguments(
+        output_dir=str(tmp_path / f"b{batch_size}"),
+        max_steps=3,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        inner_steps=0,
+        # Plain SGD: Adam's first steps are lr x sign(gradient), so an element whose gradient is ~0 turns float
+        # rounding into a full step; SGD moves each weight in proportion to its gradient.
+        optim="sgd",
+        learning_rate=1.0,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = MetaTrainer(model=tiny_encoder("bert"), args=args, train_dataset=episodes, processing_class=tokenizer)
+    trainer.train()
+    return {name: p.detach().clone() for name, p in meta_parameters(trainer.model).items()}, trainer
+
+
+def test_episodes_per_micro_batch_meta_train_like_accumulated_episodes(tmp_path, episodes, tokenizer):
+    """4 episodes per micro-batch and 4 micro-batches of one episode see the same episodes per meta-step (the
+    sampler is sequential) and take the same steps, to float rounding."""
+    batched, trainer = train(tmp_path, episodes, tokenizer, batch_size=4, accumulation=1)
+    accumulated, _ = train(tmp_path, episodes, tokenizer, batch_size=1, accumulation=4)
+    start = {name: p for name, p in meta_parameters(top_layer_lora(tiny_encoder("bert"), [0, 1])).items()}
+    assert batched.keys() == accumulated.keys()
+    for name in batched:
+        torch.testing.assert_close(batched[name], accumulated[name], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(batched[name], start[name]) for name in batched if name in start)
+    assert trainer.state.global_step == 3
+    accuracies = [log["query_accuracy"] for log in trainer.state.log_history if "query_accuracy" in log]
+    assert all(0.0 <= value <= 1.0 for value in accuracies)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
+        ({"per_device_eval_batch_size": 2}, "per_device_eval_batch_size"),
+    ],
+)
+def test_batch_sizes_are_checked(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainingArguments(output_dir=str(tmp_path), **kwargs)
