@@ -28,7 +28,7 @@ def main(output: str, tokenizer_path: str, accumulation: int) -> None:
         # Plain SGD: Adam's first steps are lr x sign(gradient), so an element whose gradient is ~0 turns the
         # order of float additions in the all-reduce into a full step; SGD moves a weight as its gradient does.
         optim="sgd",
-        learning_rate=1.0,
+        learning_rate=10.0,
         report_to="none",
         disable_tqdm=True,
         seed=0,
