@@ -87,15 +87,3 @@ def test_episodes_per_micro_batch_meta_train_like_accumulated_episodes(tmp_path,
     assert trainer.state.global_step == 3
     accuracies = [log["query_accuracy"] for log in trainer.state.log_history if "query_accuracy" in log]
     assert all(0.0 <= value <= 1.0 for value in accuracies)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
-        ({"per_device_eval_batch_size": 2}, "per_device_eval_batch_size"),
-    ],
-)
-def test_batch_sizes_are_checked(tmp_path, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        MetaTrainingArguments(output_dir=str(tmp_path), **kwargs)

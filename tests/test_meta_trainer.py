@@ -122,7 +122,8 @@ def test_saved_adapter_config_names_hub_id(tmp_path, episodes, tokenizer):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(per_device_train_batch_size=4), "`per_device_train_batch_size` must be 1"),
+        (dict(per_device_train_batch_size=0), "`per_device_train_batch_size` must be a positive int"),
+        (dict(per_device_eval_batch_size=2), "`per_device_eval_batch_size` must be 1"),
         (dict(algorithm="maml2"), "`algorithm` must be one of"),
         (dict(inner_learning_rate=-1.0), "`inner_learning_rate` must be"),
         (dict(head_init="random"), "`head_init` must be"),
