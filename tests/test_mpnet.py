@@ -415,3 +415,41 @@ def test_real_mpnet_end_to_end(data_dir, tmp_path):
     again = FewShotClassifier.from_pretrained(tmp_path / "saved")
     np.testing.assert_allclose(again.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
     assert os.path.samefile(resolve_model_path(MPNET_HUB_ID), path)
+
+
+# ---- The short name in recipes and benchmarks ----------------------------------------------------------------
+
+
+def _benchmark_module(name, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module(name)
+
+
+def test_short_name_assembles_mpnet_and_benchmarks_keep_its_results_apart(pieces, monkeypatch):
+    import argparse
+
+    from hf_meta.bench.scripts import DEFAULT_MODEL, prepare_model
+    from hf_meta.modeling import cached_model_path
+
+    assert prepare_model("minilm") == DEFAULT_MODEL and prepare_model("org/other") == "org/other"
+    assert cached_model_path(MPNET_HUB_ID) is None
+    assert prepare_model("mpnet") == MPNET_HUB_ID and cached_model_path(MPNET_HUB_ID) == mpnet_path()
+
+    common = _benchmark_module("_common", monkeypatch)
+    parser = common.make_parser("doc", "speed.json")
+    assert Path(common.parse(parser, ["--model", "mpnet"], {}).output).name == "speed_mpnet.json"
+    assert Path(common.parse(parser, [], {}).output).name == "speed.json"
+    assert common.parse(parser, ["--model", "mpnet", "--output", "x.json"], {}).output == "x.json"
+
+    accuracy = _benchmark_module("accuracy", monkeypatch)
+    budget = accuracy.MODEL_BUDGETS[MPNET_HUB_ID]["cpu"]
+    args = argparse.Namespace(
+        families=["intent", "sentiment", "topic"], targets=None, draws=None, shots=None, data_dir="unused"
+    )
+    assert [part.name for part in accuracy.parts(args, budget)] == ["banking77", "sst2+sst5", "ag_news"]
+    assert (
+        accuracy.top_layers(budget, "sentiment") == 3 and accuracy.top_layers(accuracy.BUDGETS["cpu"], "intent") == 3
+    )
+    assert accuracy.top_layers(accuracy.BUDGETS["cpu"], "sentiment") is None  # MiniLM's sentiment: every layer
