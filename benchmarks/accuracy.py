@@ -463,7 +463,7 @@ def main(argv=None) -> None:
     reference = "hf_meta" if any(row["method"] == "hf_meta" for row in rows) else "fresh_lora"
     summary = paired_summary(rows, reference, keys=("family", "target", "shots"))
     for family in dict.fromkeys(row["family"] for row in summary):
-        print(f"\n{family}\n" + paired_table([row for row in summary if row["family"] == family]))
+        print(f"\n{family}\n" + paired_table([row for row in summary if row["family"] == family], reference))
     total = sum(part["meta_training_seconds"] + part["evaluation_seconds"] for part in done.values())
     print(f"\nbudget: this run {time.time() - start:.0f} s; all parts in the file {total:.0f} s")
     if not setfit_available():

@@ -453,3 +453,24 @@ def test_short_name_assembles_mpnet_and_benchmarks_keep_its_results_apart(pieces
         accuracy.top_layers(budget, "sentiment") == 3 and accuracy.top_layers(accuracy.BUDGETS["cpu"], "intent") == 3
     )
     assert accuracy.top_layers(accuracy.BUDGETS["cpu"], "sentiment") is None  # MiniLM's sentiment: every layer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["fewshot_sentiment.py", "fewshot_intent.py"])
+def test_recipes_run_on_mpnet_and_name_its_hub_id(recipe, pieces, data_dir, tmp_path, monkeypatch):
+    """Both recipes, `--model_name_or_path` an MPNet folder in hf_meta's cache (the tiny one of the fake pieces):
+    LoRA in the top layer, the card and the saved adapter name the Hub id."""
+    import yaml
+    from test_recipes import ROOT, run_recipe
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # this checkout
+    path = mpnet_path()
+    output = tmp_path / "out"
+    extra = ["--seeds", "0"] if recipe == "fewshot_sentiment.py" else ["--eval_steps", "1", "--save_steps", "1"]
+    results = run_recipe(recipe, output, data_dir, "--model_name_or_path", path, "--lora_top_layers", "1", *extra)
+    assert {row["method"] for row in results["summary"]} >= {"fresh_lora", "frozen_lr", "hf_meta_fomaml"}
+    meta = yaml.safe_load((output / "README.md").read_text().split("---")[1])
+    assert meta["base_model"] == MPNET_HUB_ID
+    saved = json.loads((output / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == MPNET_HUB_ID and saved["layers_to_transform"] == [1]
+    assert saved["target_modules"] and set(saved["target_modules"]) == {"q", "v"}

@@ -85,6 +85,7 @@ def mpnet_path(cache_dir: str | os.PathLike | None = None, verify_hashes: bool =
     Example:
         ```python
         >>> from transformers import AutoModel
+        >>> from hf_meta.modeling import hub_id_of
         >>> model = AutoModel.from_pretrained(mpnet_path())
         >>> hub_id_of(model)
         'sentence-transformers/all-mpnet-base-v2'
