@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from hf_meta.bench.protocols import intent_episodes
-from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, write_results
+from hf_meta.bench.scripts import DEFAULT_MODEL, MODEL_ALIASES, load_encoder, lora_config, prepare_model, write_results
 from hf_meta.data import resolve_data_dir
 from hf_meta.io_utils import atomic_write_text
 
@@ -49,7 +49,9 @@ def make_parser(doc: str, output: str | os.PathLike, model_and_data: bool = True
     parser.add_argument("--output", default=str(RESULTS_DIR / output), help="Results JSON (default: %(default)s).")
     parser.add_argument("--quick", action="store_true", help="Small settings: a smoke run, not a measurement.")
     if model_and_data:
-        parser.add_argument("--model", default=DEFAULT_MODEL, help="Encoder: Hub id or folder.")
+        parser.add_argument(
+            "--model", default=DEFAULT_MODEL, help="Encoder: Hub id, folder, or a short name (`minilm`, `mpnet`)."
+        )
         parser.add_argument(
             "--data_dir", default=None, help="Raw collections; default $HF_META_DATA_DIR, else ../shared/data."
         )
@@ -60,7 +62,20 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: di
     """Parse `argv`; with `--quick`, `quick` replaces the defaults (options given explicitly still win)."""
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**quick)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "model", None):
+        args.model = prepare_model(args.model)  # a short name becomes its Hub id (all-mpnet-base-v2 assembled)
+        if args.model != DEFAULT_MODEL and args.output == parser.get_default("output"):
+            # Results files merge their parts, so another encoder writes its own file (`speed_mpnet.json`, ...)
+            output = Path(args.output)
+            args.output = str(output.with_name(f"{output.stem}_{model_tag(args.model)}{output.suffix}"))
+    return args
+
+
+def model_tag(model: str) -> str:
+    """A short name for `model` in file names: its alias (`mpnet`), else its last path component."""
+    aliases = {hub_id: alias for alias, hub_id in MODEL_ALIASES.items()}
+    return aliases.get(model) or "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model).name)
 
 
 def data_dir(args: argparse.Namespace) -> Path:

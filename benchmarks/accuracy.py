@@ -34,6 +34,17 @@ split 1, saturated for this backbone).
         --output benchmarks/results/accuracy_learned_inner_lr.json  # an ablation, same draws
     python benchmarks/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
 
+On all-mpnet-base-v2 (`--model mpnet`: its five pieces installed, see `hf_meta.bench.mpnet`) the protocol covers
+BANKING77 at 5 shots, SST-2 and SST-5 at 8 and AG News at 8, with LoRA in the top 3 of the 12 layers and fewer
+meta-steps on CPU (`--budget cpu`); `--budget gpu` is the same recipe as MiniLM's large protocol. Results go to
+`benchmarks/results/accuracy_mpnet.json`, never merged with MiniLM's. `--meta_steps 0` meta-trains nothing and
+scores the fresh adapter beside the frozen baselines (pairs are then against `fresh_lora`):
+
+    python benchmarks/accuracy.py --model mpnet                                    # the mpnet protocol (CPU size)
+    python benchmarks/accuracy.py --model mpnet --budget gpu                       # the large mpnet protocol
+    python benchmarks/accuracy.py --model mpnet --families sentiment --score_only sst2 --meta_steps 0 \
+        --setfit_families --output benchmarks/results/accuracy_mpnet_fresh_sst2.json   # a first look, no meta-training
+
 Writes `benchmarks/results/accuracy.json`: `rows` (family, target, shots, method, accuracy, ci95, draws,
 paired_diff, paired_ci95, seconds; hf_meta rows add `versus` and `verdict`), the per-draw `parts`, and the time
 each part took. `python benchmarks/readme_results.py` turns it into the README's tables and plots.
@@ -68,7 +79,8 @@ from hf_meta.bench.protocols import (
     sentiment_tasks,
     topic_episodes,
 )
-from hf_meta.bench.scripts import load_encoder, lora_config
+from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config
+from hf_meta.modeling import with_lora
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +94,8 @@ class Budget:
     setfit_families: tuple[str, ...]
     topic_test_size: int | None
     heldout_episodes: int
+    targets: tuple[str, ...] | None = None  # the parts run by default (`None`: every target of the families)
+    lora_top_layers: int | None = None  # LoRA placement of every family instead of its own (`None`: the family's)
 
 
 BUDGETS = {
@@ -108,6 +122,38 @@ BUDGETS = {
         topic_test_size=None,
         heldout_episodes=600,
     ),
+}
+# all-mpnet-base-v2 (12 layers, 768 wide: about 8x MiniLM's compute per token). On CPU: BANKING77 for intent, 5 and 8
+# shots only, LoRA in the top 3 layers (the frozen-state cache then runs the 9 below once per sentence) and a tenth
+# of MiniLM's meta-steps or less; a sizing for 2 cores, not chosen on validation data. The GPU budget keeps the
+# families' own placements, as on MiniLM.
+MODEL_BUDGETS = {
+    "sentence-transformers/all-mpnet-base-v2": {
+        "cpu": Budget(
+            draws=5,
+            intent_shots=(5,),
+            sentiment_shots=(8,),
+            topic_shots=(8,),
+            meta_steps={"intent": 40, "sentiment": 20, "topic": 30, "heldout_classes": 30},
+            setfit_draws=1,
+            setfit_families=("sentiment", "topic"),
+            topic_test_size=2000,
+            heldout_episodes=100,
+            targets=("banking77", "sst2", "sst5", "ag_news"),
+            lora_top_layers=3,
+        ),
+        "gpu": Budget(
+            draws=10,
+            intent_shots=(1, 5, 10),
+            sentiment_shots=(8, 16),
+            topic_shots=(8, 16),
+            meta_steps={"intent": 1000, "sentiment": 400, "topic": 600, "heldout_classes": 300},
+            setfit_draws=3,
+            setfit_families=("intent", "sentiment", "topic"),
+            topic_test_size=None,
+            heldout_episodes=600,
+        ),
+    }
 }
 QUICK = dict(
     draws=2,
@@ -166,7 +212,8 @@ def parts(args, budget: Budget) -> list[Part]:
         episodes = partial(topic_episodes, TOPIC_SOURCES, args.data_dir, **_shape("topic"))
         tasks = partial(ag_news_tasks, shots["topic"], draws, args.data_dir, budget.topic_test_size)
         found.append(Part("topic", "ag_news", list(TOPIC_SOURCES), episodes, tasks))
-    return [part for part in found if not args.targets or set(part.name.split("+")) & set(args.targets)]
+    targets = args.targets or budget.targets
+    return [part for part in found if not targets or set(part.name.split("+")) & set(targets)]
 
 
 def _sentiment_tasks(shots, draws, data_dir) -> list[FewShotTask]:
@@ -179,13 +226,36 @@ def _shape(family: str, n_way: bool = True) -> dict:
     return {key: FAMILY_SETTINGS[family][key] for key in keys}
 
 
-def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClassifier, FewShotClassifier]:
+def top_layers(budget: Budget, family: str) -> int | None:
+    """The LoRA placement of `family` under `budget` (the budget's override, else the family's own)."""
+    return budget.lora_top_layers if budget.lora_top_layers is not None else FAMILY_SETTINGS[family]["lora_top_layers"]
+
+
+def output_folder(args, part: Part) -> str:
+    suffix = "" if args.model == DEFAULT_MODEL else f"_{args.model.rsplit('/', 1)[-1]}"
+    return f"outputs/accuracy{suffix}/{part.name}"
+
+
+def fresh_classifier(args, budget: Budget, part: Part) -> FewShotClassifier:
+    """A fresh adapter with the part's placement and adaptation settings, as `meta_train` starts from."""
+    settings = FAMILY_SETTINGS[part.family]
+    model, tokenizer = load_encoder(args.model)
+    training_args = MetaTrainingArguments(
+        output_dir=output_folder(args, part), report_to="none", **{**settings["training"], **args.adaptation}
+    )
+    model = with_lora(model, lora_config(model, top_layers(budget, part.family)))
+    return FewShotClassifier(model, tokenizer, training_args.adaptation_config(args.model))
+
+
+def meta_train(
+    args, budget: Budget, part: Part, steps: int, seed: int = 0
+) -> tuple[FewShotClassifier, FewShotClassifier]:
     """`(meta-learned, fresh)` classifiers: the adapter after meta-training on the part's sources, and its init."""
     settings = FAMILY_SETTINGS[part.family]
     set_seed(seed)
     model, tokenizer = load_encoder(args.model)
     training_args = MetaTrainingArguments(
-        output_dir=f"outputs/accuracy/{part.name}",
+        output_dir=output_folder(args, part),
         max_steps=steps,
         gradient_accumulation_steps=4,
         logging_steps=max(1, steps // 5),
@@ -199,7 +269,7 @@ def meta_train(args, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClas
     trainer = MetaTrainer(
         model=model,
         args=training_args,
-        peft_config=lora_config(model, settings["lora_top_layers"]),
+        peft_config=lora_config(model, top_layers(budget, part.family)),
         train_dataset=part.episodes(num_episodes=steps * 4, seed=seed),
         processing_class=tokenizer,
     )
@@ -221,12 +291,19 @@ def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]
 def run_part(args, budget: Budget, part: Part) -> dict:
     """Meta-train the part's adapter, then score every method on every draw of its targets."""
     start = time.time()
-    meta, fresh = meta_train(args, part, args.meta_steps or budget.meta_steps[part.family])
+    steps = budget.meta_steps[part.family] if args.meta_steps is None else args.meta_steps
+    if steps == 0:  # no meta-training: the fresh adapter beside the baselines
+        adapters = {"fresh_lora": fresh_classifier(args, budget, part)}
+        fresh = adapters["fresh_lora"]
+    else:
+        meta, fresh = meta_train(args, budget, part, steps)
+        # `hf_meta` chooses its adapter strength on each draw's labelled examples (the default); `hf_meta_full` is
+        # the same adapter always at full strength (what hf_meta did before the strength existed)
+        adapters = {"hf_meta": meta, "hf_meta_full": FitWith(meta, adapter_strength=1.0), "fresh_lora": fresh}
     meta_seconds = time.time() - start
     tasks = limit_test_set(part.tasks(), args.test_examples)
-    # `hf_meta` chooses its adapter strength on each draw's labelled examples (the default); `hf_meta_full` is the
-    # same adapter always at full strength (what hf_meta did before the strength existed)
-    adapters = {"hf_meta": meta, "hf_meta_full": FitWith(meta, adapter_strength=1.0), "fresh_lora": fresh}
+    if args.score_only:
+        tasks = [task for task in tasks if task.dataset in args.score_only]
     rows = compare_methods(tasks, adapters, frozen=fresh)
     setfit_families = budget.setfit_families if args.setfit_families is None else args.setfit_families
     if part.family in setfit_families and setfit_available():
@@ -260,7 +337,7 @@ def run_heldout_classes(args, budget: Budget) -> dict[str, dict]:
         train_classes, _, test_classes = load_class_split(dataset, 1, args.data_dir)
         episodes = partial(build_episodes, collection["train"], classes=train_classes, **_shape("heldout_classes"))
         part = Part("heldout_classes", dataset, [dataset], episodes, list)
-        meta, fresh = meta_train(args, part, args.meta_steps or budget.meta_steps["heldout_classes"])
+        meta, fresh = meta_train(args, budget, part, args.meta_steps or budget.meta_steps["heldout_classes"])
         rows = []
         for shots in (1, 5):
             test = build_episodes(
@@ -339,9 +416,14 @@ def main(argv=None) -> None:
         choices=["intent", "sentiment", "topic", "heldout_classes"],
     )
     parser.add_argument("--targets", nargs="+", default=None, help="Only the parts holding these targets.")
+    parser.add_argument(
+        "--score_only", nargs="+", default=None, help="Score only these targets of the parts run (default: all)."
+    )
     parser.add_argument("--draws", type=int, default=None, help="Draws of the labelled examples (budget default).")
     parser.add_argument("--shots", type=int, nargs="+", default=None, help="Shot counts of every family.")
-    parser.add_argument("--meta_steps", type=int, default=None, help="Meta-steps of every adapter.")
+    parser.add_argument(
+        "--meta_steps", type=int, default=None, help="Meta-steps of every adapter; 0: no meta-training, fresh only."
+    )
     parser.add_argument("--test_examples", type=int, default=None, help="Only the first N test texts (smoke runs).")
     parser.add_argument(
         "--setfit_families", nargs="*", default=None, help="Families on which SetFit runs (budget default)."
@@ -360,11 +442,18 @@ def main(argv=None) -> None:
     args = parse(parser, argv, QUICK)
     args.adaptation = dict(_setting(item) for item in args.adaptation)
     args.data_dir = str(data_dir(args))
-    budget = BUDGETS[args.budget]
+    if args.meta_steps is not None and args.meta_steps < 0:
+        raise SystemExit(f"`--meta_steps` must be 0 (no meta-training) or more, got {args.meta_steps}.")
+    if args.meta_steps == 0 and "heldout_classes" in args.families:
+        raise SystemExit(
+            "`--meta_steps 0` scores the fresh adapter on the main families only; drop `heldout_classes`."
+        )
+    budget = MODEL_BUDGETS.get(args.model, BUDGETS)[args.budget]
 
     start = time.time()
     previous = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
-    done = dict(previous.get("parts", {})) if previous.get("budget") == args.budget else {}
+    same_run = previous.get("budget") == args.budget and previous.get("model", DEFAULT_MODEL) == args.model
+    done = dict(previous.get("parts", {})) if same_run else {}
     done = {name: _full_strength_labelled(part) for name, part in done.items()}
     if not args.resummarize:
         if "heldout_classes" in args.families:
@@ -373,15 +462,17 @@ def main(argv=None) -> None:
             done[f"{part.family}/{part.name}"] = run_part(args, budget, part)
 
     rows = [row for part in done.values() for row in part["rows"]]
-    summary = paired_summary(rows, "hf_meta", keys=("family", "target", "shots"))
+    reference = "hf_meta" if any(row["method"] == "hf_meta" for row in rows) else "fresh_lora"
+    summary = paired_summary(rows, reference, keys=("family", "target", "shots"))
     for family in dict.fromkeys(row["family"] for row in summary):
-        print(f"\n{family}\n" + paired_table([row for row in summary if row["family"] == family]))
+        print(f"\n{family}\n" + paired_table([row for row in summary if row["family"] == family], reference))
     total = sum(part["meta_training_seconds"] + part["evaluation_seconds"] for part in done.values())
     print(f"\nbudget: this run {time.time() - start:.0f} s; all parts in the file {total:.0f} s")
     if not setfit_available():
         print(SETFIT_MISSING)
     write_json(
         args.output,
+        model=args.model,
         budget=args.budget,
         settings={k: v for k, v in vars(args).items() if k not in ("output", "data_dir")},
         budget_settings=dataclasses.asdict(budget),

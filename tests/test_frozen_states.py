@@ -37,7 +37,7 @@ def assert_same_episode(encoder, episode, tokenizer, states, config):
             torch.testing.assert_close(b.meta_gradient[name], a.meta_gradient[name], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "mpnet"])
 def test_cached_path_equals_plain_path_on_tiny_models(kind, toy_dataset, tokenizer, tmp_path):
     encoder = FunctionalEncoder(top_layer_lora(tiny_encoder(kind, vocab_size=tokenizer.vocab_size), [1]), chunk_size=4)
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=3, num_query=2, num_episodes=2, seed=0)

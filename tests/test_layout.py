@@ -37,7 +37,15 @@ LAYERS = {
     "hub and folder I/O": {"classifier_hub"},
     "trainer and classifier": {"classifier", "meta_trainer"},
     "public names": {"__init__"},
-    "harness": {"bench", "bench.baselines", "bench.comparison", "bench.plots", "bench.protocols", "bench.scripts"},
+    "harness": {
+        "bench",
+        "bench.baselines",
+        "bench.comparison",
+        "bench.mpnet",
+        "bench.plots",
+        "bench.protocols",
+        "bench.scripts",
+    },
 }
 
 

