@@ -16,6 +16,9 @@ Parts (`--parts`):
   threshold chosen the same way (`hf_meta.out_of_scope.choose_threshold` on its held-out probabilities over the same
   folds, same budget). Measures: in-scope accuracy (an out-of-scope answer counts as wrong), the same classifier's
   in-scope accuracy with no out-of-scope answer (`no_oos_accuracy`), out-of-scope recall and precision.
+- `pseudo_oos` (with `--split validation`): HWU64's validation split, a fifth of its intents held out per draw
+  (`split_classes`, seed = draw) as out of scope, the same arms without out-of-scope examples: a second source for
+  choosing the rule.
 - `zero_shot`: BANKING77, CLINC150 and HWU64 test sets: `fit(labels=class_names)` (names only) against the frozen
   embeddings' nearest class name; at 1 shot, `fit` against frozen LR + names.
 - `calibration`: expected calibration error of `predict_proba` on each target's test texts at 1 and 5 shots
@@ -27,7 +30,7 @@ The encoder does not move during these fits, so the benchmark memoises each sent
 and adapter weights) and scores the test texts from their embeddings with the fitted head and rule; the first draw
 checks that `predict` gives the same answers on a sample.
 
-    python benchmarks/out_of_scope.py --split validation --parts clinc_oos        # choose the rule and budget
+    python benchmarks/out_of_scope.py --split validation       # choose the rule and budget (CLINC150, HWU64)
     python benchmarks/out_of_scope.py                                             # the report (test split)
     python benchmarks/out_of_scope.py --adapter outputs/fewshot_intent            # a meta-learned adapter
     python benchmarks/out_of_scope.py --quick --output outputs/out_of_scope.json  # smoke run
@@ -47,7 +50,7 @@ import torch
 from _common import data_dir, make_parser, merge_json, parse, print_table
 from sklearn.linear_model import LogisticRegression
 
-from hf_meta import FewShotClassifier, load_collection
+from hf_meta import FewShotClassifier, load_collection, split_classes
 from hf_meta.adapter_strength import strength_folds
 from hf_meta.bench.comparison import sample_shots
 from hf_meta.calibration import expected_calibration_error
@@ -167,6 +170,82 @@ def scored(classes, proba, scores, threshold, references) -> dict[str, float]:
 # ---- Parts ------------------------------------------------------------------------------------------------------
 
 
+BASELINE = "frozen LR + names max_probability"
+
+
+def one_draw(args, clf, frozen, task: dict, support_texts: list[str], support_labels: list) -> dict:
+    """Every arm on one draw of shots: hf_meta with each rule (without and with the out-of-scope examples) and
+    frozen LR + names with its max-probability threshold chosen the same way (same folds, same budget)."""
+    texts, references = task["texts"], task["references"]
+    row = {}
+    for rule in args.rules:
+        fit(
+            clf,
+            support_texts,
+            support_labels,
+            out_of_scope_label=OOS,
+            out_of_scope_texts=task["oos_train"] or None,
+            out_of_scope_rule=rule,
+        )
+        embeddings = adapted_embeddings(clf, texts)
+        logits = logits_of(clf, embeddings)
+        scores = clf.out_of_scope_.scores(embeddings, logits.softmax(-1)).numpy()
+        proba = logits.softmax(-1).numpy()
+        without = clf.out_of_scope_.estimates["budget_threshold"]
+        row[f"hf_meta {rule}"] = scored(clf.classes_, proba, scores, without, references)
+        row[f"hf_meta {rule}"]["temperature"] = clf.temperature_
+        if task["oos_train"]:
+            row[f"hf_meta {rule} +oos"] = scored(clf.classes_, proba, scores, clf.out_of_scope_threshold, references)
+        if rule == args.rules[0]:
+            row["logits"] = (clf.temperature_, logits)
+            if task.pop("check", False):  # the scoring here is `predict`'s
+                picks = list(range(0, len(texts), max(1, len(texts) // 200)))
+                expected = decide(clf.classes_, proba[picks], scores[picks], OOS, clf.out_of_scope_threshold)
+                assert clf.predict([texts[i] for i in picks]) == expected, "scoring disagrees with `predict`"
+    index = {c: i for i, c in enumerate(clf.classes_)}
+    label_ids = np.array([index[y] for y in support_labels])
+    support = frozen.embed(support_texts)
+    names = task["frozen_names"]
+    folds = strength_folds(label_ids.tolist(), clf.adaptation_config.adapter_strength_folds, True)
+    held_scores, held_correct = lr_held_out(support, label_ids, names, len(names), folds)
+    model = lr_with_names(support, label_ids, names, np.arange(len(names)))
+    proba = model.predict_proba(task["frozen_texts"])
+    arms = [(BASELINE, None)]
+    if task["oos_train"]:
+        arms.append((f"{BASELINE} +oos", torch.from_numpy(model.predict_proba(task["frozen_oos"]).max(1)).float()))
+    for name, examples in arms:
+        threshold = choose_threshold(held_scores, held_correct, examples, clf.out_of_scope_.rejection)
+        row[name] = scored(clf.classes_, proba, proba.max(1), threshold, references)
+    return row
+
+
+def summarise(rows: list[dict], shots_list: list[int], title: str) -> tuple[list[dict], list[dict]]:
+    methods = [key for key in rows[0] if key not in ("shots", "draw", "seconds", "held_out_classes")]
+    summary, paired = [], []
+    for shots in shots_list:
+        mine = [r for r in rows if r["shots"] == shots]
+        for method in methods:
+            entry = {"shots": shots, "method": method}
+            entry.update({m: statistics.mean(r[method][m] for r in mine) for m in MEASURES})
+            summary.append(entry)
+        for method in [m for m in methods if m.startswith("hf_meta")]:
+            other = BASELINE + (" +oos" if method.endswith("+oos") else "")
+            entry = {"shots": shots, "method": f"{method} - {other}"}
+            for measure in ("in_scope_accuracy", "out_of_scope_recall", "out_of_scope_precision"):
+                entry[measure], entry[f"{measure}_ci95"] = mean_ci95(
+                    [r[method][measure] - r[other][measure] for r in mine]
+                )
+            paired.append(entry)
+    print_table(summary, ["shots", "method", *MEASURES], title)
+    columns = ["in_scope_accuracy", "out_of_scope_recall", "out_of_scope_precision"]
+    print_table(
+        paired,
+        ["shots", "method", *(c for m in columns for c in (m, f"{m}_ci95"))],
+        "Paired differences over draws (mean and 95% CI half-width)",
+    )
+    return summary, paired
+
+
 def clinc_oos(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: dict) -> dict:
     root = data_dir(args)
     collection = load_collection("clinc150", root)
@@ -176,85 +255,71 @@ def clinc_oos(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: di
     in_texts = split["text"][: args.eval_examples]
     in_labels = [names[i] for i in split["label"][: args.eval_examples]]
     out_texts = oos[args.split][: args.eval_examples]
-    texts, references = in_texts + out_texts, in_labels + [OOS] * len(out_texts)
-    frozen_texts, frozen_oos = frozen.embed(texts), frozen.embed(oos["train"])
-    frozen_names = frozen.embed([label_phrase(n) for n in names])
+    texts = in_texts + out_texts
+    task = {
+        "texts": texts,
+        "references": in_labels + [OOS] * len(out_texts),
+        "oos_train": oos["train"],
+        "frozen_texts": frozen.embed(texts),
+        "frozen_oos": frozen.embed(oos["train"]),
+        "frozen_names": frozen.embed([label_phrase(n) for n in names]),
+        "check": True,
+    }
     rows = []
     for shots in args.shots:
         for draw in args.draws:
             start = time.perf_counter()
             support_texts, support_labels = sample_shots(collection["train"], shots, draw)
-            row = {"shots": shots, "draw": draw}
-            for rule in args.rules:
-                fit(
-                    clf,
-                    support_texts,
-                    support_labels,
-                    out_of_scope_label=OOS,
-                    out_of_scope_texts=oos["train"],
-                    out_of_scope_rule=rule,
-                )
-                embeddings = adapted_embeddings(clf, texts)
-                logits = logits_of(clf, embeddings)
-                scores = clf.out_of_scope_.scores(embeddings, logits.softmax(-1)).numpy()
-                proba = logits.softmax(-1).numpy()
-                with_examples = clf.out_of_scope_threshold
-                without = clf.out_of_scope_.estimates["budget_threshold"]
-                row[f"hf_meta {rule}"] = scored(clf.classes_, proba, scores, without, references)
-                row[f"hf_meta {rule} +oos"] = scored(clf.classes_, proba, scores, with_examples, references)
-                row[f"hf_meta {rule}"]["temperature"] = clf.temperature_
-                if rule == args.rules[0]:
-                    state.setdefault("clinc150", {})[(shots, draw)] = (clf.temperature_, logits[: len(in_texts)])
-                    if (shots, draw) == (args.shots[0], args.draws[0]):  # the scoring below is `predict`'s
-                        picks = list(range(0, len(texts), max(1, len(texts) // 200)))
-                        expected = decide(clf.classes_, proba[picks], scores[picks], OOS, with_examples)
-                        assert clf.predict([texts[i] for i in picks]) == expected, "scoring disagrees with `predict`"
-            # Frozen LR + names, its max-probability threshold chosen the same way (same folds, same budget).
-            index = {c: i for i, c in enumerate(clf.classes_)}
-            label_ids = np.array([index[y] for y in support_labels])
-            support = frozen.embed(support_texts)
-            folds = strength_folds(label_ids.tolist(), clf.adaptation_config.adapter_strength_folds, True)
-            held_scores, held_correct = lr_held_out(support, label_ids, frozen_names, len(names), folds)
-            model = lr_with_names(support, label_ids, frozen_names, np.arange(len(names)))
-            proba = model.predict_proba(frozen_texts)
-            oos_scores = torch.from_numpy(model.predict_proba(frozen_oos).max(1)).float()
-            baseline = "frozen LR + names max_probability"
-            rejection = clf.out_of_scope_.rejection
-            for name, examples in ((baseline, None), (f"{baseline} +oos", oos_scores)):
-                threshold = choose_threshold(held_scores, held_correct, examples, rejection)
-                row[name] = scored(clf.classes_, proba, proba.max(1), threshold, references)
+            row = {"shots": shots, "draw": draw, **one_draw(args, clf, frozen, task, support_texts, support_labels)}
+            temperature, logits = row.pop("logits")
+            state.setdefault("clinc150", {})[(shots, draw)] = (temperature, logits[: len(in_texts)])
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             print(f"clinc_oos shots={shots} draw={draw}: {row['seconds']} s", flush=True)
-    methods = [key for key in rows[0] if key not in ("shots", "draw", "seconds")]
-    summary, paired = [], []
-    baseline = "frozen LR + names max_probability"
-    for shots in args.shots:
-        mine = [r for r in rows if r["shots"] == shots]
-        for method in methods:
-            entry = {"shots": shots, "method": method}
-            entry.update({m: statistics.mean(r[method][m] for r in mine) for m in MEASURES})
-            summary.append(entry)
-        for method in [m for m in methods if m.startswith("hf_meta")]:
-            other = baseline + (" +oos" if method.endswith("+oos") else "")
-            entry = {"shots": shots, "method": f"{method} - {other}"}
-            for measure in ("in_scope_accuracy", "out_of_scope_recall", "out_of_scope_precision"):
-                entry[measure], entry[f"{measure}_ci95"] = mean_ci95(
-                    [r[method][measure] - r[other][measure] for r in mine]
-                )
-            paired.append(entry)
     title = (
         f"CLINC150 {args.split}: {len(in_texts)} in-scope + {len(out_texts)} out-of-scope texts, draws {args.draws}"
     )
-    print_table(summary, ["shots", "method", *MEASURES], title)
-    columns = ["in_scope_accuracy", "out_of_scope_recall", "out_of_scope_precision"]
-    print_table(
-        paired,
-        ["shots", "method", *(c for m in columns for c in (m, f"{m}_ci95"))],
-        "Paired differences over draws (mean and 95% CI half-width)",
-    )
+    summary, paired = summarise(rows, args.shots, title)
     counts = {"in_scope": len(in_texts), "out_of_scope": len(out_texts), "out_of_scope_train": len(oos["train"])}
     return {"texts": counts, "rows": rows, "summary": summary, "paired": paired}
+
+
+def pseudo_oos(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: dict) -> dict:
+    """HWU64's validation split with a fifth of its intents held out per draw: the classifier is fitted on the
+    other intents and must answer out of scope for the held-out ones (no out-of-scope examples given)."""
+    collection = load_collection("hwu64", data_dir(args))
+    names = collection["train"].features["label"].names
+    validation = collection["validation"]
+    rows = []
+    for draw in args.draws:
+        kept, held_out = split_classes(collection["train"], (0.8, 0.2), seed=draw)
+        kept_ids = {names.index(n) for n in kept}
+        train = collection["train"].select([i for i, y in enumerate(collection["train"]["label"]) if y in kept_ids])
+        in_rows = [i for i, y in enumerate(validation["label"]) if y in kept_ids]
+        out_rows = [i for i, y in enumerate(validation["label"]) if y not in kept_ids]
+        in_rows, out_rows = in_rows[: args.eval_examples], out_rows[: args.eval_examples]
+        texts = [validation["text"][i] for i in in_rows + out_rows]
+        references = [names[validation["label"][i]] for i in in_rows] + [OOS] * len(out_rows)
+        kept_names = sorted(kept)
+        task = {
+            "texts": texts,
+            "references": references,
+            "oos_train": [],
+            "frozen_texts": frozen.embed(texts),
+            "frozen_names": frozen.embed([label_phrase(n) for n in kept_names]),
+        }
+        for shots in args.shots:
+            start = time.perf_counter()
+            support_texts, support_labels = sample_shots(train, shots, draw)
+            row = {"shots": shots, "draw": draw, "held_out_classes": sorted(held_out)}
+            row.update(one_draw(args, clf, frozen, task, support_texts, support_labels))
+            row.pop("logits")
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            print(f"pseudo_oos shots={shots} draw={draw}: {row['seconds']} s", flush=True)
+    title = f"HWU64 validation, a fifth of the intents held out as out of scope, draws {args.draws}"
+    summary, paired = summarise(rows, args.shots, title)
+    return {"rows": rows, "summary": summary, "paired": paired}
 
 
 MEASURES = ["in_scope_accuracy", "no_oos_accuracy", "accuracy_drop", "out_of_scope_recall", "out_of_scope_precision"]
@@ -372,7 +437,7 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
     return {"rows": rows, "summary": summary}
 
 
-PARTS = {"clinc_oos": clinc_oos, "zero_shot": zero_shot, "calibration": calibration}
+PARTS = {"clinc_oos": clinc_oos, "pseudo_oos": pseudo_oos, "zero_shot": zero_shot, "calibration": calibration}
 
 
 def main(argv=None) -> None:
@@ -395,8 +460,8 @@ def main(argv=None) -> None:
     clf, frozen = load_classifier(args)
     state: dict = {}
     for part in args.parts:
-        if part != "clinc_oos" and args.split != "test":
-            continue  # the zero-shot and calibration parts report test sets; only CLINC150 has a validation part
+        if (part == "pseudo_oos") != (args.split == "validation") and part != "clinc_oos":
+            continue  # choosing settings: CLINC150 and HWU64 validation; the report: CLINC150 and the test sets
         result = PARTS[part](args, clf, frozen, state)
         merge_json(args.output, f"{part}_{args.split}", {"adapter": args.adapter, "draws": args.draws, **result})
 
