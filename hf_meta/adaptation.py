@@ -45,6 +45,7 @@ def adapt(
     names: dict[str, torch.Tensor] | None = None,
     learning_rates: Weights | None = None,
     gradient_sum: Weights | None = None,
+    embeddings_out: dict[str, torch.Tensor | None] | None = None,
 ) -> tuple[Weights, list[float]]:
     """Run the inner loop on a support set from the LoRA weights `init`.
 
@@ -60,6 +61,8 @@ def adapt(
         learning_rates: one inner learning rate per fast-weight name (LoRA tensors and `HEAD`), e.g. the learned
             ones of [`LearnedInnerLoop`]; default `config.inner_learning_rate` for all.
         gradient_sum: receives the per-tensor sum of the support gradients (see [`sgd_adapt`]).
+        embeddings_out: receives the support embeddings (`"support"`) and name embeddings (`"names"`, or `None`)
+            at `init`, detached (e.g. for a cross-validation on them without another encoder pass).
 
     Returns:
         The adapted fast weights (LoRA tensors and the head under `HEAD`) and the support loss before each step.
@@ -97,6 +100,9 @@ def adapt(
 
     with torch.enable_grad():
         embeddings, with_names = embed_all(lora)
+        if embeddings_out is not None:
+            embeddings_out["support"] = embeddings.detach()
+            embeddings_out["names"] = None if names is None else with_names[len(labels) :].detach()
         head = fitted_head(
             embeddings, labels, num_classes, config, None if names is None else with_names[len(labels) :]
         )

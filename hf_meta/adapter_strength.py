@@ -75,6 +75,10 @@ class StrengthChoice:
     # With `inner_steps=0`: the head fitted on every labelled example at the chosen strength, which is the whole
     # of that fit (the encoder is the scaled meta-weights), so `fit` need not run it again.
     head: torch.Tensor | None = None
+    # With `head`: the labelled examples' and class names' embeddings at the chosen strength that it was fitted on.
+    embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    # The held-out logits of each fold at the chosen strength (e.g. for a temperature; hf_meta/calibration.py).
+    fold_logits: list[torch.Tensor] | None = None
 
     def summary(self) -> str:
         if self.cv_accuracy is None:
@@ -123,6 +127,7 @@ def choose_strength(
         if names is not None:
             names = encoder.cache_frozen_layers(names)
     scores: dict[float, dict[str, float]] = {}
+    held_out_logits: dict[float, list[torch.Tensor]] = {}
     fast_embeddings: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
     everything = np.arange(len(labels))
     for strength in config.adapter_strength_grid:
@@ -141,6 +146,7 @@ def choose_strength(
                 adapted, _ = adapt(encoder, init, batch, num_classes, config, names, learning_rates)
                 held_rows = torch.as_tensor(held, device=labels.device)
                 logits_per_fold.append(predict_logits(encoder, adapted, _rows(support, held_rows), config))
+        held_out_logits[strength] = [logits.detach() for logits in logits_per_fold]
         correct, loss, count = 0, 0.0, 0
         for held, logits in zip(folds, logits_per_fold):
             targets = labels[torch.as_tensor(held, device=labels.device)]
@@ -149,11 +155,20 @@ def choose_strength(
             count += len(held)
         scores[strength] = {"accuracy": correct / count, "loss": loss / count}
     best = max(scores, key=lambda a: (scores[a]["accuracy"], -scores[a]["loss"]))
-    head = None
+    head = chosen = None
     if fast:  # the chosen strength's fit on every example: exactly what `adapt` computes with `inner_steps=0`
         embeddings, name_embeddings = fast_embeddings[best]
         head = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
-    return StrengthChoice(best, scores[best]["accuracy"], scores, folds=len(folds), head=head)
+        chosen = fast_embeddings[best]
+    return StrengthChoice(
+        best,
+        scores[best]["accuracy"],
+        scores,
+        folds=len(folds),
+        head=head,
+        embeddings=chosen,
+        fold_logits=held_out_logits[best],
+    )
 
 
 def _fold_logits_head_only(

@@ -14,18 +14,20 @@ import torch
 from peft import PeftModel
 from transformers.utils import logging
 
-from . import serving
+from . import out_of_scope, serving
 from .adaptation import adapt
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import check_peft_model, check_tokenizer, position_limit
 from .adapter_strength import StrengthChoice, choose_strength, strength_folds
 from .augmentation import augment_support
+from .calibration import Calibration
 from .classifier_hub import ClassifierHubMixin
 from .inner_loop import HEAD, head_logits
 from .label_names import label_phrase, names_are_usable
 from .learned_inner_loop import LearnedInnerLoop
 from .metrics import accuracy
 from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adapter
+from .out_of_scope import OutOfScopeDetector
 from .self_training import SelfTrainingConfig, as_self_training_config, select_confident, unlabelled_pool
 from .validation import check_labels, check_texts, non_finite
 
@@ -98,6 +100,11 @@ class FewShotClassifier(ClassifierHubMixin):
         self.adapter_strength_: float | None = None
         self.cv_accuracy_: float | None = None
         self.strength_scores_: dict[float, dict[str, float]] = {}
+        # The temperature `fit` folded into the head and the out-of-scope rule (hf_meta/calibration.py and
+        # hf_meta/out_of_scope.py); `None` when the last fit had none.
+        self.temperature_: float | None = None
+        self.calibration_: Calibration | None = None
+        self.out_of_scope_: OutOfScopeDetector | None = None
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
         self._serving = None  # `freeze`: (merged serving copy, the weights and settings it was built from)
@@ -120,17 +127,26 @@ class FewShotClassifier(ClassifierHubMixin):
         self.meta_weights = {name: w.to(device) for name, w in self.meta_weights.items()}
         if self.weights is not None:
             self.weights = {name: w.to(device) for name, w in self.weights.items()}
+        if self.out_of_scope_ is not None and self.out_of_scope_.prototypes is not None:
+            self.out_of_scope_.prototypes = self.out_of_scope_.prototypes.to(device)
         return self
 
     # ---- Adaptation -----------------------------------------------------------------------------------------
 
     def fit(
         self,
-        texts: Sequence[str],
-        labels: Sequence,
+        texts: Sequence[str] | None = None,
+        labels: Sequence | None = None,
         label_descriptions: Mapping[Any, str] | None = None,
         unlabeled_texts: Sequence[str] | None = None,
         self_training: Any = None,
+        *,
+        out_of_scope_label: str | int | None = None,
+        out_of_scope_texts: Sequence[str] | None = None,
+        out_of_scope_threshold: float | None = None,
+        out_of_scope_rule: str = out_of_scope.DEFAULT_RULE,
+        out_of_scope_rejection: float = out_of_scope.DEFAULT_REJECTION,
+        calibrate: bool = True,
         **overrides: Any,
     ) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
@@ -145,6 +161,23 @@ class FewShotClassifier(ClassifierHubMixin):
         predictions per class join the labelled set and the classifier is fitted again, for a few rounds (settings:
         `self_training=`, a [`SelfTrainingConfig`] or a dict of its fields; see `hf_meta/self_training.py`).
 
+        **Zero-shot.** Without `texts`, `labels` lists the classes and each class's name (or its entry in
+        `label_descriptions`) is its one example; with `label_descriptions` alone its keys are the classes (ints
+        too). Names that are codes need a description.
+
+        **Out of scope.** With `out_of_scope_label`, `predict` answers that label for texts that belong to no class
+        (see `hf_meta/out_of_scope.py`): texts whose in-scope score under `out_of_scope_rule` (`"prototype"`, the
+        highest cosine similarity to a class prototype, or `"max_probability"`) is below `out_of_scope_threshold`.
+        Unless given, the threshold is chosen by cross-validation on the labelled examples to reject the share
+        `out_of_scope_rejection` of in-scope texts, or less where the out-of-scope examples (`out_of_scope_texts`,
+        and any texts labelled `out_of_scope_label`) show that rejecting more would catch none of them.
+        `predict_proba` stays a distribution over the classes.
+
+        **Calibration.** With `calibrate` (the default) a temperature fitted on cross-validated logits is folded
+        into the head, so `predict_proba`'s probabilities mean what they say (`temperature_`, `calibration_`; see
+        `hf_meta/calibration.py`); no prediction changes. Without a possible fold (one example per class and no
+        usable names) the probabilities stay as fitted.
+
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
         again from the settings the adapter was loaded with.
@@ -156,15 +189,47 @@ class FewShotClassifier(ClassifierHubMixin):
             10
             >>> clf.fit(texts, labels, label_descriptions={"apr": "annual percentage rate"})
             >>> clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 10})
+            >>> clf.fit(labels=["card_arrival", "exchange_rate", "pin_blocked"])          # zero-shot from names
+            >>> clf.fit(texts, labels, out_of_scope_label="oos", out_of_scope_texts=["tell me a joke"])
+            >>> clf.predict(["what is the weather on mars"])
+            ['oos']
             ```
         """
+        scope = out_of_scope.ScopeSettings(
+            out_of_scope_label,
+            [] if out_of_scope_texts is None else check_texts(out_of_scope_texts, "out_of_scope_texts"),
+            out_of_scope_threshold,
+            out_of_scope_rule,
+            out_of_scope_rejection,
+            calibrate,
+        )
         if unlabeled_texts is not None or self_training is not None:
-            fit_kwargs = {"label_descriptions": label_descriptions, **overrides}  # every refit uses the same names
+            scope_kwargs = {
+                "out_of_scope_label": out_of_scope_label,
+                "out_of_scope_texts": out_of_scope_texts,
+                "out_of_scope_threshold": out_of_scope_threshold,
+                "out_of_scope_rule": out_of_scope_rule,
+                "out_of_scope_rejection": out_of_scope_rejection,
+                "calibrate": calibrate,
+            }
+            fit_kwargs = {"label_descriptions": label_descriptions, **scope_kwargs, **overrides}  # the same each refit
             return self._self_train(texts, labels, unlabeled_texts, self_training, fit_kwargs)
+        zero_shot = texts is None
+        if zero_shot:  # the class names (or descriptions) are the examples
+            texts, labels, overrides = _zero_shot_examples(labels, label_descriptions, scope.label, overrides)
+            label_descriptions = None
         texts = check_texts(texts, "texts")
+        if labels is None:
+            raise ValueError("`labels` is missing; give one label per text in `texts`.")
         labels = list(labels) if not isinstance(labels, str | Sequence | np.ndarray) else labels  # a generator
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
+        texts, labels, scope.texts = out_of_scope.split_out_of_scope(texts, list(labels), scope.label, scope.texts)
+        if not texts:
+            raise ValueError(
+                f"Every text is labelled `out_of_scope_label` ({scope.label!r}); give labelled examples of the "
+                "classes too, or fit zero-shot from the class names (`fit(labels=[...])`)."
+            )
         labels, classes = _check_labels(labels)
         config = self._config_with(overrides)
         encoder = self._encoder_for(config)
@@ -182,10 +247,12 @@ class FewShotClassifier(ClassifierHubMixin):
             encoder, texts, [index[label] for label in labels], config, names, rates, "adapter_strength" in overrides
         )
         init = self.meta_weights if choice is None else scaled_adapter(self.meta_weights, choice.strength)
+        seen: dict[str, torch.Tensor | None] = {}  # the support embeddings at `init`, for the cross-validation below
         if choice is not None and choice.head is not None:  # the cross-validation already fitted all of it
             weights, losses = {**{name: w.detach().clone() for name, w in init.items()}, HEAD: choice.head}, []
+            seen = dict(zip(("support", "names"), choice.embeddings))
         else:
-            weights, losses = adapt(encoder, init, batch, len(classes), config, names, rates)
+            weights, losses = adapt(encoder, init, batch, len(classes), config, names, rates, embeddings_out=seen)
         bad = non_finite(weights)
         if bad:
             raise FloatingPointError(
@@ -194,8 +261,28 @@ class FewShotClassifier(ClassifierHubMixin):
                 f"({config.inner_learning_rate}) or `inner_steps` ({config.inner_steps}), or `logit_scale` "
                 f"({config.logit_scale}). The classifier keeps its previous state."
             )
+        support = batch
+        needed = scope.calibrate or scope.label is not None
+        if needed and (config.support_augmentation != "none" or not seen):  # held out: the texts as given
+            support, seen = self._tokenize(texts, config), {}
+            support["labels"] = torch.tensor([index[label] for label in labels], device=self.device)
+        weights, calibration, detector = out_of_scope.calibrate_and_detect(
+            encoder,
+            init,
+            weights,
+            support,
+            names,
+            len(classes),
+            config,
+            scope,
+            lambda lora, some: self._embed_at(encoder, lora, some, config),
+            (seen["support"], seen["names"]) if seen else None,
+            None if choice is None else choice.fold_logits,
+        )
         self.weights, self.classes_, self.adaptation_config, self.encoder = weights, classes, config, encoder
-        self.shots_ = [sum(1 for label in labels if label == c) for c in classes]
+        self.shots_ = [0 if zero_shot else sum(1 for label in labels if label == c) for c in classes]
+        self.calibration_, self.out_of_scope_ = calibration, detector
+        self.temperature_ = None if calibration is None else calibration.temperature
         self.pseudo_labeled_: list[tuple[str, Any]] = []  # (text, label) pairs added by self-training, if any
         self.adapter_strength_ = None if choice is None else choice.strength
         self.cv_accuracy_ = None if choice is None else choice.cv_accuracy
@@ -330,26 +417,76 @@ class FewShotClassifier(ClassifierHubMixin):
         return FunctionalEncoder(self.model, config.pooling, config.normalize_embeddings, chunk_size=self.batch_size)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, columns in the order of `classes_`.
+        """Class probabilities, columns in the order of `classes_`; every row sums to 1.
 
         Every text gets a prediction; empty or whitespace texts too (from the special tokens alone), with one
-        warning per call naming how many there were.
+        warning per call naming how many there were. With an out-of-scope label there is no column for it: the
+        probabilities are over the fitted classes, and `predict` answers the out-of-scope label where the text's
+        `in_scope_scores` falls below `out_of_scope_threshold`, whatever the probabilities say.
         """
+        return self._predict_arrays(texts, scores=False)[0]
+
+    def in_scope_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """The score the out-of-scope rule thresholds, in [0, 1]: a text is out of scope when it is below
+        `out_of_scope_threshold` (`"prototype"` rule: the highest cosine similarity to a class prototype;
+        `"max_probability"`: the predicted class's probability).
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels, out_of_scope_label="oos")
+            >>> clf.in_scope_scores(["my card has not arrived", "how tall is everest"]) < clf.out_of_scope_threshold
+            array([False,  True])
+            ```
+        """
+        self._require_out_of_scope("in_scope_scores")
+        return self._predict_arrays(texts, scores=True)[1]
+
+    def _predict_arrays(self, texts: Sequence[str], scores: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, with `scores`, the in-scope scores of `texts` (one pass over the encoder)."""
         if self.weights is None:
             raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
         texts = check_texts(texts, "texts", allow_empty=True, allow_blank=True)
         if not texts:
-            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+            return np.zeros((0, len(self.classes_)), dtype=np.float32), np.zeros(0, dtype=np.float32)
         blank = sum(1 for text in texts if not text.strip())
         if blank:
             warnings.warn(
                 f"{blank} of the {len(texts)} text(s) are empty or whitespace; they are predicted from the special "
                 "tokens alone, which says nothing about their class. Drop them or give them text.",
-                stacklevel=2,
+                stacklevel=3,
             )
         # One tokenisation, run in length-sorted chunks of `batch_size` under `torch.inference_mode`, through the
         # merged serving copy after `freeze` (hf_meta/serving.py).
-        return serving.probabilities(self, self._tokenize(texts, self.adaptation_config)).cpu().numpy()
+        batch = self._tokenize(texts, self.adaptation_config)
+        if not scores:
+            return serving.probabilities(self, batch).cpu().numpy(), None
+        probabilities, embeddings = serving.probabilities_and_embeddings(self, batch)
+        in_scope = self.out_of_scope_.scores(embeddings, probabilities)
+        return probabilities.cpu().numpy(), in_scope.cpu().numpy()
+
+    @property
+    def out_of_scope_label(self) -> str | int | None:
+        """What `predict` answers for out-of-scope texts; `None` when the last `fit` had no `out_of_scope_label`."""
+        return None if self.out_of_scope_ is None else self.out_of_scope_.label
+
+    @property
+    def out_of_scope_threshold(self) -> float | None:
+        """Texts whose `in_scope_scores` is below it are out of scope; set it to change the rule's threshold (a
+        number in [0, 1]; `save_pretrained` saves it)."""
+        return None if self.out_of_scope_ is None else self.out_of_scope_.threshold
+
+    @out_of_scope_threshold.setter
+    def out_of_scope_threshold(self, value: float) -> None:
+        self._require_out_of_scope("out_of_scope_threshold")
+        self.out_of_scope_.threshold = out_of_scope.check_threshold(value)
+        self.out_of_scope_.estimates = {"chosen": False}  # the cross-validated estimates were for the old one
+
+    def _require_out_of_scope(self, what: str) -> None:
+        if self.out_of_scope_ is None:
+            raise RuntimeError(
+                f"`{what}` needs an out-of-scope rule, and the last `fit` had none; fit with "
+                "`out_of_scope_label='oos'` (or another label that is no class) first."
+            )
 
     def embed(self, texts: Sequence[str], adapted: bool = False) -> np.ndarray:
         """Sentence embeddings at the meta-initialised weights (for a fresh adapter: the frozen encoder's), or, with
@@ -375,6 +512,12 @@ class FewShotClassifier(ClassifierHubMixin):
         # scores, bit for bit.
         return serving.run_length_sorted(batch, self.batch_size, lambda chunk: self.encoder(lora, chunk)).cpu().numpy()
 
+    def _embed_at(
+        self, encoder: FunctionalEncoder, lora: dict[str, torch.Tensor], texts: list[str], config: AdaptationConfig
+    ) -> torch.Tensor:
+        batch = self._tokenize(texts, config)
+        return serving.run_length_sorted(batch, self.batch_size, lambda chunk: encoder(lora, chunk))
+
     @torch.no_grad()
     def proba_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         """Class probabilities from embeddings given by `embed(texts, adapted=True)` after the same `fit`: the
@@ -392,9 +535,26 @@ class FewShotClassifier(ClassifierHubMixin):
             )
         return head_logits(embeddings, head, self.adaptation_config.logit_scale).softmax(-1).cpu().numpy()
 
-    def predict(self, texts: Sequence[str]) -> list:
-        """Predicted labels, in the label space given to `fit`."""
-        return [self.classes_[i] for i in self.predict_proba(texts).argmax(-1)]
+    def predict(self, texts: Sequence[str], out_of_scope_threshold: float | None = None) -> list:
+        """Predicted labels, in the label space given to `fit`, or the out-of-scope label for texts whose
+        `in_scope_scores` is below the threshold (`out_of_scope_threshold` here, else the classifier's).
+
+        Example:
+            ```python
+            >>> clf.fit(texts, labels, out_of_scope_label="oos").predict(["how tall is everest"])
+            ['oos']
+            >>> clf.predict(["how tall is everest"], out_of_scope_threshold=0.0)     # 0: never out of scope
+            ['card_arrival']
+            ```
+        """
+        if out_of_scope_threshold is not None:
+            self._require_out_of_scope("predict(..., out_of_scope_threshold=...)")
+            out_of_scope_threshold = out_of_scope.check_threshold(out_of_scope_threshold)
+        if self.out_of_scope_ is None:
+            return [self.classes_[i] for i in self.predict_proba(texts).argmax(-1)]
+        probabilities, scores = self._predict_arrays(texts, scores=True)
+        threshold = self.out_of_scope_.threshold if out_of_scope_threshold is None else out_of_scope_threshold
+        return out_of_scope.decide(self.classes_, probabilities, scores, self.out_of_scope_.label, threshold)
 
     def __call__(self, texts: str | Sequence[str], top_k: int | None = serving._TOP_K_UNSET) -> list:
         """Classify like transformers' `pipeline("text-classification")`: `[{"label": ..., "score": ...}]`.
@@ -408,10 +568,19 @@ class FewShotClassifier(ClassifierHubMixin):
             [{'label': 'card_arrival', 'score': ...}]
             >>> clf(["my card still hasn't arrived", "what is the euro rate"], top_k=2)   # two dicts per text
             ```
+
+        With an out-of-scope rule and no `top_k`, a text out of scope gets the out-of-scope label, as in `predict`
+        (its `score` stays its best class's probability); with `top_k` the lists rank the classes only.
         """
         single = isinstance(texts, str)
-        probs = self.predict_proba([texts] if single else texts)
-        return serving.pipeline_outputs(self.classes_, probs, single, top_k)
+        scoped = self.out_of_scope_ is not None and top_k is serving._TOP_K_UNSET
+        probs, scores = self._predict_arrays([texts] if single else texts, scores=scoped)
+        outputs = serving.pipeline_outputs(self.classes_, probs, single, top_k)
+        if scoped:
+            for output, score in zip(outputs, scores):
+                if score < self.out_of_scope_.threshold:
+                    output["label"] = self.out_of_scope_.label
+        return outputs
 
     def freeze(self) -> FewShotClassifier:
         """Merge the adapted LoRA delta into a serving copy of the encoder that `predict` then runs on.
@@ -485,11 +654,14 @@ class FewShotClassifier(ClassifierHubMixin):
         predictions = self.predict(texts)
         if metric is None:
             result = accuracy(predictions, references)
-            return {
+            result = {
                 "accuracy": result["accuracy"],
                 "accuracy_ci95": result["accuracy_ci95"],
                 "num_examples": len(texts),
             }
+            if self.out_of_scope_ is not None:
+                result.update(out_of_scope.scope_metrics(predictions, references, self.out_of_scope_.label))
+            return result
         if isinstance(metric, str):
             try:
                 import evaluate
@@ -502,7 +674,8 @@ class FewShotClassifier(ClassifierHubMixin):
                     "hf_meta's accuracy."
                 ) from None
         if hasattr(metric, "compute"):
-            index = {c: i for i, c in enumerate(self.classes_)}
+            answers = [*self.classes_, *([self.out_of_scope_.label] if self.out_of_scope_ is not None else [])]
+            index = {c: i for i, c in enumerate(answers)}
             result = metric.compute(
                 predictions=[index[p] for p in predictions], references=[index[y] for y in references]
             )
@@ -520,8 +693,9 @@ class FewShotClassifier(ClassifierHubMixin):
     def _as_classes(self, labels: list) -> list:
         """`labels` in the classes' own values; a label of another type maps through its text (`"3"` -> `3`)."""
         labels = [label.item() if isinstance(label, np.generic) else label for label in labels]
-        known = set(self.classes_)
-        by_text = {str(c): c for c in self.classes_}
+        answers = [*self.classes_, *([self.out_of_scope_.label] if self.out_of_scope_ is not None else [])]
+        known = set(answers)
+        by_text = {str(c): c for c in answers}
         mapped = [label if label in known else by_text.get(str(label), label) for label in labels]
         unknown = sorted({str(label) for label in mapped if label not in known})
         if unknown:
@@ -606,6 +780,47 @@ def _name_phrases(classes: list, descriptions: dict, use_label_names: bool = Tru
         )
         return None
     return [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
+
+
+def _zero_shot_examples(
+    labels: Sequence | None, label_descriptions: Any, out_of_scope_label: Any, overrides: dict[str, Any]
+) -> tuple[list[str], list, dict[str, Any]]:
+    """Zero-shot `fit`: one example per class, its description or its name as a phrase, and the fit's overrides
+    with `use_label_names` off (the names are the examples already)."""
+    if labels is None:
+        if not label_descriptions:
+            raise ValueError(
+                "`fit` needs `texts` and `labels`, or, zero-shot, the class names as `labels` (e.g. "
+                "`fit(labels=['card_arrival', 'exchange_rate'])`) or `label_descriptions` (a dict from class to text)."
+            )
+        classes = list(label_descriptions) if isinstance(label_descriptions, Mapping) else []
+        _check_descriptions(classes, label_descriptions)  # a clear error when it is no mapping
+    elif isinstance(labels, str):
+        raise TypeError("`labels` must be a list of class names, got a single string; wrap it in a list.")
+    else:
+        classes = list(dict.fromkeys(label.item() if isinstance(label, np.generic) else label for label in labels))
+    _, classes = _check_labels(classes)
+    if out_of_scope_label is not None and out_of_scope_label in classes:
+        raise ValueError(
+            f"`out_of_scope_label` {out_of_scope_label!r} is also one of the classes; the out-of-scope answer must be "
+            "no class. Drop it from the classes or choose another label."
+        )
+    if overrides.get("use_label_names") is False:
+        raise ValueError(
+            "A zero-shot `fit` (no `texts`) learns from the class names alone, so `use_label_names=False` leaves "
+            "nothing to learn from; drop it, or give labelled `texts`."
+        )
+    descriptions = _check_descriptions(classes, label_descriptions)
+    undescribed = [c for c in classes if c not in descriptions]
+    if undescribed and not names_are_usable(undescribed if len(undescribed) < len(classes) else classes):
+        codes = [c for c in undescribed if not names_are_usable([c])][:3] or undescribed[:3]
+        raise ValueError(
+            f"A zero-shot `fit` (no `texts`) needs words for every class, but names such as {codes} carry none (int "
+            f"labels or codes). Describe every such class, e.g. `label_descriptions={{{codes[0]!r}: 'what its texts "
+            "are about', ...}`, or give labelled `texts`."
+        )
+    phrases = [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
+    return phrases, classes, {**overrides, "use_label_names": False}
 
 
 def _check_labels(labels: Sequence) -> tuple[list, list]:

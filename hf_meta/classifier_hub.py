@@ -39,6 +39,7 @@ from .adapter_checks import (
     refuse_folder_without_model,
     refuse_remote_code,
 )
+from .calibration import Calibration
 from .inner_loop import HEAD
 from .io_utils import MANIFEST_NAME, atomic_directory, atomic_write_text, verify_saved_folder
 from .learned_inner_loop import INNER_LOOP_FILE, LearnedInnerLoop
@@ -50,6 +51,7 @@ from .modeling import (
     resolve_model_path,
     with_lora,
 )
+from .out_of_scope import PROTOTYPES_KEY, load_detector
 from .validation import non_finite
 
 if TYPE_CHECKING:
@@ -66,7 +68,8 @@ class ClassifierHubMixin:
     A mixin in the way of `huggingface_hub.ModelHubMixin`: the class that inherits it is built as
     `cls(model, tokenizer, adaptation_config, inner_loop=...)` and holds `model` (a `PeftModel`), `tokenizer`,
     `meta_weights`, `adaptation_config`, `inner_loop`, and after `fit` `weights` (the adapted LoRA tensors and the
-    head under `HEAD`), `classes_`, `shots_`, `adapter_strength_` and `cv_accuracy_`; these are what a save writes.
+    head under `HEAD`), `classes_`, `shots_`, `adapter_strength_`, `cv_accuracy_`, `calibration_` and
+    `out_of_scope_`; these are what a save writes.
     """
 
     # ---- Loading --------------------------------------------------------------------------------------------
@@ -195,9 +198,17 @@ class ClassifierHubMixin:
             if self.inner_loop is not None:
                 self.inner_loop.save_pretrained(staging)
             if self.weights is not None:
-                save_file({"weight": self.weights[HEAD].detach().cpu().contiguous()}, str(staging / HEAD_FILE))
+                tensors = {"weight": self.weights[HEAD].detach().cpu().contiguous()}
+                detector = self.out_of_scope_
+                if detector is not None and detector.prototypes is not None:
+                    tensors[PROTOTYPES_KEY] = detector.prototypes.detach().cpu().contiguous()
+                save_file(tensors, str(staging / HEAD_FILE))
                 labels = {"classes": self.classes_, "shots": self.shots_}
                 labels.update(adapter_strength=self.adapter_strength_, cv_accuracy=self.cv_accuracy_)
+                labels.update(
+                    calibration=None if self.calibration_ is None else self.calibration_.to_dict(),
+                    out_of_scope=None if detector is None else detector.to_dict(),
+                )
                 atomic_write_text(staging / LABELS_FILE, json.dumps(labels))
 
     def _learned_inner_loop_summary(self) -> dict[str, float] | None:
@@ -293,7 +304,8 @@ class ClassifierHubMixin:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as err:
             raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}).") from None
         check_safetensors(folder / HEAD_FILE, lora=False)
-        head = load_file(str(folder / HEAD_FILE))["weight"]
+        tensors = load_file(str(folder / HEAD_FILE))
+        head = tensors["weight"]
         if head.shape[0] != len(classes):
             raise ValueError(
                 f"{folder / HEAD_FILE} has {head.shape[0]} rows but {LABELS_FILE} {len(classes)} classes."
@@ -308,6 +320,15 @@ class ClassifierHubMixin:
         strength, estimate = stored.get("adapter_strength"), stored.get("cv_accuracy")
         self.adapter_strength_ = float(strength) if _is_fraction(strength) else None
         self.cv_accuracy_ = float(estimate) if _is_fraction(estimate) else None
+        # The temperature is in the head already; these are the records of the temperature and the out-of-scope
+        # rule (hf_meta/calibration.py, hf_meta/out_of_scope.py).
+        self.calibration_ = Calibration.from_dict(stored.get("calibration"))
+        self.temperature_ = None if self.calibration_ is None else self.calibration_.temperature
+        self.out_of_scope_ = load_detector(
+            stored.get("out_of_scope"), tensors.get(PROTOTYPES_KEY), classes, head.shape[1], str(folder / LABELS_FILE)
+        )
+        if self.out_of_scope_ is not None and self.out_of_scope_.prototypes is not None:
+            self.out_of_scope_.prototypes = self.out_of_scope_.prototypes.to(self.device)
 
 
 def _is_fraction(value: Any) -> bool:

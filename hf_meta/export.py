@@ -12,6 +12,12 @@ exporter); hf_meta imports it only when an export runs. The folder written holds
 - the tokenizer files (`tokenizer.json`, ...) and `labels.json`: the labels, the `max_length` texts are cut at,
   the pad token id, the file names and the opset.
 
+The probabilities carry the temperature of `fit(..., calibrate=True)` (it is folded into the head). A classifier
+fitted with an out-of-scope label (hf_meta/out_of_scope.py) exports its rule too: two more outputs,
+`in_scope_scores` (float32, batch) and `out_of_scope` (bool, batch: the score is below the saved threshold), and
+`labels.json` holds `out_of_scope` (`label`, `threshold`, `rule`), so a caller can answer the label where
+`out_of_scope` is true, or compare `in_scope_scores` with a threshold of its own.
+
 Loading it needs onnxruntime and a tokenizer only (no torch, no hf_meta):
 
 ```python
@@ -57,6 +63,7 @@ import torch
 from transformers.utils import logging
 
 from .io_utils import MANIFEST_NAME, STAGING_PREFIX, atomic_directory, file_digest
+from .out_of_scope import ScopedServingModel
 from .serving import ServingModel, check_fitted
 from .validation import is_int
 
@@ -70,6 +77,7 @@ QUANTIZED_FILE = "model_quantized.onnx"
 EXPORT_LABELS_FILE = "labels.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "probabilities"
+SCOPE_OUTPUT_NAMES = ("in_scope_scores", "out_of_scope")  # with an out-of-scope rule (hf_meta/out_of_scope.py)
 QUANTIZE_CHOICES = (None, "int8")
 # `torch.onnx.export(dynamo=True)` writes opset 18 natively; it converts to later opsets, not reliably to earlier ones.
 MIN_OPSET = 18
@@ -176,20 +184,26 @@ def export_onnx(
         )
 
     model = ServingModel.from_classifier(classifier).to("cpu")
+    outputs = [OUTPUT_NAME]
+    detector = classifier.out_of_scope_
+    if detector is not None:  # the rule and its threshold go into the graph
+        model = ScopedServingModel(model, detector).eval()
+        outputs = [OUTPUT_NAME, *SCOPE_OUTPUT_NAMES]
     limit = min(classifier.adaptation_config.max_length, classifier.position_limit)
     probe = _probe_batch(classifier, limit)
     with torch.inference_mode():
-        expected = model(probe["input_ids"], probe["attention_mask"]).numpy()
+        expected = model(probe["input_ids"], probe["attention_mask"])
+        expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     external = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > _EXTERNAL_DATA_BYTES
     with _staged_folder(target) as staging:
-        _export_graph(model, probe, staging / MODEL_FILE, opset, external)
+        _export_graph(model, probe, staging / MODEL_FILE, opset, external, outputs)
         written = onnx.load(str(staging / MODEL_FILE), load_external_data=False)
         got = {entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx")}
         if got != {opset}:
             raise ValueError(
                 f"`opset` {opset} was asked for but the exporter wrote opset {sorted(got)}; use opset {DEFAULT_OPSET}."
             )
-        _verify(ort, staging / MODEL_FILE, probe, expected)
+        _verify(ort, staging / MODEL_FILE, probe, expected, outputs)
         if quantize == "int8":
             _quantize_int8(staging / MODEL_FILE, staging / QUANTIZED_FILE, external)
         classifier.tokenizer.save_pretrained(staging)
@@ -204,6 +218,9 @@ def export_onnx(
             "opset": opset,
             "base_model": classifier.base_model_id(),
         }
+        if detector is not None:
+            meta["outputs"] = outputs
+            meta["out_of_scope"] = {"label": detector.label, "threshold": detector.threshold, "rule": detector.rule}
         # A plain write: the staging folder as a whole is what appears atomically.
         (staging / EXPORT_LABELS_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     logger.info(f"Exported the classifier to {target} ({MODEL_FILE}{' + ' + QUANTIZED_FILE if quantize else ''}).")
@@ -260,7 +277,14 @@ def _probe_batch(classifier: FewShotClassifier, limit: int) -> dict[str, torch.T
     return {name: encoded[name].to(torch.int64) for name in INPUT_NAMES}
 
 
-def _export_graph(model: ServingModel, probe: dict[str, torch.Tensor], file: Path, opset: int, external: bool):
+def _export_graph(
+    model: torch.nn.Module,
+    probe: dict[str, torch.Tensor],
+    file: Path,
+    opset: int,
+    external: bool,
+    outputs: list[str],
+):
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dims = {0: batch, 1: sequence}
     with warnings.catch_warnings():
@@ -272,7 +296,7 @@ def _export_graph(model: ServingModel, probe: dict[str, torch.Tensor], file: Pat
                 (probe["input_ids"], probe["attention_mask"]),
                 str(file),
                 input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
+                output_names=outputs,
                 opset_version=opset,
                 dynamo=True,
                 external_data=external,
@@ -280,8 +304,9 @@ def _export_graph(model: ServingModel, probe: dict[str, torch.Tensor], file: Pat
                 verbose=False,
             )
         except Exception as err:  # the exporter raises many types; say which model and opset failed
+            encoder = model.serving.encoder if isinstance(model, ScopedServingModel) else model.encoder
             raise RuntimeError(
-                f"`torch.onnx.export` could not export the {type(model.encoder).__name__} encoder at opset {opset} "
+                f"`torch.onnx.export` could not export the {type(encoder).__name__} encoder at opset {opset} "
                 f"({type(err).__name__}: {err}); try the default opset {DEFAULT_OPSET} or another torch version."
             ) from err
 
@@ -293,16 +318,18 @@ def _session(ort: Any, file: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 
-def _verify(ort: Any, file: Path, probe: dict[str, torch.Tensor], expected: np.ndarray) -> None:
-    """The exported graph gives the torch probabilities on the probe batch, or the export fails."""
+def _verify(
+    ort: Any, file: Path, probe: dict[str, torch.Tensor], expected: list[np.ndarray], outputs: list[str]
+) -> None:
+    """The exported graph gives the torch outputs on the probe batch, or the export fails."""
     feed = {name: probe[name].numpy() for name in INPUT_NAMES}
-    got = _session(ort, file).run([OUTPUT_NAME], feed)[0]
-    gap = float(np.abs(got - expected).max())
-    if got.shape != expected.shape or gap > VERIFY_ATOL:
-        raise RuntimeError(
-            f"The exported graph disagrees with the torch model (max probability gap {gap:.2e} > {VERIFY_ATOL}, "
-            f"shapes {got.shape} vs {expected.shape}); nothing was written. Please report it with your model type."
-        )
+    for name, got, want in zip(outputs, _session(ort, file).run(outputs, feed), expected):
+        gap = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if got.shape == want.shape else 1.0
+        if got.shape != want.shape or gap > VERIFY_ATOL:
+            raise RuntimeError(
+                f"The exported graph disagrees with the torch model on `{name}` (max gap {gap:.2e} > {VERIFY_ATOL}, "
+                f"shapes {got.shape} vs {want.shape}); nothing was written. Please report it with your model type."
+            )
 
 
 def _quantize_int8(source: Path, destination: Path, external: bool) -> None:

@@ -19,7 +19,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from .adaptation import predict_logits
-from .inner_loop import HEAD
+from .inner_loop import HEAD, head_logits
 from .modeling import meta_parameters, sentence_embeddings
 from .validation import is_int
 
@@ -178,6 +178,31 @@ def probabilities(classifier: FewShotClassifier, batch: Batch) -> torch.Tensor:
         classifier.batch_size,
         lambda c: predict_logits(classifier.encoder, classifier.weights, c, config).softmax(-1),
     )
+
+
+def probabilities_and_embeddings(classifier: FewShotClassifier, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class probabilities of [`probabilities`] and the sentence embeddings they were computed from, in one
+    pass (what an out-of-scope rule scores)."""
+    model = serving_model(classifier)
+    if model is not None:
+
+        def run(chunk: Batch) -> torch.Tensor:
+            embeddings = model.embed(chunk["input_ids"], chunk["attention_mask"])
+            logits = model.logit_scale * embeddings @ model.weight.T + model.bias
+            return torch.cat([logits.softmax(-1), embeddings], dim=-1)
+
+    else:
+        lora = {name: w for name, w in classifier.weights.items() if name != HEAD}
+        scale = classifier.adaptation_config.logit_scale
+
+        def run(chunk: Batch) -> torch.Tensor:
+            embeddings = classifier.encoder(lora, chunk)
+            logits = head_logits(embeddings, classifier.weights[HEAD], scale)
+            return torch.cat([logits.softmax(-1), embeddings], dim=-1)
+
+    out = run_length_sorted(batch, classifier.batch_size, run)
+    classes = len(classifier.classes_)
+    return out[:, :classes], out[:, classes:]
 
 
 _TOP_K_UNSET: Any = object()
