@@ -396,7 +396,7 @@ def calibrate_and_detect(
     if settings.calibrate and cv is not None:
         calibration = calibrate(cv)
         temperature = calibration.temperature
-        head = temperature_scaled(head, temperature)
+        head = temperature_scaled(head.detach(), temperature)
     weights = {**weights, HEAD: head}
     if settings.label is None:
         return weights, calibration, None
