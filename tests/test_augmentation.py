@@ -92,9 +92,9 @@ def test_fit_adapts_on_the_augmented_support(tiny_base, monkeypatch):
     seen = []
     real_adapt = classifier_module.adapt
 
-    def spy(encoder, init, batch, num_classes, config, *args):
+    def spy(encoder, init, batch, num_classes, config, *args, **kwargs):
         seen.append((batch["input_ids"].shape[0], batch["labels"].tolist()))
-        return real_adapt(encoder, init, batch, num_classes, config, *args)
+        return real_adapt(encoder, init, batch, num_classes, config, *args, **kwargs)
 
     monkeypatch.setattr(classifier_module, "adapt", spy)
     clf = FewShotClassifier.from_pretrained(tiny_base)
