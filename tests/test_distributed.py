@@ -50,4 +50,5 @@ def test_two_processes_match_one_process_with_same_meta_batch(tmp_path, minilm_p
         # SGD steps of lr 10: a different meta-batch (half the episodes) moves the weights by ~3e-2, the order of
         # float additions in the all-reduce by ~1e-5.
         torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=1e-5)
-    assert all(rank0[name].abs().max() > 1e-3 for name in rank0 if "lora_B" in name)  # B left zero: it trained
+    b_sizes = [rank0[name].abs().max() for name in rank0 if "lora_B" in name]
+    assert all(size > 0 for size in b_sizes) and max(b_sizes) > 1e-2  # every B left zero: it trained

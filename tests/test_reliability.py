@@ -29,9 +29,9 @@ BAD_EPISODE_INPUTS = [
     (frame(GOOD_TEXTS, [0, 1] * 4), dict(text_column="sentence"), ValueError, "Column(s) ['sentence'] not found"),
     (frame(GOOD_TEXTS, [0, 1] * 4), dict(label_column="intent"), ValueError, "Column(s) ['intent'] not found"),
     (frame(GOOD_TEXTS[:7] + [""], [0, 1] * 4), {}, ValueError, "row 7 is empty"),
-    (frame(GOOD_TEXTS[:7] + [None], [0, 1] * 4), {}, TypeError, "row 7 holds None"),
-    (frame(GOOD_TEXTS, [0.0, 1.0] * 4), {}, TypeError, "row 0 holds 0.0 (float)"),
-    (frame(GOOD_TEXTS, [None, 1] * 4), {}, TypeError, "row 0 holds None"),
+    (frame(GOOD_TEXTS[:7] + [None], [0, 1] * 4), {}, TypeError, "`text` row 7 must be a str, got NoneType (None)"),
+    (frame(GOOD_TEXTS, [0.0, 1.0] * 4), {}, TypeError, "`label` row 0 must be a str or an int, got float"),
+    (frame(GOOD_TEXTS, [None, 1] * 4), {}, TypeError, "`label` row 0 must be a str or an int, got NoneType"),
     (
         frame(GOOD_TEXTS, ["a", "b"] * 4, datasets.ClassLabel(names=["a", "b"])),
         dict(k_shot=3, num_query=2),
