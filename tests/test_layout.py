@@ -23,6 +23,7 @@ LAYERS = {
         "io_utils",
         "label_names",
         "label_sets",
+        "multi_label_episodes",
         "metrics",
         "hub_download",
         "augmentation",
