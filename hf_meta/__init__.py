@@ -8,6 +8,7 @@ from .episodes import EpisodeBuilder, EpisodeConfig, build_episodes, split_class
 from .meta_trainer import MetaTrainer
 from .meta_training_args import MetaTrainingArguments
 from .modeling import default_lora_config
+from .multi_label_episodes import mix_episodes
 from .self_training import SelfTrainingConfig
 from .smlmt import build_smlmt_episodes
 
@@ -26,5 +27,6 @@ __all__ = [
     "build_smlmt_episodes",
     "default_lora_config",
     "load_collection",
+    "mix_episodes",
     "split_classes",
 ]

@@ -23,9 +23,11 @@ from .inner_loop import (
     head_logits,
     initial_head,
     learning_rate_hypergradient,
+    name_targets,
     reptile_meta_gradient,
     sgd_adapt,
-    weighted_cross_entropy,
+    task_accuracy,
+    task_loss,
 )
 from .learned_inner_loop import LearnedInnerLoop
 from .modeling import FunctionalEncoder, scaled_adapter
@@ -83,7 +85,7 @@ def adapt(
                 f"`names` has {len(names['input_ids'])} rows but the task has {num_classes} classes; give one "
                 "name phrase per class, in class order."
             )
-        all_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+        all_labels = torch.cat([labels, name_targets(labels, num_classes)])
         sample_weight = torch.cat(
             [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
         ).to(labels.device)
@@ -107,14 +109,12 @@ def adapt(
             embeddings, labels, num_classes, config, None if names is None else with_names[len(labels) :]
         )
         weights = {**lora, HEAD: head.requires_grad_(True)}
-        first_loss = weighted_cross_entropy(
-            head_logits(with_names, head, config.logit_scale), all_labels, sample_weight
-        )
+        first_loss = task_loss(head_logits(with_names, head, config.logit_scale), all_labels, sample_weight)
 
         def support_loss(w: Weights) -> torch.Tensor:
             lora_w = {name: t for name, t in w.items() if name != HEAD}
             logits = head_logits(embed_all(lora_w)[1], w[HEAD], config.logit_scale)
-            return weighted_cross_entropy(logits, all_labels, sample_weight)
+            return task_loss(logits, all_labels, sample_weight)
 
         if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
             return weights, []
@@ -146,7 +146,7 @@ def fitted_head(
         sample_weight = torch.cat(
             [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
         ).to(labels.device)
-        labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+        labels = torch.cat([labels, name_targets(labels, num_classes)])
     # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the same
     # embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
     return fit_head(
@@ -202,9 +202,9 @@ def episode_meta_gradient(
         adapted, _ = adapt(encoder, meta_weights, support, num_classes, config, name_rows)
         with torch.enable_grad():
             logits = task_logits(encoder, adapted, query, config.logit_scale)
-            loss = F.cross_entropy(logits, query["labels"])
+            loss = task_loss(logits, query["labels"])
             grads = first_order_meta_gradient(loss, adapted, names)
-        accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
+        accuracy = task_accuracy(logits, query["labels"])
         return EpisodeOutcome(loss.detach(), accuracy, grads)
     task = {key: _concat_padded(support[key], query[key]) for key in support}  # Reptile
     adapted, losses = adapt(encoder, meta_weights, task, num_classes, config, name_rows)
@@ -233,13 +233,13 @@ def _episode_with_learned_inner_loop(
     with torch.enable_grad():
         log_scale = inner_loop.log_logit_scale.detach().clone().requires_grad_(True)
         logits = task_logits(encoder, adapted, query, log_scale.exp())
-        loss = F.cross_entropy(logits, query["labels"])
+        loss = task_loss(logits, query["labels"])
         tensors = [adapted[name] for name in inner_loop.names]
         *grads, scale_grad = torch.autograd.grad(loss, [*tensors, log_scale])
     query_gradient = dict(zip(inner_loop.names, grads))
     hyper = learning_rate_hypergradient(query_gradient, gradient_sum)
     lr_grad = torch.stack([hyper[name] * learning_rates[name] for name in inner_loop.names])  # d / d log lr
-    accuracy = (logits.argmax(-1) == query["labels"]).float().mean().item()
+    accuracy = task_accuracy(logits, query["labels"])
     return EpisodeOutcome(
         loss.detach(),
         accuracy,

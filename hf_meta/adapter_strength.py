@@ -22,11 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .adaptation import adapt, fitted_head, predict_logits
 from .adaptation_config import AdaptationConfig
-from .inner_loop import Weights, fit_heads, head_logits, initial_head
+from .inner_loop import (
+    Weights,
+    fit_heads,
+    head_logits,
+    initial_head,
+    is_multi_hot,
+    name_targets,
+    task_accuracy,
+    task_loss,
+)
 from .modeling import FunctionalEncoder, scaled_adapter
 
 
@@ -147,14 +155,17 @@ def choose_strength(
                 held_rows = torch.as_tensor(held, device=labels.device)
                 logits_per_fold.append(predict_logits(encoder, adapted, _rows(support, held_rows), config))
         held_out_logits[strength] = [logits.detach() for logits in logits_per_fold]
-        correct, loss, count = 0, 0.0, 0
+        correct, loss, count = 0.0, 0.0, 0
         for held, logits in zip(folds, logits_per_fold):
             targets = labels[torch.as_tensor(held, device=labels.device)]
-            correct += int((logits.argmax(-1) == targets).sum())
-            loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+            correct += task_accuracy(logits, targets) * len(held)
+            loss += float(task_loss(logits.float(), targets, reduction="sum"))
             count += len(held)
         scores[strength] = {"accuracy": correct / count, "loss": loss / count}
-    best = max(scores, key=lambda a: (scores[a]["accuracy"], -scores[a]["loss"]))
+    if is_multi_hot(labels):  # subset accuracy ties at few shots: the held-out binary cross-entropy decides
+        best = min(scores, key=lambda a: (scores[a]["loss"], -scores[a]["accuracy"]))
+    else:
+        best = max(scores, key=lambda a: (scores[a]["accuracy"], -scores[a]["loss"]))
     head = chosen = None
     if fast:  # the chosen strength's fit on every example: exactly what `adapt` computes with `inner_steps=0`
         embeddings, name_embeddings = fast_embeddings[best]
@@ -195,7 +206,7 @@ def _fold_logits_head_only(
         all_embeddings, all_labels = embeddings, labels
         if name_embeddings is not None:  # every fold keeps every class-name example
             all_embeddings = torch.cat([embeddings, name_embeddings])
-            all_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+            all_labels = torch.cat([labels, name_targets(labels, num_classes)])
             names_weight = torch.full((len(folds), num_classes), float(config.label_name_weight), device=labels.device)
             weights = torch.cat([weights, names_weight], dim=1)
         priors = fit_heads(

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 from transformers.utils import logging
 
-from . import out_of_scope, serving
+from . import multi_label, out_of_scope, serving
 from .adaptation import adapt
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import check_peft_model, check_tokenizer, position_limit
@@ -24,9 +24,11 @@ from .calibration import Calibration
 from .classifier_hub import ClassifierHubMixin
 from .inner_loop import HEAD, head_logits
 from .label_names import label_phrase, names_are_usable
+from .label_sets import check_thresholds, is_multi_label, label_sets
 from .learned_inner_loop import LearnedInnerLoop
 from .metrics import accuracy
 from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adapter
+from .multi_label import MultiLabelHead
 from .out_of_scope import OutOfScopeDetector
 from .self_training import SelfTrainingConfig, as_self_training_config, select_confident, unlabelled_pool
 from .validation import check_labels, check_texts, non_finite
@@ -105,6 +107,8 @@ class FewShotClassifier(ClassifierHubMixin):
         self.temperature_: float | None = None
         self.calibration_: Calibration | None = None
         self.out_of_scope_: OutOfScopeDetector | None = None
+        # The per-class thresholds of a multi-label fit (hf_meta/multi_label.py); `None` for a single-label one.
+        self.multi_label_: MultiLabelHead | None = None
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
         self._serving = None  # `freeze`: (merged serving copy, the weights and settings it was built from)
@@ -147,6 +151,8 @@ class FewShotClassifier(ClassifierHubMixin):
         out_of_scope_rule: str = out_of_scope.DEFAULT_RULE,
         out_of_scope_rejection: float = out_of_scope.DEFAULT_REJECTION,
         calibrate: bool = True,
+        classes: Sequence | None = None,
+        threshold: float | Sequence[float] | Mapping[Any, float] | None = None,
         **overrides: Any,
     ) -> FewShotClassifier:
         """Adapt to the task given by `texts` and their `labels` (strings or ints, at least 2 classes).
@@ -178,6 +184,15 @@ class FewShotClassifier(ClassifierHubMixin):
         `hf_meta/calibration.py`); no prediction changes. Without a possible fold (one example per class and no
         usable names) the probabilities stay as fitted.
 
+        **Multi-label.** With one list (or tuple, set) of classes per text, or a multi-hot matrix whose columns
+        `classes=` names, the head is one-vs-rest: one sigmoid per class, fitted like the single-label head (same
+        prior and bias rules; class names are positive examples of their class), and `predict` returns a list of
+        classes per text (see `hf_meta/multi_label.py`). A text with no label (`[]`) is a negative of every class.
+        `threshold` (one number, one per class, or a dict from class to number) sets the probability a class must
+        reach; by default one threshold for all classes is chosen by cross-validation on the labelled examples
+        (`thresholds`, `multi_label_`). Mixing single labels and lists is refused; so are the out-of-scope and
+        self-training options, and there is no temperature (`calibrate` is ignored).
+
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts
         again from the settings the adapter was loaded with.
@@ -193,8 +208,24 @@ class FewShotClassifier(ClassifierHubMixin):
             >>> clf.fit(texts, labels, out_of_scope_label="oos", out_of_scope_texts=["tell me a joke"])
             >>> clf.predict(["what is the weather on mars"])
             ['oos']
+            >>> clf.fit(texts, [["joy", "love"], ["anger"], [], ...]).predict(["so glad you came"])   # multi-label
+            [['joy']]
             ```
         """
+        if labels is not None and not isinstance(labels, str | Sequence | np.ndarray | torch.Tensor):
+            labels = list(labels)  # a generator, read once
+        multi = classes is not None or threshold is not None or is_multi_label(labels)
+        if multi:
+            multi_label.check_multi_label_call(
+                texts,
+                labels,
+                out_of_scope_label=out_of_scope_label,
+                out_of_scope_texts=out_of_scope_texts,
+                out_of_scope_threshold=out_of_scope_threshold,
+                unlabeled_texts=unlabeled_texts,
+                self_training=self_training,
+            )
+            calibrate = False  # the cross-validated thresholds decide; there is no temperature to fit
         scope = out_of_scope.ScopeSettings(
             out_of_scope_label,
             [] if out_of_scope_texts is None else check_texts(out_of_scope_texts, "out_of_scope_texts"),
@@ -221,31 +252,35 @@ class FewShotClassifier(ClassifierHubMixin):
         texts = check_texts(texts, "texts")
         if labels is None:
             raise ValueError("`labels` is missing; give one label per text in `texts`.")
-        labels = list(labels) if not isinstance(labels, str | Sequence | np.ndarray) else labels  # a generator
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
-        texts, labels, scope.texts = out_of_scope.split_out_of_scope(texts, list(labels), scope.label, scope.texts)
-        if not texts:
-            raise ValueError(
-                f"Every text is labelled `out_of_scope_label` ({scope.label!r}); give labelled examples of the "
-                "classes too, or fit zero-shot from the class names (`fit(labels=[...])`)."
-            )
-        labels, classes = _check_labels(labels)
+        task = label_sets(labels, classes) if multi else None  # multi-label: the checked sets and multi-hot targets
+        if task is None:
+            texts, labels, scope.texts = out_of_scope.split_out_of_scope(texts, list(labels), scope.label, scope.texts)
+            if not texts:
+                raise ValueError(
+                    f"Every text is labelled `out_of_scope_label` ({scope.label!r}); give labelled examples of the "
+                    "classes too, or fit zero-shot from the class names (`fit(labels=[...])`)."
+                )
+            labels, classes = _check_labels(labels)
+            index = {label: i for i, label in enumerate(classes)}
+            targets = torch.tensor([index[label] for label in labels], device=self.device)  # class ids
+        else:
+            labels, classes = task.sets, task.classes
+            targets = torch.as_tensor(task.targets, device=self.device)  # multi-hot rows
         config = self._config_with(overrides)
         encoder = self._encoder_for(config)
-        index = {label: i for i, label in enumerate(classes)}
-        support_texts, support_labels = augment_support(texts, labels, config)  # as is unless `support_augmentation`
+        # Rows of `targets`, as is unless `support_augmentation` adds edited copies.
+        support_texts, support_rows = augment_support(texts, list(range(len(texts))), config)
         batch = self._tokenize(support_texts, config)
-        batch["labels"] = torch.tensor([index[label] for label in support_labels], device=self.device)
+        batch["labels"] = targets[torch.tensor(support_rows, device=self.device)]
         descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
         phrases = _name_phrases(classes, descriptions, config.use_label_names)
         names = self._tokenize(phrases, config) if phrases else None
         # The meta-learned step sizes, unless this fit turns them off (`learn_inner_learning_rates=False`).
         rates = self.inner_loop.learning_rates() if self.inner_loop and config.learn_inner_learning_rates else None
         self.model.eval()
-        choice = self._choose_strength(
-            encoder, texts, [index[label] for label in labels], config, names, rates, "adapter_strength" in overrides
-        )
+        choice = self._choose_strength(encoder, texts, targets, config, names, rates, "adapter_strength" in overrides)
         init = self.meta_weights if choice is None else scaled_adapter(self.meta_weights, choice.strength)
         seen: dict[str, torch.Tensor | None] = {}  # the support embeddings at `init`, for the cross-validation below
         if choice is not None and choice.head is not None:  # the cross-validation already fitted all of it
@@ -262,10 +297,16 @@ class FewShotClassifier(ClassifierHubMixin):
                 f"({config.logit_scale}). The classifier keeps its previous state."
             )
         support = batch
-        needed = scope.calibrate or scope.label is not None
+        needed = scope.calibrate or scope.label is not None or (task is not None and threshold is None)
         if needed and (config.support_augmentation != "none" or not seen):  # held out: the texts as given
             support, seen = self._tokenize(texts, config), {}
-            support["labels"] = torch.tensor([index[label] for label in labels], device=self.device)
+            support["labels"] = targets
+        rule = None
+        if task is not None:  # the per-class thresholds (hf_meta/multi_label.py)
+            rule = multi_label.fit_rule(
+                encoder, init, support, names, config, threshold, classes, seen,
+                None if choice is None else choice.fold_logits,
+            )  # fmt: skip
         weights, calibration, detector = out_of_scope.calibrate_and_detect(
             encoder,
             init,
@@ -280,8 +321,11 @@ class FewShotClassifier(ClassifierHubMixin):
             None if choice is None else choice.fold_logits,
         )
         self.weights, self.classes_, self.adaptation_config, self.encoder = weights, classes, config, encoder
-        self.shots_ = [0 if zero_shot else sum(1 for label in labels if label == c) for c in classes]
-        self.calibration_, self.out_of_scope_ = calibration, detector
+        if task is not None:
+            self.shots_ = task.positives
+        else:
+            self.shots_ = [0 if zero_shot else sum(1 for label in labels if label == c) for c in classes]
+        self.calibration_, self.out_of_scope_, self.multi_label_ = calibration, detector, rule
         self.temperature_ = None if calibration is None else calibration.temperature
         self.pseudo_labeled_: list[tuple[str, Any]] = []  # (text, label) pairs added by self-training, if any
         self.adapter_strength_ = None if choice is None else choice.strength
@@ -341,20 +385,24 @@ class FewShotClassifier(ClassifierHubMixin):
         self,
         encoder: FunctionalEncoder,
         texts: list[str],
-        label_ids: list[int],
+        targets: torch.Tensor,
         config: AdaptationConfig,
         names: dict[str, torch.Tensor] | None,
         rates: dict[str, torch.Tensor] | None,
         explicit: bool,
     ) -> StrengthChoice | None:
         """The adapter strength of this fit: the fixed `adapter_strength`, or the one cross-validation chooses on
-        the labelled examples (`"auto"`); `None` for a fresh adapter, where every strength is the same encoder."""
+        the labelled examples (`"auto"`); `None` for a fresh adapter, where every strength is the same encoder.
+        `targets`: one class id per text, or (multi-label) one multi-hot row."""
         if not has_delta(self.meta_weights):
             return None
         if config.adapter_strength != "auto":
             return StrengthChoice(config.adapter_strength, None)
         names_usable = names is not None and config.label_name_weight > 0
-        folds = strength_folds(label_ids, config.adapter_strength_folds, names_usable)
+        if targets.dim() == 2:
+            folds = multi_label.multi_label_folds(targets.cpu().numpy(), config.adapter_strength_folds, names_usable)
+        else:
+            folds = strength_folds(targets.tolist(), config.adapter_strength_folds, names_usable)
         if not folds:
             if explicit:
                 raise ValueError(
@@ -368,19 +416,17 @@ class FewShotClassifier(ClassifierHubMixin):
             )
             return StrengthChoice(config.adapter_strength_fallback, None)
         support = self._tokenize(texts, config)
-        support["labels"] = torch.tensor(label_ids, device=self.device)
+        support["labels"] = targets
         training_batch = None
         if config.support_augmentation != "none":  # each fold's training part gets its own edited copies
 
             def training_batch(rows: np.ndarray) -> dict[str, torch.Tensor]:
-                fold_texts, fold_labels = augment_support(
-                    [texts[i] for i in rows], [label_ids[i] for i in rows], config
-                )
+                fold_texts, fold_rows = augment_support([texts[i] for i in rows], [int(i) for i in rows], config)
                 batch = self._tokenize(fold_texts, config)
-                batch["labels"] = torch.tensor(fold_labels, device=self.device)
+                batch["labels"] = targets[torch.tensor(fold_rows, device=self.device)]
                 return batch
 
-        num_classes = len(set(label_ids))
+        num_classes = targets.shape[1] if targets.dim() == 2 else len(set(targets.tolist()))
         return choose_strength(
             encoder, self.meta_weights, support, num_classes, config, names, rates, folds, training_batch
         )
@@ -417,7 +463,8 @@ class FewShotClassifier(ClassifierHubMixin):
         return FunctionalEncoder(self.model, config.pooling, config.normalize_embeddings, chunk_size=self.batch_size)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, columns in the order of `classes_`; every row sums to 1.
+        """Class probabilities, columns in the order of `classes_`; every row sums to 1 (multi-label: one
+        independent sigmoid probability per class, which `predict` compares with `thresholds`).
 
         Every text gets a prediction; empty or whitespace texts too (from the special tokens alone), with one
         warning per call naming how many there were. With an out-of-scope label there is no column for it: the
@@ -463,6 +510,36 @@ class FewShotClassifier(ClassifierHubMixin):
         probabilities, embeddings = serving.probabilities_and_embeddings(self, batch)
         in_scope = self.out_of_scope_.scores(embeddings, probabilities)
         return probabilities.cpu().numpy(), in_scope.cpu().numpy()
+
+    @property
+    def thresholds(self) -> dict | None:
+        """Multi-label: the probability each class must reach to be predicted, `{class: threshold}`; `None` for a
+        single-label classifier. Set it to a number (every class), one number per class, or a dict for some
+        classes (numbers in [0, 1]); `save_pretrained` saves it.
+
+        Example:
+            ```python
+            >>> clf.thresholds = {"grief": 0.2}            # the other classes keep theirs
+            ```
+        """
+        if self.multi_label_ is None:
+            return None
+        return {c: float(t) for c, t in zip(self.classes_, self.multi_label_.thresholds)}
+
+    @thresholds.setter
+    def thresholds(self, value: float | Sequence[float] | Mapping[Any, float]) -> None:
+        self.multi_label_.thresholds = self._thresholds_for(value)
+        self.multi_label_.estimates = {"chosen": False}  # the cross-validated estimates were for the old ones
+
+    def _thresholds_for(self, value: Any) -> np.ndarray:
+        if self.multi_label_ is None:
+            raise RuntimeError(
+                "`thresholds` are for multi-label classifiers; fit with one label list per text "
+                "(`fit(texts, [['joy'], ['anger', 'fear'], ...])`) first."
+            )
+        if value is None:
+            return self.multi_label_.thresholds
+        return check_thresholds(value, self.classes_, current=self.multi_label_.thresholds)
 
     @property
     def out_of_scope_label(self) -> str | int | None:
@@ -533,11 +610,21 @@ class FewShotClassifier(ClassifierHubMixin):
                 f"`embeddings` must be a (texts x {width}) array from `embed(texts, adapted=True)`, got shape "
                 f"{tuple(embeddings.shape)}."
             )
-        return head_logits(embeddings, head, self.adaptation_config.logit_scale).softmax(-1).cpu().numpy()
+        logits = head_logits(embeddings, head, self.adaptation_config.logit_scale)
+        return serving.activation(logits, self.multi_label_ is not None).cpu().numpy()
 
-    def predict(self, texts: Sequence[str], out_of_scope_threshold: float | None = None) -> list:
+    def predict(
+        self,
+        texts: Sequence[str],
+        out_of_scope_threshold: float | None = None,
+        threshold: float | Sequence[float] | Mapping[Any, float] | None = None,
+    ) -> list:
         """Predicted labels, in the label space given to `fit`, or the out-of-scope label for texts whose
         `in_scope_scores` is below the threshold (`out_of_scope_threshold` here, else the classifier's).
+
+        Multi-label: a list of classes per text (in `classes_` order, possibly empty), those whose probability
+        reaches their threshold: `threshold` here (a number, one per class, or a dict for some classes), else
+        `thresholds`.
 
         Example:
             ```python
@@ -545,8 +632,15 @@ class FewShotClassifier(ClassifierHubMixin):
             ['oos']
             >>> clf.predict(["how tall is everest"], out_of_scope_threshold=0.0)     # 0: never out of scope
             ['card_arrival']
+            >>> clf.fit(texts, label_lists).predict(["so glad you came"], threshold=0.3)          # multi-label
+            [['joy', 'gratitude']]
             ```
         """
+        if self.multi_label_ is not None:
+            thresholds = self._thresholds_for(threshold)
+            return multi_label.decide(self.classes_, self.predict_proba(texts), thresholds)
+        if threshold is not None:
+            raise ValueError("`threshold` is for multi-label classifiers; this one is single-label.")
         if out_of_scope_threshold is not None:
             self._require_out_of_scope("predict(..., out_of_scope_threshold=...)")
             out_of_scope_threshold = out_of_scope.check_threshold(out_of_scope_threshold)
@@ -571,10 +665,19 @@ class FewShotClassifier(ClassifierHubMixin):
 
         With an out-of-scope rule and no `top_k`, a text out of scope gets the out-of-scope label, as in `predict`
         (its `score` stays its best class's probability); with `top_k` the lists rank the classes only.
+        Multi-label without `top_k`: per text, a list of dicts for the classes reaching their threshold, best first
+        (for a single string, that list).
         """
         single = isinstance(texts, str)
         scoped = self.out_of_scope_ is not None and top_k is serving._TOP_K_UNSET
         probs, scores = self._predict_arrays([texts] if single else texts, scores=scoped)
+        if self.multi_label_ is not None and top_k is serving._TOP_K_UNSET:  # every class reaching its threshold
+            outputs = [
+                [{"label": self.classes_[j], "score": float(row[j])} for j in np.argsort(-row, kind="stable")
+                 if row[j] >= self.multi_label_.thresholds[j]]
+                for row in probs
+            ]  # fmt: skip
+            return outputs[0] if single else outputs
         outputs = serving.pipeline_outputs(self.classes_, probs, single, top_k)
         if scoped:
             for output, score in zip(outputs, scores):
@@ -633,8 +736,10 @@ class FewShotClassifier(ClassifierHubMixin):
 
         Args:
             metric: `None` for hf_meta's offline accuracy with the 95% confidence interval of a per-example mean
-                (keys `accuracy`, `accuracy_ci95`, `num_examples`); a name for `evaluate.load(metric)` (needs the
-                Hub); an `evaluate.EvaluationModule`, given class ids (indices into `classes_`); or a callable
+                (keys `accuracy`, `accuracy_ci95`, `num_examples`; multi-label: `micro_f1`, `macro_f1`,
+                `subset_accuracy`, `subset_accuracy_ci95`, `num_examples`, with label lists as `labels`); a name
+                for `evaluate.load(metric)` (needs the Hub); an `evaluate.EvaluationModule`, given class ids
+                (indices into `classes_`; multi-label: multi-hot rows); or a callable
                 `metric(predictions, references) -> dict` over the labels.
 
         Example:
@@ -647,9 +752,11 @@ class FewShotClassifier(ClassifierHubMixin):
         if self.weights is None:
             raise RuntimeError("This FewShotClassifier is not fitted yet; call `fit(texts, labels)` first.")
         texts = check_texts(texts, "texts", allow_blank=True)
-        labels = list(labels)
         if len(labels) != len(texts):
             raise ValueError(f"`labels` has {len(labels)} entries but `texts` has {len(texts)}; give one per text.")
+        if self.multi_label_ is not None:  # micro- and macro-F1, subset accuracy (hf_meta/multi_label.py)
+            return multi_label.evaluate(self, texts, labels, metric)
+        labels = list(labels)
         references = self._as_classes(labels)
         predictions = self.predict(texts)
         if metric is None:

@@ -51,6 +51,7 @@ from .modeling import (
     resolve_model_path,
     with_lora,
 )
+from .multi_label import MultiLabelHead
 from .out_of_scope import PROTOTYPES_KEY, load_detector
 from .validation import non_finite
 
@@ -68,8 +69,8 @@ class ClassifierHubMixin:
     A mixin in the way of `huggingface_hub.ModelHubMixin`: the class that inherits it is built as
     `cls(model, tokenizer, adaptation_config, inner_loop=...)` and holds `model` (a `PeftModel`), `tokenizer`,
     `meta_weights`, `adaptation_config`, `inner_loop`, and after `fit` `weights` (the adapted LoRA tensors and the
-    head under `HEAD`), `classes_`, `shots_`, `adapter_strength_`, `cv_accuracy_`, `calibration_` and
-    `out_of_scope_`; these are what a save writes.
+    head under `HEAD`), `classes_`, `shots_`, `adapter_strength_`, `cv_accuracy_`, `calibration_`,
+    `out_of_scope_` and `multi_label_` (the thresholds of a multi-label fit); these are what a save writes.
     """
 
     # ---- Loading --------------------------------------------------------------------------------------------
@@ -208,6 +209,7 @@ class ClassifierHubMixin:
                 labels.update(
                     calibration=None if self.calibration_ is None else self.calibration_.to_dict(),
                     out_of_scope=None if detector is None else detector.to_dict(),
+                    multi_label=None if self.multi_label_ is None else self.multi_label_.to_dict(),
                 )
                 atomic_write_text(staging / LABELS_FILE, json.dumps(labels))
 
@@ -273,6 +275,7 @@ class ClassifierHubMixin:
                 learned_inner_loop=self._learned_inner_loop_summary(),
                 adapter_strength=self.adapter_strength_,
                 cv_accuracy=self.cv_accuracy_,
+                multi_label=None if self.multi_label_ is None else self.multi_label_.summary(self.classes_),
                 **card_kwargs,
             )
             card.save(os.path.join(folder, "README.md"))
@@ -329,6 +332,7 @@ class ClassifierHubMixin:
         )
         if self.out_of_scope_ is not None and self.out_of_scope_.prototypes is not None:
             self.out_of_scope_.prototypes = self.out_of_scope_.prototypes.to(self.device)
+        self.multi_label_ = MultiLabelHead.from_dict(stored.get("multi_label"), classes, str(folder / LABELS_FILE))
 
 
 def _is_fraction(value: Any) -> bool:

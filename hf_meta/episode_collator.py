@@ -91,7 +91,7 @@ class EpisodeCollator:
         for part in ("support", "query"):
             for key, value in self.tokenize(row[f"{part}_text"]).items():
                 batch[f"{part}_{key}"] = value
-            batch[f"{part}_labels"] = torch.tensor(row[f"{part}_label"], dtype=torch.long)
+            batch[f"{part}_labels"] = episode_targets(row, part)
         if self.use_label_names:
             if names_are_usable(row["class_names"]):
                 for key, value in self.tokenize(episode_name_phrases(row["class_names"])).items():
@@ -105,11 +105,26 @@ class EpisodeCollator:
         return batch
 
 
+def episode_targets(row: dict[str, Any], part: str) -> torch.Tensor:
+    """The labels of an episode's `support` or `query` set: class ids (`long`), or, for a multi-label episode
+    (`multi_label` true), multi-hot rows (`float`, examples x classes). A single-label episode in the mixed schema
+    (one-element label lists, see [`mix_episodes`]) gives class ids."""
+    labels = row[f"{part}_label"]
+    if row.get("multi_label"):
+        targets = torch.zeros(len(labels), len(row["class_names"]))
+        for i, members in enumerate(labels):
+            targets[i, [int(c) for c in members]] = 1.0
+        return targets
+    return torch.tensor([y[0] if isinstance(y, list | tuple) else y for y in labels], dtype=torch.long)
+
+
 def check_episode_row(row: dict[str, Any]) -> None:
-    """One episode's sets, checked before tokenising: non-empty, one label per text, labels in `0..N-1` for the N
-    `class_names`, every class in the support set. Errors name the column, the value and the fix."""
+    """One episode's sets, checked before tokenising: non-empty, one label per text (a list of labels per text
+    in a multi-label episode; exactly one in a single-label episode of the mixed schema), labels in `0..N-1` for
+    the N `class_names`, every class in the support set. Errors name the column, the value and the fix."""
     num_classes = len(row["class_names"])
     fix = "build episodes with `hf_meta.build_episodes(...)`, or fix the row"
+    multi = bool(row.get("multi_label"))
     for part in ("support", "query"):
         texts, labels = row[f"{part}_text"], row[f"{part}_label"]
         if not len(texts):
@@ -118,13 +133,22 @@ def check_episode_row(row: dict[str, Any]) -> None:
             raise ValueError(
                 f"An episode has {len(texts)} `{part}_text` but {len(labels)} `{part}_label` entries: {fix}."
             )
+        nested = [y for y in labels if isinstance(y, list | tuple)]
+        if nested and not multi and any(len(y) != 1 for y in nested):
+            raise ValueError(
+                f"A single-label episode (`multi_label` false) has a `{part}_label` entry with "
+                f"{len(next(y for y in nested if len(y) != 1))} labels; give exactly one, or set `multi_label`: {fix}."
+            )
+        labels = [c for y in labels for c in y] if nested else labels
         bad = [label for label in labels if not 0 <= int(label) < num_classes]
         if bad:
             raise ValueError(
                 f"An episode's `{part}_label` holds {bad[0]}, outside 0..{num_classes - 1} for its {num_classes} "
                 f"`class_names`; labels are episode-local class ids: {fix}."
             )
-    missing = sorted(set(range(num_classes)) - {int(label) for label in row["support_label"]})
+    support = row["support_label"]
+    support = [c for y in support for c in y] if support and isinstance(support[0], list | tuple) else support
+    missing = sorted(set(range(num_classes)) - {int(label) for label in support})
     if missing:
         raise ValueError(
             f"An episode's support set has no example of class {missing[0]} ({row['class_names'][missing[0]]!r}) "

@@ -22,6 +22,7 @@ import numpy as np
 from datasets.fingerprint import Hasher
 from transformers.utils import logging
 
+from . import multi_label_episodes
 from .validation import check_int, check_labels, check_texts, is_int
 
 logger = logging.get_logger(__name__)
@@ -71,7 +72,10 @@ def _as_range(value: IntOrRange, name: str, minimum: int = 1) -> tuple[int, int]
 def class_names_of(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
     """Names of the classes present in `dataset`, in label order for a `ClassLabel` column, sorted otherwise."""
     _check_columns(dataset, [label_column])
-    return _present_classes(dataset.features[label_column], _label_names(dataset, label_column))
+    feature = dataset.features[label_column]
+    if multi_label_episodes.is_multi_label_feature(feature):
+        return multi_label_episodes.present_classes(feature, multi_label_episodes.label_sets_of(dataset, label_column))
+    return _present_classes(feature, _label_names(dataset, label_column))
 
 
 def _present_classes(feature, label_names: list[str | None]) -> list[str]:
@@ -200,6 +204,9 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = EpisodeConfig
 
     def _info(self) -> datasets.DatasetInfo:
+        if _is_multi_label(self.config):
+            features = multi_label_episodes.MULTI_LABEL_EPISODE_FEATURES
+            return datasets.DatasetInfo(description="Multi-label N-way K-shot episodes (hf_meta)", features=features)
         return datasets.DatasetInfo(description="N-way K-shot episodes (hf_meta)", features=EPISODE_FEATURES)
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
@@ -207,7 +214,8 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
         config: EpisodeConfig = self.config
-        texts, pools = _index_classes(config)
+        multi = _is_multi_label(config)
+        texts, pools, sets = _index_classes(config)
         n_low, n_high = _as_range(config.n_way, "n_way", minimum=2)
         k_low, k_high = _as_range(config.k_shot, "k_shot")
         class_names = list(pools)
@@ -215,6 +223,12 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
         for episode in range(config.num_episodes):
             n_way = int(rng.integers(n_low, n_high + 1))
             k_shot = int(rng.integers(k_low, k_high + 1))
+            if multi:  # the rule of hf_meta/multi_label_episodes.py
+                yield (
+                    episode,
+                    multi_label_episodes.draw_episode(rng, texts, sets, pools, n_way, k_shot, config.num_query),
+                )
+                continue
             # The order of the drawn classes is the label permutation of this episode.
             chosen = [class_names[i] for i in rng.choice(len(class_names), size=n_way, replace=False)]
             row = {name: [] for name in EPISODE_FEATURES}
@@ -228,12 +242,22 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
             yield episode, row
 
 
-def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Texts of the source and, for each class of the pool, the indices of its examples (validated)."""
+def _is_multi_label(config: EpisodeConfig) -> bool:
+    dataset = config.source
+    if not isinstance(dataset, datasets.Dataset) or config.label_column not in dataset.column_names:
+        return False
+    return multi_label_episodes.is_multi_label_feature(dataset.features[config.label_column])
+
+
+def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarray], list[list[str]] | None]:
+    """Texts of the source, for each class of the pool the indices of its examples (validated), and, for a
+    multi-label source, every row's classes (an example is in the pool of every class it carries)."""
     dataset = config.source
     _check_columns(dataset, [config.text_column, config.label_column])
     texts = dataset[config.text_column]
-    labels = _label_names(dataset, config.label_column)
+    multi = _is_multi_label(config)
+    sets = multi_label_episodes.label_sets_of(dataset, config.label_column) if multi else None
+    labels = [tuple(members) or None for members in sets] if multi else _label_names(dataset, config.label_column)
     labelled = [i for i, name in enumerate(labels) if name is not None]
     check_texts(
         texts,
@@ -243,7 +267,10 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
         allow_empty=True,
         blank_fix="drop empty rows with `dataset.filter`",
     )
-    available = _present_classes(dataset.features[config.label_column], labels)  # one read of the label column
+    if multi:
+        available = multi_label_episodes.present_classes(dataset.features[config.label_column], sets)
+    else:
+        available = _present_classes(dataset.features[config.label_column], labels)  # one read of the label column
     pool = list(available) if config.classes is None else list(dict.fromkeys(str(c) for c in config.classes))
     unknown = sorted(set(pool) - set(available))
     if unknown:
@@ -253,8 +280,9 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
         )
     indices: dict[str, list[int]] = {name: [] for name in pool}
     for i, name in enumerate(labels):
-        if name in indices:
-            indices[name].append(i)
+        for member in sets[i] if multi else [name]:
+            if member in indices:
+                indices[member].append(i)
     n_low, n_high = _as_range(config.n_way, "n_way", minimum=2)
     _, k_high = _as_range(config.k_shot, "k_shot")
     if n_high > len(pool):
@@ -270,13 +298,15 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
             f"{duplicated} text(s) of the dataset appear more than once: an episode may hold the same text in its "
             "support and query sets. Deduplicate the dataset to avoid it."
         )
+    if multi:
+        multi_label_episodes.check_sizes(indices, need)
     for name, members in indices.items():
         if len(members) < need:
             raise ValueError(
                 f"`k_shot + num_query` ({need}) exceeds the {len(members)} examples of class `{name}`; "
                 "lower them or drop the class from `classes`."
             )
-    return texts, {name: np.asarray(members) for name, members in indices.items()}
+    return texts, {name: np.asarray(members) for name, members in indices.items()}, sets
 
 
 def build_episodes(
@@ -294,8 +324,14 @@ def build_episodes(
 ) -> datasets.Dataset:
     """Sample `num_episodes` N-way K-shot episodes from `dataset`.
 
+    A multi-label `dataset` (a `Sequence(ClassLabel)` label column, or lists of classes) gives multi-label episodes:
+    at least `k_shot` support and up to `num_query` query examples carrying each class, where an example counts
+    for every drawn class it carries, and a list of episode-local class ids per example (the rule is in
+    `hf_meta/multi_label_episodes.py`; mix them with single-label episodes with [`mix_episodes`]).
+
     Args:
-        dataset: a split with a text column and a label column (`ClassLabel`, strings or ints).
+        dataset: a split with a text column and a label column (`ClassLabel`, strings or ints; for multi-label
+            episodes a `Sequence(ClassLabel)` or lists of strings or ints).
         classes: class names the episodes may use (e.g. one side of [`split_classes`]); all classes if `None`.
         n_way: classes per episode, or an inclusive `(low, high)` range drawn per episode.
         k_shot: support examples per class, or an inclusive `(low, high)` range drawn per episode.

@@ -218,6 +218,8 @@ def export_onnx(
             "opset": opset,
             "base_model": classifier.base_model_id(),
         }
+        if getattr(classifier, "multi_label_", None) is not None:  # sigmoid outputs: a class reaching its threshold
+            meta["multi_label"] = {"thresholds": [float(t) for t in classifier.multi_label_.thresholds]}
         if detector is not None:
             meta["outputs"] = outputs
             meta["out_of_scope"] = {"label": detector.label, "threshold": detector.threshold, "rule": detector.rule}

@@ -19,9 +19,17 @@ Weights = dict[str, torch.Tensor]
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
 
 
+def is_multi_hot(labels: torch.Tensor) -> bool:
+    """Whether `labels` are multi-label targets (`examples x classes`, 1 where an example carries the class) rather
+    than one class id per example; every function here takes either, and a multi-hot task is one-vs-rest."""
+    return labels.dim() == 2
+
+
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean embedding of each class (`num_classes x hidden`); the prototypes of Snell et al. (2017)."""
-    one_hot = F.one_hot(labels, num_classes).to(embeddings.dtype)
+    """Mean embedding of each class (`num_classes x hidden`); the prototypes of Snell et al. (2017). With
+    multi-hot `labels`, a class's mean is over the examples that carry it."""
+    one_hot = labels.to(embeddings.dtype) if is_multi_hot(labels) else F.one_hot(labels, num_classes)
+    one_hot = one_hot.to(embeddings.dtype)
     counts = one_hot.sum(0).clamp_min(1.0)
     return (one_hot.T @ embeddings) / counts[:, None]
 
@@ -60,6 +68,9 @@ def fit_head(
     """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS (a bias
     column, see [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised).
 
+    With multi-hot `labels` the loss is the binary cross-entropy of one sigmoid per class ([`task_loss`]): a
+    one-vs-rest logistic regression, each class row pulled towards its prior and its bias free, as above.
+
     The embeddings are detached, so this is a convex problem in `W` (a multinomial logistic regression pulled
     towards `prior`, the zero or prototype head of [`initial_head`]), solved to its optimum where a few SGD steps
     would leave the head far from it.
@@ -89,7 +100,7 @@ def fit_head(
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
         logits = head_logits(embeddings, head, scale)
-        data = weighted_cross_entropy(logits, labels, weight, reduction=head_prior)
+        data = task_loss(logits, labels, weight, reduction=head_prior)
         loss = data + l2 * (head[:, :width] - prior[:, :width]).pow(2).sum()
         loss.backward()
         return loss
@@ -130,14 +141,15 @@ def fit_heads(
     width = embeddings.shape[-1]
     count, num_classes = heads.shape[0], heads.shape[1]
     optimizer = torch.optim.LBFGS([heads], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
-    targets = labels.repeat(count)
+    multi = is_multi_hot(labels)
+    targets = labels.repeat(count, 1) if multi else labels.repeat(count)
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
         logits = scale * torch.einsum("nd,fcd->fnc", embeddings, heads[..., :width])
         if heads.shape[-1] == width + 1:
             logits = logits + heads[:, None, :, width]
-        losses = F.cross_entropy(logits.reshape(-1, num_classes), targets, reduction="none").view(count, -1)
+        losses = example_losses(logits.reshape(-1, num_classes), targets).view(count, -1)
         data = (weights * losses).sum(1)
         if head_prior == "mean":
             data = data / weights.sum(1).clamp_min(1e-12)
@@ -180,6 +192,50 @@ def weighted_cross_entropy(
         weight = torch.ones_like(losses)
     total = (weight.to(losses) * losses).sum()
     return total if reduction == "sum" else total / weight.sum().clamp_min(1e-12).to(losses)
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's loss: the cross-entropy of its class id, or, for multi-hot `labels`, the binary
+    cross-entropy of its sigmoid outputs summed over the classes (one-vs-rest)."""
+    if is_multi_hot(labels):
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(-1)
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def task_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """[`weighted_cross_entropy`] for class ids; for multi-hot `labels`, the same weighted mean (or sum) of each
+    example's binary cross-entropy summed over its classes ([`example_losses`]). The support, head-fit and query
+    loss of every task, single- or multi-label.
+
+    Example:
+        ```python
+        >>> task_loss(torch.zeros(2, 3), torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))   # 3 * log(2)
+        tensor(2.0794)
+        ```
+    """
+    losses = example_losses(logits, labels)
+    if weight is None:
+        weight = torch.ones_like(losses)
+    total = (weight.to(losses) * losses).sum()
+    return total if reduction == "sum" else total / weight.sum().clamp_min(1e-12).to(losses)
+
+
+def task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of examples predicted right: the top class for class ids; for multi-hot `labels`, exactly the
+    classes whose sigmoid is at least 0.5 (subset accuracy)."""
+    if is_multi_hot(labels):
+        return ((logits >= 0) == (labels > 0.5)).all(-1).float().mean().item()
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def name_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The targets of the class-name examples, one per class in class order: its id, or (multi-hot `labels`) a
+    row positive for its own class only."""
+    if is_multi_hot(labels):
+        return torch.eye(num_classes, dtype=labels.dtype, device=labels.device)
+    return torch.arange(num_classes, device=labels.device)
 
 
 def head_logits(embeddings: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .adaptation import EpisodeOutcome, episode_meta_gradient, fitted_head
 from .adaptation_config import AdaptationConfig
 from .episode_collator import split_episode
-from .inner_loop import Weights, detached_copy, head_logits
+from .inner_loop import Weights, detached_copy, head_logits, task_accuracy, task_loss
 from .learned_inner_loop import LearnedInnerLoop
 from .modeling import ROW_STATES, FunctionalEncoder
 
@@ -97,8 +97,8 @@ def _batched_fomaml_without_inner_steps(
         losses, accuracies = [], []
         for query, head, embeddings in zip(queries, heads, query_embeddings):
             logits = head_logits(embeddings, head, config.logit_scale)
-            losses.append(F.cross_entropy(logits, query["labels"]))
-            accuracies.append((logits.argmax(-1) == query["labels"]).float().mean().item())
+            losses.append(task_loss(logits, query["labels"]))
+            accuracies.append(task_accuracy(logits, query["labels"]))
         loss = torch.stack(losses).mean()
         names_in_order = list(lora)
         grads = torch.autograd.grad(loss, [lora[name] for name in names_in_order])

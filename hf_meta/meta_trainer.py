@@ -21,6 +21,7 @@ from .adapter_checks import clamp_max_length
 from .episode_collator import EpisodeCollator, episode_name_phrases
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
+from .inner_loop import is_multi_hot, task_accuracy, task_loss
 from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
 from .learned_inner_loop import LearnedInnerLoop
@@ -234,7 +235,10 @@ class MetaTrainer(Trainer):
 
         Metrics: `accuracy` (mean over episodes) with `accuracy_ci95` (95% CI over episodes) from
         [`hf_meta.metrics.AccuracyWithCI`], `loss` (mean query loss), and whatever `compute_metrics` returns for
-        an `EvalPrediction` of the query predictions (class ids, episode-local) and labels of every episode.
+        an `EvalPrediction` of the query predictions (class ids, episode-local) and labels of every episode. A
+        multi-label episode scores its query texts by subset accuracy (every class right at probability 0.5;
+        in the `EvalPrediction`, 1 for an exact label set against a label of 1) and its loss is the binary
+        cross-entropy.
         """
         logger.info(f"***** Running {description} on {len(dataloader)} episodes *****")
         self.model.eval()
@@ -246,8 +250,12 @@ class MetaTrainer(Trainer):
             with self.compute_loss_context_manager():
                 logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config, self.inner_loop)
             labels = inputs["query_labels"]
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels).item()
-            episodes.append((logits.argmax(-1).tolist(), labels.tolist(), loss))
+            loss = task_loss(logits.float(), labels).item()
+            if is_multi_hot(labels):  # a multi-label episode: each query text right when its label set is exact
+                exact = ((logits >= 0) == (labels > 0.5)).all(-1)
+                episodes.append((exact.long().tolist(), [1] * len(exact), loss))
+            else:
+                episodes.append((logits.argmax(-1).tolist(), labels.tolist(), loss))
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         episodes = self.accelerator.gather_for_metrics(episodes, use_gather_object=True)
         predictions = np.array([p for preds, _, _ in episodes for p in preds], dtype=np.int64)
@@ -315,7 +323,7 @@ class MetaTrainer(Trainer):
             accuracies = []
             for inputs in episodes:
                 logits = episode_query_logits(self.encoder, meta, inputs, config, self.inner_loop)
-                accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
+                accuracies.append(task_accuracy(logits, inputs["query_labels"]))
             accuracies = self.accelerator.gather_for_metrics(accuracies, use_gather_object=True)
             scores.append({"settings": settings, "accuracy": float(np.mean(accuracies))})
             logger.info(f"select_adaptation: {settings} -> query accuracy {scores[-1]['accuracy']:.4f}")

@@ -92,3 +92,67 @@ def accuracy(predictions: Sequence, references: Sequence, groups: Sequence | Non
 
 def _key(label):
     return label.item() if isinstance(label, np.generic) else label
+
+
+_MULTI_LABEL_DESCRIPTION = """Multi-label scores of multi-hot predictions: micro-F1 (over every text-class decision),
+macro-F1 (the mean of the per-class F1s) and subset accuracy (the share of texts whose predicted label set is
+exactly right), with the 95% confidence interval of the subset accuracy over texts.
+
+A class that is neither in the references nor in the predictions has an F1 of 0 in the macro mean, as in
+scikit-learn's `f1_score(average="macro")` (its default `zero_division`), so the scores match it.
+"""
+
+_MULTI_LABEL_INPUTS = """
+Args:
+    predictions (`list[list[int]]`): one multi-hot row per text (1 where the class is predicted).
+    references (`list[list[int]]`): the true multi-hot rows, of the same width.
+Returns:
+    micro_f1, macro_f1, subset_accuracy, subset_accuracy_ci95 (`float`), num_examples (`int`).
+Example:
+    >>> MultiLabelScores().compute(predictions=[[1, 0], [1, 1]], references=[[1, 0], [0, 1]])
+    {'micro_f1': 0.8, 'macro_f1': 0.8333..., 'subset_accuracy': 0.5, 'subset_accuracy_ci95': 6.35..., ...}
+"""
+
+
+class MultiLabelScores(evaluate.Metric):
+    """Micro-F1, macro-F1 and subset accuracy of multi-hot predictions; see the module's `_MULTI_LABEL_DESCRIPTION`."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_MULTI_LABEL_DESCRIPTION,
+            citation="",
+            inputs_description=_MULTI_LABEL_INPUTS,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("int8")),
+                    "references": datasets.Sequence(datasets.Value("int8")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references) -> dict:
+        predicted, true = np.asarray(predictions, dtype=bool), np.asarray(references, dtype=bool)
+        if predicted.shape != true.shape or predicted.ndim != 2:
+            raise ValueError(
+                f"`predictions` {predicted.shape} and `references` {true.shape} must be multi-hot rows of one width."
+            )
+        return multi_label_f1(predicted, true)
+
+
+def multi_label_f1(predicted: np.ndarray, true: np.ndarray) -> dict:
+    """The scores of [`MultiLabelScores`] from two boolean `(texts x classes)` arrays."""
+    predicted, true = np.asarray(predicted, dtype=bool), np.asarray(true, dtype=bool)
+    hits = (predicted & true).sum(0).astype(float)
+    guessed, actual = predicted.sum(0).astype(float), true.sum(0).astype(float)
+    denominator = guessed + actual
+    per_class = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
+    micro_denominator = denominator.sum()
+    exact = (predicted == true).all(1).astype(float)
+    subset, ci95 = mean_ci95(exact) if len(exact) else (float("nan"), float("nan"))
+    return {
+        "micro_f1": float(2 * hits.sum() / micro_denominator) if micro_denominator else 0.0,
+        "macro_f1": float(per_class.mean()) if len(per_class) else float("nan"),
+        "subset_accuracy": subset,
+        "subset_accuracy_ci95": ci95,
+        "num_examples": int(len(exact)),
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -94,6 +95,7 @@ def render_classifier_card(
     learned_inner_loop: dict[str, float] | None = None,
     adapter_strength: float | None = None,
     cv_accuracy: float | None = None,
+    multi_label: dict | None = None,
 ) -> ModelCard:
     """The card of a fitted [`FewShotClassifier`]: labels, shots per class, adaptation settings, evaluation.
 
@@ -106,6 +108,9 @@ def render_classifier_card(
             ([`LearnedInnerLoop.summary`]), listed under the settings.
         adapter_strength / cv_accuracy: the share of the meta-learned LoRA delta `fit` used and, when it was
             chosen by cross-validation on the labelled examples, that cross-validated accuracy.
+        multi_label: for a multi-label classifier, [`MultiLabelHead.summary`]: the default threshold, the classes
+            with their own, and the cross-validated estimates; the card then describes the one-vs-rest head and
+            its evaluation table shows micro-F1, macro-F1 and subset accuracy (from `eval_results`).
 
     Example:
         ```python
@@ -126,7 +131,7 @@ def render_classifier_card(
         library_name="peft",
         pipeline_tag="text-classification",
         datasets=list(datasets) or None,
-        tags=list(dict.fromkeys([*CLASSIFIER_TAGS, *extra_tags])),
+        tags=list(dict.fromkeys([*CLASSIFIER_TAGS, *(["multi-label"] if multi_label else []), *extra_tags])),
         model_name=model_name,
     )
     return ModelCard.from_template(
@@ -144,7 +149,44 @@ def render_classifier_card(
         learned_inner_loop=_short_names(learned_inner_loop),
         adapter_strength=adapter_strength,
         cv_accuracy=None if cv_accuracy is None else f"{100 * cv_accuracy:.1f}%",
+        multi_label=_multi_label_rows(multi_label),
+        eval_rows=_eval_rows(eval_results, bool(multi_label)),
     )
+
+
+MULTI_LABEL_METRICS = {
+    "micro_f1": "micro-F1",
+    "macro_f1": "macro-F1",
+    "subset_accuracy": "subset accuracy (exact label set)",
+    "subset_accuracy_ci95": "subset accuracy, 95% CI half-width",
+    "num_examples": "test texts",
+}
+
+
+def _eval_rows(eval_results: dict | None, multi_label: bool) -> list[tuple[str, Any]]:
+    """The evaluation table: for a multi-label classifier its three scores first, under readable names."""
+    results = dict(eval_results or {})
+    if not multi_label:
+        return list(results.items())
+    first = [(MULTI_LABEL_METRICS[key], _shown(results.pop(key))) for key in MULTI_LABEL_METRICS if key in results]
+    return first + [(key, _shown(value)) for key, value in results.items()]
+
+
+def _shown(value: Any) -> Any:
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
+def _multi_label_rows(summary: dict | None) -> dict | None:
+    """The multi-label section: the default threshold, how it was set, the per-class exceptions."""
+    if not summary:
+        return None
+    estimates = {key: _shown(summary[key]) for key in ("cv_macro_f1", "cv_micro_f1", "cv_examples") if key in summary}
+    return {
+        "default_threshold": _shown(float(summary["default_threshold"])),
+        "chosen": bool(summary.get("chosen")),
+        "per_class": {str(c): _shown(float(t)) for c, t in (summary.get("per_class") or {}).items()},
+        "estimates": estimates,
+    }
 
 
 def _short_names(learned: dict[str, float] | None) -> dict[str, float] | None:

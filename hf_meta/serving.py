@@ -76,7 +76,8 @@ class ServingModel(torch.nn.Module):
     """Token ids and attention mask to class probabilities, in one module with no LoRA layers.
 
     `encoder` (LoRA merged), masked-mean or first-token pooling, L2 normalisation when the classifier uses it, then
-    the head of [`hf_meta.inner_loop.head_logits`]: `scale * e @ W.T + b` and a softmax. Built by
+    the head of [`hf_meta.inner_loop.head_logits`]: `scale * e @ W.T + b` and a softmax (with `multi_label`, one
+    sigmoid per class). Built by
     [`ServingModel.from_classifier`]; exported to ONNX by [`hf_meta.export.export_onnx`].
 
     Example:
@@ -94,6 +95,7 @@ class ServingModel(torch.nn.Module):
         logit_scale: float,
         pooling: str = "mean",
         normalize: bool = True,
+        multi_label: bool = False,
     ):
         super().__init__()
         hidden = encoder.config.hidden_size
@@ -110,6 +112,7 @@ class ServingModel(torch.nn.Module):
         self.logit_scale = float(logit_scale)
         self.pooling = pooling
         self.normalize = normalize
+        self.multi_label = multi_label  # one sigmoid per class (one-vs-rest) instead of the softmax
 
     @classmethod
     def from_classifier(cls, classifier: FewShotClassifier) -> ServingModel:
@@ -123,6 +126,7 @@ class ServingModel(torch.nn.Module):
             config.logit_scale,
             config.pooling,
             config.normalize_embeddings,
+            multi_label=is_multi_label(classifier),
         ).eval()
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -133,7 +137,17 @@ class ServingModel(torch.nn.Module):
         return self.logit_scale * self.embed(input_ids, attention_mask) @ self.weight.T + self.bias
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.logits(input_ids, attention_mask).softmax(-1)
+        return activation(self.logits(input_ids, attention_mask), self.multi_label)
+
+
+def activation(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Class probabilities from logits: the softmax over the classes, or one sigmoid per class (multi-label)."""
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
+
+
+def is_multi_label(classifier: FewShotClassifier) -> bool:
+    """Whether the classifier's last fit was multi-label (one sigmoid per class; see `hf_meta/multi_label.py`)."""
+    return getattr(classifier, "multi_label_", None) is not None
 
 
 def check_fitted(classifier: FewShotClassifier, action: str) -> None:
@@ -172,24 +186,24 @@ def probabilities(classifier: FewShotClassifier, batch: Batch) -> torch.Tensor:
     model = serving_model(classifier)
     if model is not None:
         return run_length_sorted(batch, classifier.batch_size, lambda c: model(c["input_ids"], c["attention_mask"]))
-    config = classifier.adaptation_config
+    config, multi = classifier.adaptation_config, is_multi_label(classifier)
     return run_length_sorted(
         batch,
         classifier.batch_size,
-        lambda c: predict_logits(classifier.encoder, classifier.weights, c, config).softmax(-1),
+        lambda c: activation(predict_logits(classifier.encoder, classifier.weights, c, config), multi),
     )
 
 
 def probabilities_and_embeddings(classifier: FewShotClassifier, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """The class probabilities of [`probabilities`] and the sentence embeddings they were computed from, in one
     pass (what an out-of-scope rule scores)."""
-    model = serving_model(classifier)
+    model, multi = serving_model(classifier), is_multi_label(classifier)
     if model is not None:
 
         def run(chunk: Batch) -> torch.Tensor:
             embeddings = model.embed(chunk["input_ids"], chunk["attention_mask"])
             logits = model.logit_scale * embeddings @ model.weight.T + model.bias
-            return torch.cat([logits.softmax(-1), embeddings], dim=-1)
+            return torch.cat([activation(logits, multi), embeddings], dim=-1)
 
     else:
         lora = {name: w for name, w in classifier.weights.items() if name != HEAD}
@@ -198,7 +212,7 @@ def probabilities_and_embeddings(classifier: FewShotClassifier, batch: Batch) ->
         def run(chunk: Batch) -> torch.Tensor:
             embeddings = classifier.encoder(lora, chunk)
             logits = head_logits(embeddings, classifier.weights[HEAD], scale)
-            return torch.cat([logits.softmax(-1), embeddings], dim=-1)
+            return torch.cat([activation(logits, multi), embeddings], dim=-1)
 
     out = run_length_sorted(batch, classifier.batch_size, run)
     classes = len(classifier.classes_)

@@ -62,8 +62,11 @@ def _per_class(dataset: datasets.Dataset) -> collections.Counter:
     return collections.Counter(dataset["label"])
 
 
+MULTI_LABEL = ["goemotions"]  # `label` is a `Sequence(ClassLabel)`: tested in tests/test_multi_label_data.py
+
+
 def test_list_collections():
-    assert list_collections() == sorted(ALL_COLLECTIONS)
+    assert list_collections() == sorted(ALL_COLLECTIONS + MULTI_LABEL)
     assert set(HUB_REPO_IDS) <= set(ALL_COLLECTIONS)
     assert HUB_REPO_IDS["banking77"] == "PolyAI/banking77"
 

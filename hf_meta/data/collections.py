@@ -167,14 +167,19 @@ splits (e.g. `mr` is one `train` split locally but train/validation/test on the 
 Hub but only test locally, `sst2` is phrase-level GLUE on the Hub and its unlabelled test split is dropped).
 """
 
-_Split = tuple[list[str], list[int]]
-"""Texts and integer labels of one split."""
+_Split = tuple[list[str], list[int]] | tuple[list[str], list[list[int]]]
+"""Texts and integer labels of one split (a list of label ids per text for a multi-label collection)."""
 
 
 @dataclasses.dataclass
 class _RawCollection:
     names: Sequence[str]
     splits: dict[str, _Split]
+    multi_label: bool = False  # `label` is a `Sequence(ClassLabel)`: every text carries a list of classes
+
+
+MULTI_LABEL_COLLECTIONS = ("goemotions",)
+"""Collections whose `label` column is a `Sequence(ClassLabel)` (a list of class ids per text, possibly empty)."""
 
 
 _Reader = Callable[[Path], _RawCollection]
@@ -605,6 +610,31 @@ def _read_20newsgroups(root: Path) -> _RawCollection:
     )
 
 
+def _read_goemotions(root: Path) -> _RawCollection:
+    """GoEmotions: `text<TAB>label ids<TAB>comment id` lines, no header, no quoting; the ids are comma-separated
+    indices into `emotions.txt` (27 emotions + neutral)."""
+    folder = root / "goemotions"
+    names = [line.strip() for line in _read_lines(folder / "emotions.txt") if line.strip()]
+
+    def parse(line: str) -> tuple[str, list[int]]:
+        text, ids, _ = line.split("\t")
+        return text, sorted({int(i) for i in ids.split(",")})
+
+    splits = {}
+    for raw, split in (("train", "train"), ("dev", "validation"), ("test", "test")):
+        path = folder / f"{raw}.tsv"
+        lines = _read_lines(path)
+        rows = _parse_each(path, enumerate(lines, 1), parse, "`text<TAB>comma-separated label ids<TAB>comment id`")
+        for number, (_, ids) in enumerate(rows, 1):
+            if any(not 0 <= i < len(names) for i in ids):
+                raise ValueError(
+                    f"{str(path)!r} line {number}: label ids {ids} outside 0..{len(names) - 1} ({len(names)} names "
+                    "in emotions.txt); restore the files from their source (see SOURCES.md)."
+                )
+        splits[split] = ([text for text, _ in rows], [ids for _, ids in rows])
+    return _RawCollection(names, splits, multi_label=True)
+
+
 def _read_json_lines_collection(file: str, root: Path) -> _RawCollection:
     path = root / file
     records = _read_json_lines(path)
@@ -651,6 +681,7 @@ _READERS: dict[str, _Reader] = {
     **{f"tweet_eval_{task}": functools.partial(_read_tweet_eval, task) for task in TWEET_EVAL_SPLITS},
     "ag_news": _read_ag_news,
     "20newsgroups": _read_20newsgroups,
+    "goemotions": _read_goemotions,
     "huffpost": functools.partial(_read_json_lines_collection, "huffpost/huffpost.json"),
     "reuters": functools.partial(_read_json_lines_collection, "reuters/reuters.json"),
 }
@@ -659,12 +690,15 @@ _READERS: dict[str, _Reader] = {
 # --------------------------------------------------------------------------------------------------- building
 
 
-def _features(names: Sequence[str]) -> datasets.Features:
-    return datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
+def _features(names: Sequence[str], multi_label: bool = False) -> datasets.Features:
+    label = datasets.ClassLabel(names=list(names))
+    return datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.Sequence(label) if multi_label else label}
+    )
 
 
 def _build(raw: _RawCollection) -> datasets.DatasetDict:
-    features = _features(raw.names)
+    features = _features(raw.names, raw.multi_label)
     return datasets.DatasetDict(
         {
             split: datasets.Dataset.from_dict(
@@ -741,7 +775,9 @@ def load_collection(name: str, data_dir: str | os.PathLike | None = None) -> dat
     """Load a text-classification collection as a `DatasetDict` with `text` and `label` columns.
 
     Every split has exactly two columns: `text` (`Value("string")`, stripped of surrounding whitespace) and `label`
-    (`ClassLabel` with the collection's class names, the same feature in every split).
+    (`ClassLabel` with the collection's class names, the same feature in every split). The multi-label collections
+    of [`MULTI_LABEL_COLLECTIONS`] (`"goemotions"`) have a `Sequence(ClassLabel)` `label` instead: a list of class
+    ids per text.
 
     Where the data comes from, in order:
 
