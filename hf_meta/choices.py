@@ -12,6 +12,10 @@ HeadInit = Literal["prototypes", "zero"]
 HeadPrior = Literal["mean", "sum"]
 Algorithm = Literal["fomaml", "reptile"]
 
+# The class id of an episode's query text that belongs to none of its classes (`build_episodes(...,
+# num_out_of_scope=...)`); its query loss is the cross-entropy to a uniform prediction (`inner_loop.example_losses`).
+OUT_OF_SCOPE = -1
+
 
 def check_choice(name: str, value: Any, choices: Any) -> None:
     """Refuse `value` unless it is one of the `Literal` type `choices`, naming the setting and what is allowed."""

@@ -9,6 +9,7 @@ from transformers.utils import logging
 
 from .adaptation_config import AdaptationConfig
 from .augmentation import augment_support
+from .choices import OUT_OF_SCOPE
 from .frozen_states import FrozenStates
 from .label_names import label_phrase, names_are_usable
 from .modeling import ROW_STATES
@@ -140,12 +141,17 @@ def check_episode_row(row: dict[str, Any]) -> None:
                 f"{len(next(y for y in nested if len(y) != 1))} labels; give exactly one, or set `multi_label`: {fix}."
             )
         labels = [c for y in labels for c in y] if nested else labels
-        bad = [label for label in labels if not 0 <= int(label) < num_classes]
+        # A single-label query may hold out-of-scope texts (`OUT_OF_SCOPE`, from `num_out_of_scope`).
+        allowed = {OUT_OF_SCOPE} if part == "query" and not multi and not nested else set()
+        bad = [label for label in labels if not 0 <= int(label) < num_classes and int(label) not in allowed]
         if bad:
+            also = f" (or {OUT_OF_SCOPE} for an out-of-scope query)" if part == "query" and not multi else ""
             raise ValueError(
-                f"An episode's `{part}_label` holds {bad[0]}, outside 0..{num_classes - 1} for its {num_classes} "
-                f"`class_names`; labels are episode-local class ids: {fix}."
+                f"An episode's `{part}_label` holds {bad[0]}, outside 0..{num_classes - 1}{also} for its "
+                f"{num_classes} `class_names`; labels are episode-local class ids: {fix}."
             )
+        if allowed and all(int(label) == OUT_OF_SCOPE for label in labels):
+            raise ValueError(f"An episode's query set is all out of scope; give it in-scope queries too: {fix}.")
     support = row["support_label"]
     support = [c for y in support for c in y] if support and isinstance(support[0], list | tuple) else support
     missing = sorted(set(range(num_classes)) - {int(label) for label in support})

@@ -23,6 +23,7 @@ from datasets.fingerprint import Hasher
 from transformers.utils import logging
 
 from . import multi_label_episodes
+from .choices import OUT_OF_SCOPE
 from .validation import check_int, check_labels, check_texts, is_int
 
 logger = logging.get_logger(__name__)
@@ -191,6 +192,7 @@ class EpisodeConfig(datasets.BuilderConfig):
     seed: int = 0
     text_column: str = "text"
     label_column: str = "label"
+    num_out_of_scope: int = 0
 
 
 class EpisodeBuilder(datasets.GeneratorBasedBuilder):
@@ -220,6 +222,8 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
         k_low, k_high = _as_range(config.k_shot, "k_shot")
         class_names = list(pools)
         rng = np.random.default_rng(config.seed)
+        # A stream of its own, so the in-scope part of every episode is the same with or without them.
+        out_of_scope_rng = np.random.default_rng([config.seed, 1])
         for episode in range(config.num_episodes):
             n_way = int(rng.integers(n_low, n_high + 1))
             k_shot = int(rng.integers(k_low, k_high + 1))
@@ -239,7 +243,20 @@ class EpisodeBuilder(datasets.GeneratorBasedBuilder):
                 row["support_label"] += [label] * k_shot
                 row["query_text"] += [texts[i] for i in picked[k_shot:]]
                 row["query_label"] += [label] * config.num_query
+            if config.num_out_of_scope:  # queries of classes the episode does not have
+                _add_out_of_scope_queries(row, out_of_scope_rng, texts, pools, config.num_out_of_scope)
             yield episode, row
+
+
+def _add_out_of_scope_queries(
+    row: dict[str, list], rng: np.random.Generator, texts: list[str], pools: dict[str, np.ndarray], count: int
+) -> None:
+    """Append `count` query texts of classes outside the episode, labelled `OUT_OF_SCOPE`: one text from each of
+    `count` distinct other classes (classes repeat only when fewer than `count` are left)."""
+    others = [name for name in pools if name not in set(row["class_names"])]
+    for name in rng.choice(others, size=count, replace=len(others) < count):
+        row["query_text"].append(texts[int(rng.choice(pools[name]))])
+        row["query_label"].append(OUT_OF_SCOPE)
 
 
 def _is_multi_label(config: EpisodeConfig) -> bool:
@@ -291,6 +308,16 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
         )
     if len(pool) < 2:
         raise ValueError(f"Episodes need at least 2 classes, got {len(pool)} ({pool}); add classes to `classes`.")
+    if config.num_out_of_scope and multi:
+        raise ValueError(
+            f"`num_out_of_scope` ({config.num_out_of_scope}) is for single-label episodes; a multi-label episode's "
+            "query texts that carry none of its classes are out of scope already. Leave it at 0."
+        )
+    if config.num_out_of_scope and n_high >= len(pool):
+        raise ValueError(
+            f"`num_out_of_scope` ({config.num_out_of_scope}) needs classes outside each episode, but `n_way` "
+            f"({config.n_way}) can take all {len(pool)} classes; lower `n_way` or add classes to `classes`."
+        )
     need = k_high + config.num_query
     duplicated = len(labelled) - len({texts[i] for i in labelled})
     if duplicated:
@@ -320,6 +347,7 @@ def build_episodes(
     seed: int = 0,
     text_column: str = "text",
     label_column: str = "label",
+    num_out_of_scope: int = 0,
     cache_dir: str | None = None,
 ) -> datasets.Dataset:
     """Sample `num_episodes` N-way K-shot episodes from `dataset`.
@@ -340,6 +368,11 @@ def build_episodes(
         seed: the same seed gives the same episodes; different seeds give different ones.
         text_column: name of the text column.
         label_column: name of the label column.
+        num_out_of_scope: query texts per episode drawn from classes outside the episode (one per class),
+            labelled `-1` (`hf_meta.choices.OUT_OF_SCOPE`); meta-training scores them by the cross-entropy to a
+            uniform prediction (outlier exposure), so the learned initialisation is unsure of what no class covers,
+            as an out-of-scope rule needs (`FewShotClassifier.fit(..., out_of_scope_label=...)`). Single-label
+            episodes only; 0 (the default) adds none.
         cache_dir: where the builder writes its Arrow file (a fresh temporary folder when `None`).
 
     Returns:
@@ -359,6 +392,7 @@ def build_episodes(
     """
     num_query = check_int(num_query, "num_query", minimum=1)
     num_episodes = check_int(num_episodes, "num_episodes", minimum=1)
+    num_out_of_scope = check_int(num_out_of_scope, "num_out_of_scope", minimum=0)
     seed = check_int(seed, "seed", minimum=0, fix="e.g. `seed=0`")
     n_way = int(n_way) if isinstance(n_way, np.integer) else n_way
     k_shot = int(k_shot) if isinstance(k_shot, np.integer) else k_shot
@@ -375,6 +409,7 @@ def build_episodes(
         "seed": seed,
         "text_column": text_column,
         "label_column": label_column,
+        "num_out_of_scope": num_out_of_scope,
     }
     if cache_dir is None:
         _remove_dead_temporary_folders()
@@ -395,6 +430,7 @@ def build_episodes(
             seed=seed,
             text_column=text_column,
             label_column=label_column,
+            num_out_of_scope=num_out_of_scope,
         )
         with datasets_progress_bars_off():
             try:

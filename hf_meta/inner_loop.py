@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .adaptation_config import AdaptationConfig
-from .choices import HeadInit, HeadPrior, check_choice
+from .choices import OUT_OF_SCOPE, HeadInit, HeadPrior, check_choice
 
 Weights = dict[str, torch.Tensor]
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
@@ -196,10 +196,20 @@ def weighted_cross_entropy(
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each example's loss: the cross-entropy of its class id, or, for multi-hot `labels`, the binary
-    cross-entropy of its sigmoid outputs summed over the classes (one-vs-rest)."""
+    cross-entropy of its sigmoid outputs summed over the classes (one-vs-rest).
+
+    An example labelled [`OUT_OF_SCOPE`] (`-1`) belongs to no class: its loss is the cross-entropy to the uniform
+    distribution over the classes (outlier exposure, Hendrycks et al., ICLR 2019), which is lowest when the head
+    is equally unsure of every class. (A multi-hot row of zeros is the multi-label counterpart.)
+    """
     if is_multi_hot(labels):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(-1)
-    return F.cross_entropy(logits, labels, reduction="none")
+    outside = labels == OUT_OF_SCOPE
+    if not bool(outside.any()):
+        return F.cross_entropy(logits, labels, reduction="none")
+    log_probabilities = logits.log_softmax(-1)
+    in_scope = -log_probabilities.gather(-1, labels.clamp_min(0)[:, None]).squeeze(-1)
+    return torch.where(outside, -log_probabilities.mean(-1), in_scope)
 
 
 def task_loss(
@@ -224,10 +234,12 @@ def task_loss(
 
 def task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of examples predicted right: the top class for class ids; for multi-hot `labels`, exactly the
-    classes whose sigmoid is at least 0.5 (subset accuracy)."""
+    classes whose sigmoid is at least 0.5 (subset accuracy). [`OUT_OF_SCOPE`] examples have no right class and are
+    not counted (NaN when no example is in scope)."""
     if is_multi_hot(labels):
         return ((logits >= 0) == (labels > 0.5)).all(-1).float().mean().item()
-    return (logits.argmax(-1) == labels).float().mean().item()
+    in_scope = labels != OUT_OF_SCOPE
+    return (logits.argmax(-1) == labels)[in_scope].float().mean().item()
 
 
 def name_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from transformers.utils import logging
 from .adaptation import episode_query_logits
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import clamp_max_length
+from .choices import OUT_OF_SCOPE
 from .episode_collator import EpisodeCollator, episode_name_phrases
 from .episodes import EPISODE_FEATURES
 from .frozen_states import FrozenStates
@@ -238,7 +239,7 @@ class MetaTrainer(Trainer):
         an `EvalPrediction` of the query predictions (class ids, episode-local) and labels of every episode. A
         multi-label episode scores its query texts by subset accuracy (every class right at probability 0.5;
         in the `EvalPrediction`, 1 for an exact label set against a label of 1) and its loss is the binary
-        cross-entropy.
+        cross-entropy. Out-of-scope queries (`build_episodes(..., num_out_of_scope=...)`) count in the loss only.
         """
         logger.info(f"***** Running {description} on {len(dataloader)} episodes *****")
         self.model.eval()
@@ -254,8 +255,9 @@ class MetaTrainer(Trainer):
             if is_multi_hot(labels):  # a multi-label episode: each query text right when its label set is exact
                 exact = ((logits >= 0) == (labels > 0.5)).all(-1)
                 episodes.append((exact.long().tolist(), [1] * len(exact), loss))
-            else:
-                episodes.append((logits.argmax(-1).tolist(), labels.tolist(), loss))
+            else:  # out-of-scope queries (`OUT_OF_SCOPE`) count in the loss, not in the accuracy
+                kept = labels != OUT_OF_SCOPE
+                episodes.append((logits.argmax(-1)[kept].tolist(), labels[kept].tolist(), loss))
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         episodes = self.accelerator.gather_for_metrics(episodes, use_gather_object=True)
         predictions = np.array([p for preds, _, _ in episodes for p in preds], dtype=np.int64)

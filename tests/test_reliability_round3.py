@@ -561,7 +561,7 @@ def test_a_head_of_the_wrong_width_rank_or_dtype_fails_at_load(head, base_and_ad
     "change, message",
     [
         ({"support_label": [0, 5]}, "`support_label` holds 5, outside 0..1"),
-        ({"query_label": [0, -1]}, "`query_label` holds -1"),
+        ({"query_label": [0, -2]}, "`query_label` holds -2"),  # -1 is an out-of-scope query
         ({"support_text": [], "support_label": []}, "empty `support_text`"),
         ({"support_label": [0, 0]}, "no example of class 1"),
     ],
