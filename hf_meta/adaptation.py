@@ -6,6 +6,7 @@ The same functions run during meta-training ([`MetaTrainer`]), evaluation and at
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,8 +52,12 @@ def adapt(
 ) -> tuple[Weights, list[float]]:
     """Run the inner loop on a support set from the LoRA weights `init`.
 
-    The first support forward pass both builds the (fitted) head and gives the first step's loss, so the loop
-    costs exactly `inner_steps` forward and backward passes.
+    Memory is bounded by the encoder's chunk (`chunk_size` texts, the classifier's `batch_size`): a support set
+    (with its class names) that fits one chunk runs as one graph, whose first forward pass both builds the (fitted)
+    head and gives the first step's loss, so the loop costs exactly `inner_steps` forward and backward passes. A
+    larger one is embedded once without a graph for the head fit, and each step's gradient is accumulated over
+    its chunks, one chunk's graph at a time (one more forward pass without a graph; the same gradient up to the
+    order of float additions). With `inner_steps=0` no graph is built.
 
     Args:
         names: the tokenised class-name phrases, row `c` for class `c` (`input_ids`, `attention_mask`), used when
@@ -92,6 +97,62 @@ def adapt(
     else:
         all_labels, sample_weight = labels, None
     lora = detached_copy(init)
+    rows = len(labels) + (0 if names is None else num_classes)
+    if config.inner_steps > 0 and rows <= encoder.chunk_size:
+        return _adapt_in_one_graph(
+            encoder, lora, support, names, all_labels, sample_weight, num_classes, config, learning_rates,
+            gradient_sum, embeddings_out,
+        )  # fmt: skip
+    # No inner step, or more rows than one chunk: embed without a graph (the head fit detaches them anyway) and,
+    # with inner steps, accumulate each step's gradient chunk by chunk. Memory then holds one chunk's graph
+    # rather than every labelled text's (~3 MB each on MiniLM), for one more forward pass without a graph.
+    with torch.no_grad():
+        embeddings = encoder(lora, support)
+        name_embeddings = None if names is None else encoder(lora, names)
+    if embeddings_out is not None:
+        embeddings_out["support"], embeddings_out["names"] = embeddings, name_embeddings
+    head = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
+    del embeddings, name_embeddings
+    weights = {**lora, HEAD: head.requires_grad_(True)}
+    if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
+        return weights, []
+    total_weight = float(len(labels)) if sample_weight is None else float(sample_weight.sum())
+
+    def support_loss_parts(w: Weights) -> Iterator[torch.Tensor]:
+        """The support loss as one part per chunk of the support set and of the names: the weighted mean
+        cross-entropy of `_adapt_in_one_graph`, split into per-chunk sums over the same total weight."""
+        lora_w = {name: t for name, t in w.items() if name != HEAD}
+        batches = [(support, labels, 1.0)]
+        if names is not None:  # name row `c` is an example of class `c` (a one-hot row for a multi-label task)
+            batches.append((names, name_targets(labels, num_classes), config.label_name_weight))
+        for batch, batch_labels, weight in batches:
+            for chunk_rows, chunk_embeddings in encoder.embedding_chunks(lora_w, batch):
+                chunk_rows = chunk_rows.to(labels.device)
+                logits = head_logits(chunk_embeddings, w[HEAD], config.logit_scale)
+                chunk_weight = torch.full((len(chunk_rows),), float(weight), device=labels.device)
+                yield task_loss(logits, batch_labels[chunk_rows], chunk_weight, reduction="sum") / total_weight
+
+    lr = learning_rates if learning_rates is not None else config.inner_learning_rate
+    with torch.enable_grad():
+        return sgd_adapt(support_loss_parts, weights, config.inner_steps, lr, None, gradient_sum)
+
+
+def _adapt_in_one_graph(
+    encoder: FunctionalEncoder,
+    lora: Weights,
+    support: dict[str, torch.Tensor],
+    names: dict[str, torch.Tensor] | None,
+    all_labels: torch.Tensor,
+    sample_weight: torch.Tensor | None,
+    num_classes: int,
+    config: AdaptationConfig,
+    learning_rates: Weights | None,
+    gradient_sum: Weights | None,
+    embeddings_out: dict[str, torch.Tensor | None] | None,
+) -> tuple[Weights, list[float]]:
+    """`adapt` on a support set that fits one chunk (meta-training's episodes): the first forward pass both builds
+    the head and gives the first step's loss, so the loop costs exactly `inner_steps` forward and backward passes."""
+    labels = support["labels"]
 
     def embed_all(w: Weights) -> tuple[torch.Tensor, torch.Tensor]:
         """Support embeddings and, after them, the name embeddings at the same fast weights."""
@@ -116,8 +177,6 @@ def adapt(
             logits = head_logits(embed_all(lora_w)[1], w[HEAD], config.logit_scale)
             return task_loss(logits, all_labels, sample_weight)
 
-        if config.inner_steps == 0:  # the fitted head alone; the weights stay leaves so FOMAML can differentiate
-            return weights, []
         lr = learning_rates if learning_rates is not None else config.inner_learning_rate
         return sgd_adapt(support_loss, weights, config.inner_steps, lr, first_loss, gradient_sum)
 

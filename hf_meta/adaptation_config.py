@@ -236,7 +236,10 @@ class AdaptationConfig:
                 "or `FewShotClassifier.save_pretrained`?"
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+            raise ValueError(
+                f"{path} is not valid JSON ({type(err).__name__}: {err}): the file is damaged or was edited. "
+                "Restore it (re-download the folder, or save the adapter or classifier again)."
+            ) from None
         except RecursionError:
             raise ValueError(f"{path} nests its JSON too deeply to be a config; restore the original file.") from None
         if not isinstance(values, dict):

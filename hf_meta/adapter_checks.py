@@ -216,7 +216,10 @@ def read_json_file(path: Path, max_bytes: int = MAX_ADAPTER_CONFIG_BYTES):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({type(err).__name__}: {err}): the file is damaged or was edited. Restore "
+            "it (re-download the folder, or save the adapter or classifier again)."
+        ) from None
     except RecursionError:
         raise ValueError(f"{path} nests its JSON too deeply to be a config; restore the original file.") from None
 
@@ -406,7 +409,31 @@ def load_tokenizer(folder: Path | None, base_path: str):
                 "`tokenizer.save_pretrained(folder)`), or delete tokenizer_config.json to use the base model's."
             )
         source = str(folder)
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception:  # tokenizers and json name no file; find the damaged one, else re-raise as it was
+        if os.path.isdir(source):
+            for name in TOKENIZER_JSON_FILES:
+                path = Path(source) / name
+                if path.is_file():
+                    _check_tokenizer_json(path)
+        raise
+
+
+# The tokenizer files that are JSON, checked one by one when a tokenizer fails to load.
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
+
+
+def _check_tokenizer_json(path: Path) -> None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({type(err).__name__}: {err}), so the tokenizer cannot load: the file is "
+            "damaged. Restore it (re-download the folder, or `tokenizer.save_pretrained(folder)` from the base "
+            "model's tokenizer)."
+        ) from None
 
 
 def check_tokenizer(tokenizer, model: PeftModel) -> None:

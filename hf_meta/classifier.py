@@ -50,7 +50,8 @@ class FewShotClassifier(ClassifierHubMixin):
             adapter); [`from_pretrained`] builds it from a folder or Hub repo.
         tokenizer: the encoder's tokenizer.
         adaptation_config: the adaptation settings every `fit` starts from.
-        batch_size: texts per forward pass in `predict` and `embed`.
+        batch_size: texts per forward pass in `fit`, `predict` and `embed`; in `fit` also the texts whose autograd
+            graph an inner step holds at once (see `fit`'s memory note).
         inner_loop: meta-learned step sizes, required when `adaptation_config.learn_inner_learning_rates`.
 
     Example:
@@ -192,6 +193,14 @@ class FewShotClassifier(ClassifierHubMixin):
         reach; by default one threshold for all classes is chosen by cross-validation on the labelled examples
         (`thresholds`, `multi_label_`). Mixing single labels and lists is refused; so are the out-of-scope and
         self-training options, and there is no temperature (`calibrate` is ignored).
+
+        **Memory.** The inner steps accumulate each step's gradient over chunks of `batch_size` texts, so the
+        autograd graph `fit` holds grows with `batch_size` times the longest text in a chunk (at most `max_length`
+        tokens), not with the number of texts; with `inner_steps=0` no graph is built. What grows with the labelled
+        texts is small per text: their token ids, a few embeddings at each candidate adapter strength, the head fits
+        (texts x classes, times the folds for the cross-validation) and, with LoRA on the top layers only, the
+        frozen lower layers' output (tokens x hidden size). Self-training refits on the labelled texts plus the
+        pseudo-labels, at the same bound. Lower `batch_size` to lower the peak (measured: `docs/reliability.md`).
 
         `overrides` replace adaptation settings (any [`AdaptationConfig`] field but `base_model`) for this fit:
         they are used by `fit`, by `predict` afterwards and written by `save_pretrained`. The next `fit` starts

@@ -305,7 +305,10 @@ class ClassifierHubMixin:
                 f"{folder / HEAD_FILE} has no {LABELS_FILE} beside it; save the classifier again."
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as err:
-            raise ValueError(f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}).") from None
+            raise ValueError(
+                f"{folder / LABELS_FILE} is not a labels file ({type(err).__name__}): it is damaged or was edited. "
+                "Restore it (re-download the folder), or fit and save the classifier again."
+            ) from None
         check_safetensors(folder / HEAD_FILE, lora=False)
         tensors = load_file(str(folder / HEAD_FILE))
         head = tensors["weight"]

@@ -7,7 +7,7 @@ attribute, so each function can be checked against a hand computation on a tiny 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -271,8 +271,35 @@ def _step(weights: Weights, grads: tuple[torch.Tensor, ...], lr: float | Weights
         }
 
 
+def accumulated_gradient(
+    parts: Iterable[torch.Tensor], weights: Weights
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The sum of the scalar losses `parts` and its gradient for `weights`, one part at a time.
+
+    Each part is differentiated as soon as it is drawn from `parts` and its graph is dropped before the next one
+    is built, so with a lazy iterable (e.g. one part per chunk of a support set) memory holds one part's graph,
+    not the whole loss's. The gradient of a sum is the sum of the gradients: equal to differentiating the summed
+    loss, up to the order of float additions.
+
+    Example:
+        ```python
+        >>> loss, grads = accumulated_gradient((chunk_loss(w, rows) for rows in chunks), w)
+        ```
+    """
+    tensors = list(weights.values())
+    total, grads = None, None
+    for part in parts:
+        part_grads = torch.autograd.grad(part, tensors, allow_unused=True)
+        part_grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, part_grads)]
+        grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads)]
+        total = part.detach() if total is None else total + part.detach()
+    if total is None:
+        raise ValueError("`parts` is empty: there is no loss to differentiate.")
+    return total, tuple(grads)
+
+
 def sgd_adapt(
-    loss_fn: Callable[[Weights], torch.Tensor],
+    loss_fn: Callable[[Weights], torch.Tensor | Iterable[torch.Tensor]],
     weights: Weights,
     steps: int,
     lr: float | Weights,
@@ -282,19 +309,24 @@ def sgd_adapt(
     """`steps` SGD steps of `loss_fn` from `weights`; returns the adapted weights and the loss before each step.
 
     Args:
-        loss_fn: maps fast weights to a scalar loss (e.g. the support loss).
+        loss_fn: maps fast weights to a scalar loss (e.g. the support loss), or to the parts the loss is the sum
+            of (e.g. one per chunk of a large support set, yielded lazily): then the gradient is accumulated part
+            by part ([`accumulated_gradient`]) and memory holds one part's graph at a time.
         weights: leaf tensors with `requires_grad=True` (see [`detached_copy`]).
         steps: number of SGD steps.
         lr: step size, a float or one per weight name.
-        first_loss: `loss_fn(weights)` when the caller already computed it (saves one forward pass).
+        first_loss: `loss_fn(weights)` when the caller already computed it as one scalar (saves one forward pass).
         gradient_sum: a dict that receives, per weight name, the sum of the support gradients of all steps (what
             [`learning_rate_hypergradient`] needs); left untouched when None.
     """
     losses = []
     for step in range(steps):
         loss = first_loss if step == 0 and first_loss is not None else loss_fn(weights)
+        if isinstance(loss, torch.Tensor):
+            grads = torch.autograd.grad(loss, list(weights.values()))
+        else:
+            loss, grads = accumulated_gradient(loss, weights)
         losses.append(loss.item())
-        grads = torch.autograd.grad(loss, list(weights.values()))
         if gradient_sum is not None:
             for name, g in zip(weights, grads):
                 gradient_sum[name] = gradient_sum[name] + g.detach() if name in gradient_sum else g.detach()

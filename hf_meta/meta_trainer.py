@@ -18,6 +18,7 @@ from transformers.utils import logging
 from .adaptation import episode_query_logits
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import clamp_max_length
+from .checkpoint_checks import check_checkpoint
 from .choices import OUT_OF_SCOPE
 from .episode_collator import EpisodeCollator, episode_name_phrases
 from .episodes import EPISODE_FEATURES
@@ -363,6 +364,8 @@ class MetaTrainer(Trainer):
                     f"`resume_from_checkpoint=True` found no complete checkpoint in `output_dir` "
                     f"{self.args.output_dir!r}; train from the start (`resume_from_checkpoint=None`) or pass a path."
                 )
+        if isinstance(resume_from_checkpoint, str | os.PathLike):
+            check_checkpoint(resume_from_checkpoint)  # a damaged file named here, not deep in torch.load
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -374,6 +377,8 @@ class MetaTrainer(Trainer):
     def _load_best_model(self) -> None:
         """The Trainer's `load_best_model_at_end` (the best checkpoint's adapter), with that checkpoint's learned
         inner loop: the best LoRA weights must not be saved beside the last step's step sizes."""
+        if self.state.best_model_checkpoint is not None:
+            check_checkpoint(self.state.best_model_checkpoint)
         super()._load_best_model()
         if self.state.best_model_checkpoint is not None:
             self._load_inner_loop(self.state.best_model_checkpoint)

@@ -422,6 +422,22 @@ class FunctionalEncoder:
             return pieces[0]
         return torch.cat(pieces)[torch.argsort(order)]
 
+    def num_chunks(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many chunks of at most `chunk_size` rows [`__call__`] runs `batch` as."""
+        return max(1, -(-len(batch["attention_mask"]) // self.chunk_size))
+
+    def embedding_chunks(
+        self, weights: Weights, batch: dict[str, torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`(rows, embeddings)` of each chunk of [`__call__`], one chunk at a time: the chunks and their values are
+        the ones `__call__` concatenates. Computed lazily, so a caller that differentiates and drops each chunk's
+        loss before asking for the next holds one chunk's autograd graph at a time (see
+        [`hf_meta.inner_loop.sgd_adapt`])."""
+        _, groups, chunks = self._chunks(batch)
+        cached = batch.get(FROZEN_STATES) or [None] * len(chunks)
+        for rows, chunk, states in zip(groups, chunks, cached):
+            yield rows, self._embed(weights, chunk, states)
+
     def _embed(self, weights: Weights, batch: dict[str, torch.Tensor], cached: torch.Tensor | None) -> torch.Tensor:
         attention_mask = batch["attention_mask"]
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": attention_mask}

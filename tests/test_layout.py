@@ -21,6 +21,7 @@ LAYERS = {
         "choices",
         "validation",
         "io_utils",
+        "checkpoint_checks",
         "label_names",
         "label_sets",
         "multi_label_episodes",
