@@ -33,6 +33,8 @@ split 1, saturated for this backbone).
     python benchmarks/accuracy.py --families sentiment --adaptation learn_inner_learning_rates=true \\
         --output benchmarks/results/accuracy_learned_inner_lr.json  # an ablation, same draws
     python benchmarks/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
+    python benchmarks/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \
+        --output benchmarks/results/accuracy_out_of_scope_episodes.json   # meta-training with out-of-scope queries
 
 On all-mpnet-base-v2 (`--model mpnet`: its five pieces installed, see `hf_meta.bench.mpnet`) the protocol covers
 BANKING77 at 5 shots, SST-2 and SST-5 at 8 and AG News at 8, with LoRA in the top 3 of the 12 layers and fewer
@@ -201,7 +203,9 @@ def parts(args, budget: Budget) -> list[Part]:
     if "intent" in args.families:
         for target in INTENT_COLLECTIONS:
             sources = [name for name in INTENT_COLLECTIONS if name != target]
-            episodes = partial(intent_episodes, sources, args.data_dir, **_shape("intent"))
+            episodes = partial(
+                intent_episodes, sources, args.data_dir, num_out_of_scope=args.num_out_of_scope, **_shape("intent")
+            )
             tasks = partial(intent_draw_tasks, target, shots["intent"], draws, args.data_dir)
             found.append(Part("intent", target, sources, episodes, tasks))
     if "sentiment" in args.families:
@@ -233,6 +237,7 @@ def top_layers(budget: Budget, family: str) -> int | None:
 
 def output_folder(args, part: Part) -> str:
     suffix = "" if args.model == DEFAULT_MODEL else f"_{args.model.rsplit('/', 1)[-1]}"
+    suffix += f"_oos{args.num_out_of_scope}" if args.num_out_of_scope else ""
     return f"outputs/accuracy{suffix}/{part.name}"
 
 
@@ -434,6 +439,13 @@ def main(argv=None) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="Meta-training settings over the family's (JSON values), e.g. learn_inner_learning_rates=true.",
+    )
+    parser.add_argument(
+        "--num_out_of_scope",
+        type=int,
+        default=0,
+        help="Intent episodes get this many query texts of other classes, scored as out of scope (outlier "
+        "exposure; `build_episodes(num_out_of_scope=...)`). Adapters go to `outputs/accuracy_oos<N>/`.",
     )
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     parser.add_argument(

@@ -33,11 +33,21 @@ def mixed_episodes(
     k_shot: IntOrRange,
     num_query: int,
     seed: int,
+    num_out_of_scope: int = 0,
 ) -> datasets.Dataset:
-    """`num_episodes` episodes drawn evenly from several collections and shuffled so each meta-batch mixes them."""
+    """`num_episodes` episodes drawn evenly from several collections and shuffled so each meta-batch mixes them
+    (`num_out_of_scope`: query texts of other classes of the same collection per episode, see `build_episodes`)."""
     per_pool = -(-num_episodes // len(pools))
     parts = [
-        build_episodes(pool, n_way=n_way, k_shot=k_shot, num_query=num_query, num_episodes=per_pool, seed=seed + i)
+        build_episodes(
+            pool,
+            n_way=n_way,
+            k_shot=k_shot,
+            num_query=num_query,
+            num_episodes=per_pool,
+            seed=seed + i,
+            num_out_of_scope=num_out_of_scope,
+        )
         for i, pool in enumerate(pools)
     ]
     with datasets_progress_bars_off():
@@ -54,10 +64,17 @@ def intent_episodes(
     k_shot: IntOrRange,
     num_query: int,
     seed: int,
+    num_out_of_scope: int = 0,
 ) -> datasets.Dataset:
     """Episodes from the training splits of intent collections (protocol A meta-training)."""
     return mixed_episodes(
-        intent_pools(sources, data_dir), num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed
+        intent_pools(sources, data_dir),
+        num_episodes,
+        n_way=n_way,
+        k_shot=k_shot,
+        num_query=num_query,
+        seed=seed,
+        num_out_of_scope=num_out_of_scope,
     )
 
 
