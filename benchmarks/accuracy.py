@@ -13,8 +13,12 @@ draws for every method. Methods: `hf_meta` (the meta-learned adapter, `FewShotCl
 same adaptation from a fresh adapter), `frozen_lr` (logistic regression on the pretrained embeddings, `C`
 cross-validated on the shots), `frozen_lr_names` (the same with each class's name as one more example, where the
 labels are names), `frozen_proto` (nearest prototype), and `setfit` (its defaults) on the first draw(s) of the
-families where it fits the budget. Each row reports mean ± 95% CI over draws and hf_meta minus the best baseline,
-paired per draw, ± its 95% CI: a `win` only when that CI excludes zero.
+families where it fits the budget. `--multitask` adds `multitask_lora` to stored parts: the same LoRA trained on the
+same sources by supervised cross-entropy over each collection's classes (as many labelled sentences as the support
+and query sets of the meta-training episodes), adapted exactly like `hf_meta`: is it the meta-learning, or the data?
+
+Each row reports mean ± 95% CI over draws and hf_meta minus the best baseline, paired per draw, ± its 95% CI: a
+`win` only when that CI excludes zero.
 
 Meta-training uses each family's recipe settings (`recipes/fewshot_intent.py` for intent and topic,
 `recipes/fewshot_sentiment.py` for sentiment), chosen on source validation data, never on a target. The recipes'
@@ -33,6 +37,7 @@ split 1, saturated for this backbone).
     python benchmarks/accuracy.py --families sentiment --adaptation learn_inner_learning_rates=true \\
         --output benchmarks/results/accuracy_learned_inner_lr.json  # an ablation, same draws
     python benchmarks/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
+    python benchmarks/accuracy.py --families intent --targets banking77 --multitask  # add multitask_lora to a part
     python benchmarks/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \
         --output benchmarks/results/accuracy_out_of_scope_episodes.json   # meta-training with out-of-scope queries
 
@@ -69,6 +74,7 @@ from transformers import set_seed
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
 from hf_meta.bench.baselines import SETFIT_MISSING, SetFitBaseline, setfit_available
 from hf_meta.bench.comparison import FewShotTask, FitWith, compare_methods, paired_summary, paired_table
+from hf_meta.bench.multitask import train_multitask_lora
 from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
     SENTIMENT_SOURCES,
@@ -76,10 +82,13 @@ from hf_meta.bench.protocols import (
     ag_news_tasks,
     intent_draw_tasks,
     intent_episodes,
+    intent_pools,
     load_class_split,
     sentiment_episodes,
+    sentiment_pools,
     sentiment_tasks,
     topic_episodes,
+    topic_pools,
 )
 from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config
 from hf_meta.modeling import with_lora
@@ -193,6 +202,7 @@ class Part:
     sources: list[str]
     episodes: Callable[..., datasets.Dataset]  # called with `num_episodes=` and `seed=`
     tasks: Callable[[], list[FewShotTask]]
+    pools: Callable[[], list[datasets.Dataset]]  # the labelled source collections the episodes are cut from
 
 
 def parts(args, budget: Budget) -> list[Part]:
@@ -207,15 +217,18 @@ def parts(args, budget: Budget) -> list[Part]:
                 intent_episodes, sources, args.data_dir, num_out_of_scope=args.num_out_of_scope, **_shape("intent")
             )
             tasks = partial(intent_draw_tasks, target, shots["intent"], draws, args.data_dir)
-            found.append(Part("intent", target, sources, episodes, tasks))
+            pools = partial(intent_pools, sources, args.data_dir)
+            found.append(Part("intent", target, sources, episodes, tasks, pools))
     if "sentiment" in args.families:
         episodes = partial(sentiment_episodes, SENTIMENT_SOURCES, args.data_dir, **_shape("sentiment", n_way=False))
         tasks = partial(_sentiment_tasks, shots["sentiment"], draws, args.data_dir)
-        found.append(Part("sentiment", "sst2+sst5", list(SENTIMENT_SOURCES), episodes, tasks))
+        pools = partial(sentiment_pools, SENTIMENT_SOURCES, args.data_dir)
+        found.append(Part("sentiment", "sst2+sst5", list(SENTIMENT_SOURCES), episodes, tasks, pools))
     if "topic" in args.families:
         episodes = partial(topic_episodes, TOPIC_SOURCES, args.data_dir, **_shape("topic"))
         tasks = partial(ag_news_tasks, shots["topic"], draws, args.data_dir, budget.topic_test_size)
-        found.append(Part("topic", "ag_news", list(TOPIC_SOURCES), episodes, tasks))
+        pools = partial(topic_pools, TOPIC_SOURCES, args.data_dir)
+        found.append(Part("topic", "ag_news", list(TOPIC_SOURCES), episodes, tasks, pools))
     targets = args.targets or budget.targets
     return [part for part in found if not targets or set(part.name.split("+")) & set(targets)]
 
@@ -287,6 +300,48 @@ def meta_train(
     return meta.to(trainer.model.device), fresh  # on the device meta-training ran on, as the fresh one is
 
 
+def multitask_classifier(args, budget: Budget, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClassifier, int]:
+    """`multitask_lora`: the part's fresh adapter trained by supervised cross-entropy over each source collection's
+    classes on as many labelled sentences as the support and query sets of its `steps` meta-steps hold, then
+    adapted like `hf_meta` (see `hf_meta.bench.multitask`). Returns the classifier and that sentence count."""
+    episodes = part.episodes(num_episodes=steps * 4, seed=seed)
+    sentences = sum(len(row["support_text"]) + len(row["query_text"]) for row in episodes)
+    set_seed(seed)
+    fresh = fresh_classifier(args, budget, part)
+    model = train_multitask_lora(
+        fresh.model,
+        fresh.tokenizer,
+        part.pools(),
+        sentences,
+        fresh.meta_config,
+        learning_rate=MetaTrainingArguments.learning_rate,
+        output_dir=output_folder(args, part) + "_multitask",
+        seed=seed,
+    )
+    return FewShotClassifier(model, fresh.tokenizer, fresh.meta_config), sentences
+
+
+def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict:
+    """Score `multitask_lora` on the draws of a stored part and add its rows to it (the other rows are kept)."""
+    if stored is None:
+        raise SystemExit(
+            f"`--multitask` adds a column to a stored part, and {part.family}/{part.name} is not in `--output`: "
+            f"run `python benchmarks/accuracy.py --families {part.family} --targets {part.name.split('+')[0]}` first."
+        )
+    start = time.time()
+    steps = budget.meta_steps[part.family] if args.meta_steps is None else args.meta_steps
+    classifier, sentences = multitask_classifier(args, budget, part, steps)
+    train_seconds = time.time() - start
+    tasks = limit_test_set(part.tasks(), args.test_examples)
+    rows = [{**row, "family": part.family, "target": row.pop("dataset")} for row in
+            compare_methods(tasks, {"multitask_lora": classifier})]  # fmt: skip
+    print(f"budget: {part.family}/{part.name}: multitask training {train_seconds:.0f} s on {sentences} sentences")
+    kept = [row for row in stored["rows"] if row["method"] != "multitask_lora"]
+    multitask = {"sentences": sentences, "training_seconds": round(train_seconds, 1), "command": _command(),
+                 "evaluation_seconds": round(time.time() - start - train_seconds, 1)}  # fmt: skip
+    return {**stored, "rows": kept + rows, "multitask": multitask}
+
+
 def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]:
     if n is None:
         return tasks
@@ -341,7 +396,7 @@ def run_heldout_classes(args, budget: Budget) -> dict[str, dict]:
         collection = load_collection(dataset, args.data_dir)
         train_classes, _, test_classes = load_class_split(dataset, 1, args.data_dir)
         episodes = partial(build_episodes, collection["train"], classes=train_classes, **_shape("heldout_classes"))
-        part = Part("heldout_classes", dataset, [dataset], episodes, list)
+        part = Part("heldout_classes", dataset, [dataset], episodes, list, list)
         meta, fresh = meta_train(args, budget, part, args.meta_steps or budget.meta_steps["heldout_classes"])
         rows = []
         for shots in (1, 5):
@@ -447,6 +502,13 @@ def main(argv=None) -> None:
         help="Intent episodes get this many query texts of other classes, scored as out of scope (outlier "
         "exposure; `build_episodes(num_out_of_scope=...)`). Adapters go to `outputs/accuracy_oos<N>/`.",
     )
+    parser.add_argument(
+        "--multitask",
+        action="store_true",
+        help="Add the `multitask_lora` column (the same LoRA trained by supervised cross-entropy on the same sources "
+        "and as many sentences as meta-training sees, adapted like hf_meta) to the stored parts run; nothing else "
+        "is re-measured.",
+    )
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     parser.add_argument(
         "--resummarize", action="store_true", help="Measure nothing: recompute the tables of the stored parts."
@@ -471,7 +533,10 @@ def main(argv=None) -> None:
         if "heldout_classes" in args.families:
             done.update(run_heldout_classes(args, budget))
         for part in parts(args, budget):
-            done[f"{part.family}/{part.name}"] = run_part(args, budget, part)
+            key = f"{part.family}/{part.name}"
+            done[key] = (
+                run_multitask(args, budget, part, done.get(key)) if args.multitask else run_part(args, budget, part)
+            )
 
     rows = [row for part in done.values() for row in part["rows"]]
     reference = "hf_meta" if any(row["method"] == "hf_meta" for row in rows) else "fresh_lora"

@@ -54,6 +54,7 @@ LAYERS = {
         "bench.baselines",
         "bench.comparison",
         "bench.mpnet",
+        "bench.multitask",
         "bench.plots",
         "bench.protocols",
         "bench.scripts",

@@ -279,7 +279,16 @@ def _verdict(paired: dict) -> str:
     return "win" if diff > 0 else "loss"
 
 
-METHOD_ORDER = ("hf_meta", "hf_meta_full", "fresh_lora", "frozen_lr", "frozen_lr_names", "frozen_proto", "setfit")
+METHOD_ORDER = (
+    "hf_meta",
+    "hf_meta_full",
+    "fresh_lora",
+    "multitask_lora",
+    "frozen_lr",
+    "frozen_lr_names",
+    "frozen_proto",
+    "setfit",
+)
 
 
 def paired_table(summary: Sequence[dict], method: str = "hf_meta", markdown: bool = False) -> str:

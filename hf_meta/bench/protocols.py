@@ -325,10 +325,16 @@ def sentiment_episodes(
     SST was built from the MR sentences: 731 of the 872 SST-2 dev sentences are in MR, so without this filter
     meta-training would see the test sets.
     """
+    return mixed_episodes(
+        sentiment_pools(sources, data_dir), num_episodes, n_way=2, k_shot=k_shot, num_query=num_query, seed=seed
+    )
+
+
+def sentiment_pools(sources: Sequence[str], data_dir: str) -> list[datasets.Dataset]:
+    """Each sentiment source collection (every split) without any SST-2 or SST-5 sentence."""
     if any(source.startswith("sst") for source in sources):
         raise ValueError(f"`sources` {list(sources)} holds an SST collection: it contains the target's sentences.")
-    pools = _pools_without(sources, _all_texts(SENTIMENT_TARGETS, data_dir), data_dir)
-    return mixed_episodes(pools, num_episodes, n_way=2, k_shot=k_shot, num_query=num_query, seed=seed)
+    return _pools_without(sources, _all_texts(SENTIMENT_TARGETS, data_dir), data_dir)
 
 
 def topic_episodes(
@@ -342,10 +348,16 @@ def topic_episodes(
     seed: int,
 ) -> datasets.Dataset:
     """Episodes from topic collections (default HuffPost, 20 Newsgroups, Reuters), with any AG News text removed."""
+    return mixed_episodes(
+        topic_pools(sources, data_dir), num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed
+    )
+
+
+def topic_pools(sources: Sequence[str], data_dir: str) -> list[datasets.Dataset]:
+    """Each topic source collection (every split) without any AG News text."""
     if "ag_news" in sources:
         raise ValueError(f"`sources` {list(sources)} holds `ag_news`, the topic target; meta-train on the others.")
-    pools = _pools_without(sources, _all_texts(["ag_news"], data_dir), data_dir)
-    return mixed_episodes(pools, num_episodes, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
+    return _pools_without(sources, _all_texts(["ag_news"], data_dir), data_dir)
 
 
 def _pools_without(sources: Sequence[str], target_texts: list[str], data_dir: str) -> list[datasets.Dataset]:
