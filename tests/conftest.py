@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: offline Hub, the raw data folder, tiny in-test encoders and the real MiniLM."""
+"""Shared pytest fixtures: offline Hub, the raw data folder, tiny in-test encoders and trainers, the real MiniLM."""
 
 import os
 
@@ -77,6 +77,52 @@ def tiny_encoder(kind: str = "bert", seed: int = 0, vocab_size: int = 30522):
             model.encoder.relative_attention_bias.weight.normal_(std=1.0)
         return model
     raise ValueError(kind)
+
+
+QUIET = {"report_to": "none", "disable_tqdm": True}
+
+
+def meta_args(output_dir: str | os.PathLike, **settings):
+    """`MetaTrainingArguments(output_dir, **settings)` for a test: `output_dir` may be a `Path`, and it is quiet (no
+    reporting integration, no progress bars) unless `settings` say otherwise."""
+    from hf_meta import MetaTrainingArguments
+
+    return MetaTrainingArguments(output_dir=str(output_dir), **{**QUIET, **settings})
+
+
+def tiny_trainer(
+    output_dir: str | os.PathLike,
+    tokenizer=None,
+    train_dataset=None,
+    *,
+    model=None,
+    kind: str = "bert",
+    eval_dataset=None,
+    peft_config=None,
+    data_collator=None,
+    callbacks=None,
+    compute_metrics=None,
+    **settings,
+):
+    """A `MetaTrainer` on `meta_args(output_dir, **settings)`, tokenising with `tokenizer`. `model` defaults to a
+    fresh `tiny_encoder(kind)` sized to the tokenizer's vocabulary; the keywords before `**settings` go to the
+    trainer, as `MetaTrainer` takes them (None: its default)."""
+    from hf_meta import MetaTrainer
+
+    args = meta_args(output_dir, **settings)
+    if model is None:
+        model = tiny_encoder(kind) if tokenizer is None else tiny_encoder(kind, vocab_size=tokenizer.vocab_size)
+    return MetaTrainer(
+        model=model,
+        args=args,
+        peft_config=peft_config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        callbacks=None if callbacks is None else list(callbacks),
+        compute_metrics=compute_metrics,
+    )
 
 
 def top_layer_lora(base, layers: list[int], r: int = 4):

@@ -3,7 +3,7 @@ shot-aware head prior."""
 
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder, top_layer_lora
+from conftest import WORDS, tiny_encoder, tiny_trainer, top_layer_lora
 
 from hf_meta import AdaptationConfig, EpisodeCollator, build_episodes
 from hf_meta.adaptation import adapt, episode_meta_gradient
@@ -210,12 +210,10 @@ def test_a_saved_config_without_a_setting_takes_its_default(tmp_path):
 
 
 def test_meta_trainer_caches_the_name_phrases_with_the_sentences(tmp_path, toy_dataset, tokenizer):
-    from hf_meta import MetaTrainer, MetaTrainingArguments
 
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=1, num_episodes=2, seed=0)
     model = top_layer_lora(tiny_encoder("bert", vocab_size=tokenizer.vocab_size), [1])
-    args = MetaTrainingArguments(output_dir=str(tmp_path), max_length=16, report_to="none", disable_tqdm=True)
-    trainer = MetaTrainer(model=model, args=args, train_dataset=episodes, processing_class=tokenizer)
+    trainer = tiny_trainer(tmp_path, tokenizer, episodes, model=model, max_length=16)
     collator = trainer.data_collator
     assert collator.use_label_names and collator.frozen_states is not None
     for names in episodes["class_names"]:

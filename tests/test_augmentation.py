@@ -5,15 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder
+from conftest import WORDS, tiny_encoder, tiny_trainer
 
 import hf_meta.classifier as classifier_module
 from hf_meta import (
     AdaptationConfig,
     EpisodeCollator,
     FewShotClassifier,
-    MetaTrainer,
-    MetaTrainingArguments,
     build_episodes,
 )
 from hf_meta.augmentation import augment_support, augment_texts, span_cutoff, word_dropout, word_swap
@@ -112,17 +110,15 @@ def test_meta_training_with_augmentation(tmp_path, tiny_base, tokenizer, toy_dat
     from transformers import AutoModel
 
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=2, seed=0)
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path),
+    trainer = tiny_trainer(
+        tmp_path,
+        tokenizer,
+        episodes,
+        model=AutoModel.from_pretrained(tiny_base),
         max_steps=1,
         gradient_accumulation_steps=2,
         inner_steps=1,
         support_augmentation="word_dropout",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(tiny_base), args=args, train_dataset=episodes, processing_class=tokenizer
     )
     assert trainer.data_collator([episodes[0]])["support_input_ids"].shape[0] == 12
     result = trainer.train()

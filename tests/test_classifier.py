@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import WORDS, tiny_encoder
+from conftest import WORDS, tiny_encoder, tiny_trainer
 from peft import PeftModel
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import FewShotClassifier, build_episodes
 from hf_meta.classifier_hub import HEAD_FILE
 from hf_meta.inner_loop import HEAD
 
@@ -22,17 +22,15 @@ def meta_adapter(tmp_path_factory, toy_dataset, tokenizer):
     from transformers import AutoModel
 
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=8, seed=0)
-    args = MetaTrainingArguments(
-        output_dir=str(root / "adapter"),
+    trainer = tiny_trainer(
+        root / "adapter",
+        tokenizer,
+        episodes,
+        model=AutoModel.from_pretrained(base_dir),
         max_steps=2,
         gradient_accumulation_steps=2,
         inner_steps=3,
         inner_learning_rate=0.5,
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(base_dir), args=args, train_dataset=episodes, processing_class=tokenizer
     )
     trainer.train()
     trainer.save_model()

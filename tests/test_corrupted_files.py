@@ -4,9 +4,9 @@ import re
 import shutil
 
 import pytest
-from conftest import WORDS, tiny_encoder
+from conftest import WORDS, tiny_encoder, tiny_trainer
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import FewShotClassifier, build_episodes
 from hf_meta.checkpoint_checks import check_checkpoint
 
 DAMAGES = {
@@ -27,22 +27,15 @@ def run_with_checkpoints(tmp_path_factory, toy_dataset, tokenizer):
     """A finished 2-step run (learned step sizes, so the inner-loop file is saved too) with checkpoints 1 and 2."""
     root = tmp_path_factory.mktemp("checkpoints")
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=2, num_episodes=4, seed=0)
-    make = _trainer_factory(episodes, tokenizer)
+
+    def make(output_dir, max_steps):
+        return tiny_trainer(
+            output_dir, tokenizer, episodes, max_steps=max_steps, gradient_accumulation_steps=1, inner_steps=1,
+            save_strategy="steps", save_steps=1, base_model="org/tiny", learn_inner_learning_rates=True,
+        )  # fmt: skip
+
     make(root / "out", 2).train()
     return root / "out", make
-
-
-def _trainer_factory(episodes, tokenizer):
-    def make(output_dir, max_steps):
-        args = MetaTrainingArguments(
-            output_dir=str(output_dir), max_steps=max_steps, gradient_accumulation_steps=1, inner_steps=1,
-            save_strategy="steps", save_steps=1, report_to="none", disable_tqdm=True, base_model="org/tiny",
-            learn_inner_learning_rates=True,
-        )  # fmt: skip
-        model = tiny_encoder(vocab_size=tokenizer.vocab_size)
-        return MetaTrainer(model=model, args=args, train_dataset=episodes, processing_class=tokenizer)
-
-    return make
 
 
 # The files a resume reads, and the damages each must be refused for (a flipped byte in a JSON file may still be

@@ -9,10 +9,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder, top_layer_lora
+from conftest import WORDS, tiny_encoder, tiny_trainer, top_layer_lora
 from transformers import BertTokenizerFast
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import FewShotClassifier, build_episodes
 from hf_meta.adaptation_config import AdaptationConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -34,17 +34,17 @@ def test_meta_training_then_fit_on_cuda_matches_cpu(tmp_path, toy_dataset, word_
         if top_layers is None
         else top_layer_lora(tiny_encoder(vocab_size=len(word_tokenizer)), top_layers)
     )
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"),
+    trainer = tiny_trainer(
+        tmp_path / "out",
+        word_tokenizer,
+        episodes,
+        model=model,
         max_steps=2,
         gradient_accumulation_steps=2,
         inner_steps=2,
         learning_rate=1e-2,
-        report_to="none",
-        disable_tqdm=True,
         seed=0,
     )
-    trainer = MetaTrainer(model=model, args=args, train_dataset=episodes, processing_class=word_tokenizer)
     trainer.train()
     assert trainer.model.device.type == "cuda" and trainer.state.global_step == 2
     assert trainer.evaluate(episodes.select(range(4)))["eval_accuracy"] >= 0

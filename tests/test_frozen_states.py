@@ -5,10 +5,10 @@ import dataclasses
 import datasets
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder, top_layer_lora
+from conftest import WORDS, tiny_encoder, tiny_trainer, top_layer_lora
 from peft import LoraConfig
 
-from hf_meta import AdaptationConfig, EpisodeCollator, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import AdaptationConfig, EpisodeCollator, build_episodes
 from hf_meta.adaptation import episode_meta_gradient
 from hf_meta.episode_collator import split_episode
 from hf_meta.frozen_states import FrozenStates
@@ -93,18 +93,17 @@ def test_meta_trainer_precomputes_states_and_trains_the_same(toy_dataset, tokeni
     for precompute in (True, False):
         base = tiny_encoder(vocab_size=tokenizer.vocab_size)
         config = LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[1])
-        args = MetaTrainingArguments(
-            output_dir=str(tmp_path / str(precompute)),
+        trainer = tiny_trainer(
+            tmp_path / str(precompute),
+            tokenizer,
+            episodes,
+            model=base,
+            peft_config=config,
             max_steps=2,
             gradient_accumulation_steps=2,
             inner_steps=2,
             max_length=16,
-            report_to="none",
-            disable_tqdm=True,
             precompute_frozen_states=precompute,
-        )
-        trainer = MetaTrainer(
-            model=base, args=args, peft_config=config, train_dataset=episodes, processing_class=tokenizer
         )
         assert (trainer.data_collator.frozen_states is not None) == precompute
         trainer.train()

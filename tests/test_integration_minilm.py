@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from conftest import tiny_trainer
 from transformers import AutoModel
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
+from hf_meta import FewShotClassifier, build_episodes, load_collection
 from hf_meta.bench.protocols import load_class_split
 
 
@@ -21,20 +22,15 @@ def test_meta_train_evaluate_save_and_adapt_on_minilm(tmp_path, data_dir, intent
     held_out = build_episodes(
         banking["test"], classes=test_classes, n_way=5, k_shot=2, num_query=3, num_episodes=4, seed=1
     )
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"),
+    trainer = tiny_trainer(
+        tmp_path / "out",
+        tokenizer,
+        train,
+        model=AutoModel.from_pretrained(minilm_path),
+        eval_dataset=held_out,
         max_steps=2,
         gradient_accumulation_steps=2,
-        report_to="none",
-        disable_tqdm=True,
         base_model="sentence-transformers/all-MiniLM-L6-v2",
-    )
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(minilm_path),
-        args=args,
-        train_dataset=train,
-        eval_dataset=held_out,
-        processing_class=tokenizer,
     )
     base_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
     trainer.train()

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from conftest import StopAt, tiny_encoder
+from conftest import StopAt, tiny_encoder, tiny_trainer
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import FewShotClassifier, MetaTrainingArguments, build_episodes
 from hf_meta.adaptation import episode_meta_gradient
 from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 from hf_meta.episode_collator import EpisodeCollator
@@ -106,22 +106,16 @@ def test_learned_rates_at_the_config_value_give_the_plain_fomaml_gradient(episod
 
 
 def test_meta_trainer_learns_saves_and_fit_uses_the_rates(tmp_path, episodes, tokenizer):
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"),
+    trainer = tiny_trainer(
+        tmp_path / "out",
+        tokenizer,
+        episodes,
         max_steps=3,
         gradient_accumulation_steps=2,
         inner_steps=2,
         learning_rate=0.1,
         learn_inner_learning_rates=True,
-        report_to="none",
-        disable_tqdm=True,
         base_model="org/tiny",
-    )
-    trainer = MetaTrainer(
-        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
-        args=args,
-        train_dataset=episodes,
-        processing_class=tokenizer,
     )
     start = trainer.inner_loop.log_learning_rates.detach().clone()
     trainer.train()
@@ -185,9 +179,12 @@ def test_learning_rates_need_inner_steps(tmp_path):
 
 
 def test_resume_from_checkpoint_restores_the_learned_rates(tmp_path, episodes, tokenizer):
-    def run(name, callbacks=(), resume=None):
-        args = MetaTrainingArguments(
-            output_dir=str(tmp_path / name),
+    def run(name, callbacks=None, resume=None):
+        trainer = tiny_trainer(
+            tmp_path / name,
+            tokenizer,
+            episodes,
+            callbacks=callbacks,
             max_steps=4,
             gradient_accumulation_steps=2,
             save_strategy="steps",
@@ -196,16 +193,7 @@ def test_resume_from_checkpoint_restores_the_learned_rates(tmp_path, episodes, t
             inner_learning_rate=0.1,
             learning_rate=0.1,
             learn_inner_learning_rates=True,
-            report_to="none",
-            disable_tqdm=True,
             seed=0,
-        )
-        trainer = MetaTrainer(
-            model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
-            args=args,
-            train_dataset=episodes,
-            processing_class=tokenizer,
-            callbacks=list(callbacks),
         )
         trainer.train(resume_from_checkpoint=resume)
         return trainer

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import tiny_encoder, top_layer_lora
+from conftest import tiny_encoder, tiny_trainer, top_layer_lora
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import build_episodes
 from hf_meta.adaptation import episode_meta_gradient
 from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.episode_collator import EpisodeCollator
@@ -55,8 +55,10 @@ def test_configurations_without_a_shared_start_adapt_episode_by_episode(episodes
 
 
 def train(tmp_path, episodes, tokenizer, batch_size, accumulation):
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / f"b{batch_size}"),
+    trainer = tiny_trainer(
+        tmp_path / f"b{batch_size}",
+        tokenizer,
+        episodes,
         max_steps=3,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
@@ -65,11 +67,8 @@ def train(tmp_path, episodes, tokenizer, batch_size, accumulation):
         # rounding into a full step; SGD moves each weight in proportion to its gradient.
         optim="sgd",
         learning_rate=1.0,
-        report_to="none",
-        disable_tqdm=True,
         seed=0,
     )
-    trainer = MetaTrainer(model=tiny_encoder("bert"), args=args, train_dataset=episodes, processing_class=tokenizer)
     trainer.train()
     return {name: p.detach().clone() for name, p in meta_parameters(trainer.model).items()}, trainer
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_encoder
+from conftest import tiny_encoder, tiny_trainer
 from peft import LoraConfig, get_peft_model
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import MetaTrainingArguments, build_episodes
 from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME, AdaptationConfig
 
 
@@ -16,25 +16,13 @@ def episodes(toy_dataset):
     return build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=12, seed=0)
 
 
-def make_trainer(tmp_path, episodes, tokenizer, kind="bert", **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=3,
-        gradient_accumulation_steps=2,
-        inner_steps=2,
-        learning_rate=1e-2,
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-    )
-    args.update(overrides)
-    return MetaTrainer(
-        model=tiny_encoder(kind),
-        args=MetaTrainingArguments(**args),
-        train_dataset=episodes,
-        eval_dataset=episodes.select(range(4)),
-        processing_class=tokenizer,
-    )
+SETTINGS = dict(max_steps=3, gradient_accumulation_steps=2, inner_steps=2, learning_rate=1e-2, seed=0)
+
+
+def make_trainer(tmp_path, episodes, tokenizer, **overrides):
+    """This file's run (`SETTINGS`, `overrides` on top) on a tiny encoder, evaluated on the first 4 episodes."""
+    eval_dataset = episodes.select(range(4))
+    return tiny_trainer(tmp_path / "out", tokenizer, episodes, eval_dataset=eval_dataset, **SETTINGS | overrides)
 
 
 def snapshot(model):
@@ -76,8 +64,9 @@ def test_save_and_reload_gives_same_accuracy(tmp_path, episodes, tokenizer):
     from peft import PeftModel
 
     reloaded = PeftModel.from_pretrained(tiny_encoder("bert"), out, is_trainable=True)
-    args = MetaTrainingArguments(output_dir=str(tmp_path / "re"), inner_steps=2, report_to="none", disable_tqdm=True)
-    again = MetaTrainer(model=reloaded, args=args, eval_dataset=episodes.select(range(4)), processing_class=tokenizer)
+    again = tiny_trainer(
+        tmp_path / "re", tokenizer, model=reloaded, eval_dataset=episodes.select(range(4)), inner_steps=2
+    )
     assert again.evaluate()["eval_accuracy"] == pytest.approx(expected, abs=1e-6)
 
 
@@ -99,14 +88,13 @@ def test_other_architectures_get_default_lora_targets_and_train(tmp_path, episod
 
 def test_accepts_lora_config_or_peft_model(tmp_path, episodes, tokenizer):
     config = LoraConfig(r=4, target_modules=["query"], init_lora_weights="gaussian")
-    args = MetaTrainingArguments(output_dir=str(tmp_path), report_to="none")
-    from_config = MetaTrainer(model=tiny_encoder(), args=args, peft_config=config, processing_class=tokenizer)
+    from_config = tiny_trainer(tmp_path, tokenizer, peft_config=config)
     assert from_config.model.peft_config["default"].r == 4
     wrapped = get_peft_model(tiny_encoder(), LoraConfig(r=2, target_modules=["value"]))
-    from_peft = MetaTrainer(model=wrapped, args=args, processing_class=tokenizer)
+    from_peft = tiny_trainer(tmp_path, tokenizer, model=wrapped)
     assert from_peft.model is wrapped
     with pytest.raises(ValueError, match="already a `PeftModel`"):
-        MetaTrainer(model=wrapped, args=args, peft_config=config, processing_class=tokenizer)
+        tiny_trainer(tmp_path, tokenizer, model=wrapped, peft_config=config)
 
 
 def test_saved_adapter_config_names_hub_id(tmp_path, episodes, tokenizer):
@@ -139,9 +127,8 @@ def test_argument_validation(tmp_path, kwargs, message):
 
 
 def test_rejects_non_episode_dataset(tmp_path, toy_dataset, tokenizer):
-    args = MetaTrainingArguments(output_dir=str(tmp_path), report_to="none")
     with pytest.raises(ValueError, match="lacks the episode column"):
-        MetaTrainer(model=tiny_encoder(), args=args, train_dataset=toy_dataset, processing_class=tokenizer)
+        tiny_trainer(tmp_path, tokenizer, toy_dataset)
 
 
 def test_compute_metrics_gets_every_query_prediction_and_predict_returns_them(tmp_path, episodes, tokenizer):
@@ -244,22 +231,18 @@ def test_a_data_collator_with_precomputed_frozen_states_is_refused_not_silently_
 
     top_layer = LoraConfig(r=4, target_modules=lora_target_modules("bert"), layers_to_transform=[1])
     collator = EpisodeCollator(tokenizer, AdaptationConfig(inner_steps=2))
-    arguments = dict(output_dir=str(tmp_path / "out"), inner_steps=2, report_to="none", disable_tqdm=True)
     with pytest.raises(
         ValueError, match="`precompute_frozen_states=True`.*`data_collator` given \\(EpisodeCollator\\)"
     ):
-        MetaTrainer(
-            model=tiny_encoder(),
-            args=MetaTrainingArguments(**arguments),
-            peft_config=top_layer,
-            train_dataset=episodes,
-            data_collator=collator,
+        tiny_trainer(
+            tmp_path / "out", train_dataset=episodes, peft_config=top_layer, data_collator=collator, inner_steps=2
         )
-    trainer = MetaTrainer(
-        model=tiny_encoder(),
-        args=MetaTrainingArguments(**arguments, precompute_frozen_states=False),
-        peft_config=top_layer,
+    trainer = tiny_trainer(
+        tmp_path / "out",
         train_dataset=episodes,
+        peft_config=top_layer,
         data_collator=collator,
+        inner_steps=2,
+        precompute_frozen_states=False,
     )
     assert trainer.data_collator is collator

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import tiny_encoder
+from conftest import tiny_trainer
 from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import build_episodes
 from hf_meta.modeling import meta_parameters
 
 
@@ -15,33 +15,26 @@ def episodes(toy_dataset):
     return build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=16, seed=0)
 
 
-def trainer_with_validation(tmp_path, episodes, tokenizer, callbacks=(), compute_metrics=None, **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=4,
-        gradient_accumulation_steps=2,
-        inner_steps=0,
-        learning_rate=5e-2,
-        eval_strategy="steps",
-        eval_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-    )
-    args.update(overrides)
-    return MetaTrainer(
-        model=tiny_encoder("bert"),
-        args=MetaTrainingArguments(**args),
-        train_dataset=episodes,
-        eval_dataset=episodes.select(range(3)),
-        processing_class=tokenizer,
-        callbacks=list(callbacks),
-        compute_metrics=compute_metrics,
-    )
+VALIDATED = dict(
+    max_steps=4,
+    gradient_accumulation_steps=2,
+    inner_steps=0,
+    learning_rate=5e-2,
+    eval_strategy="steps",
+    eval_steps=1,
+    save_strategy="steps",
+    save_steps=1,
+    load_best_model_at_end=True,
+    metric_for_best_model="accuracy",
+    seed=0,
+)
+
+
+def trainer_with_validation(tmp_path, episodes, tokenizer, **overrides):
+    """A run validated on the first 3 episodes every step (`VALIDATED`, `overrides` on top: settings or trainer
+    keywords)."""
+    eval_dataset = episodes.select(range(3))
+    return tiny_trainer(tmp_path / "out", tokenizer, episodes, eval_dataset=eval_dataset, **VALIDATED | overrides)
 
 
 def lora_state(trainer) -> dict[str, torch.Tensor]:

@@ -8,9 +8,9 @@ import zipfile
 import pytest
 import transformers.trainer
 import yaml
-from conftest import tiny_encoder
+from conftest import tiny_encoder, tiny_trainer
 
-from hf_meta import AdaptationConfig, FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import AdaptationConfig, FewShotClassifier, build_episodes
 from hf_meta.bench.plots import PLOT_FILE, plot_accuracy_vs_shots
 from hf_meta.model_card import render_model_card
 
@@ -117,18 +117,16 @@ def test_push_to_hub_uploads_adapter_settings_card_and_plot(tmp_path, monkeypatc
     tokenizer.save_pretrained(base_dir)
     from transformers import AutoModel
 
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"),
+    trainer = tiny_trainer(
+        tmp_path / "out",
+        tokenizer,
+        episodes,
+        model=AutoModel.from_pretrained(base_dir),
         max_steps=1,
         gradient_accumulation_steps=2,
-        report_to="none",
-        disable_tqdm=True,
         push_to_hub=True,
         hub_model_id="me/tiny-meta",
         base_model="org/tiny-encoder",
-    )
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(base_dir), args=args, train_dataset=episodes, processing_class=tokenizer
     )
     trainer.train()
     plot_accuracy_vs_shots(ROWS, tmp_path / "out" / PLOT_FILE)

@@ -16,10 +16,10 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder, top_layer_lora
+from conftest import WORDS, tiny_encoder, tiny_trainer, top_layer_lora
 from transformers import AutoModel
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import FewShotClassifier, build_episodes
 from hf_meta.adaptation import AdaptationConfig
 from hf_meta.bench import mpnet
 from hf_meta.bench.mpnet import MPNET_HUB_ID, MPNET_REVISION, PART_PACKAGES, MPNetPartsError, mpnet_path
@@ -97,8 +97,12 @@ def test_meta_training_with_precomputed_states_matches_the_plain_path(toy_datase
     results = []
     for precompute in (True, False):
         base = tiny_encoder("mpnet", vocab_size=tokenizer.vocab_size)
-        args = MetaTrainingArguments(
-            output_dir=str(tmp_path / str(precompute)),
+        trainer = tiny_trainer(
+            tmp_path / str(precompute),
+            tokenizer,
+            episodes,
+            model=base,
+            peft_config=default_lora_config("mpnet", top_layers=1, num_layers=2),
             max_steps=2,
             gradient_accumulation_steps=2,
             inner_steps=2,
@@ -106,16 +110,7 @@ def test_meta_training_with_precomputed_states_matches_the_plain_path(toy_datase
             head_fit_steps=0,
             head_init="prototypes",
             head_bias=False,
-            report_to="none",
-            disable_tqdm=True,
             precompute_frozen_states=precompute,
-        )
-        trainer = MetaTrainer(
-            model=base,
-            args=args,
-            peft_config=default_lora_config("mpnet", top_layers=1, num_layers=2),
-            train_dataset=episodes,
-            processing_class=tokenizer,
         )
         assert (trainer.data_collator.frozen_states is not None) == precompute
         before = {n: p.detach().clone() for n, p in meta_parameters(trainer.model).items()}
@@ -138,22 +133,17 @@ def meta_adapter(tmp_path_factory, toy_dataset, tokenizer):
     tiny_encoder("mpnet", vocab_size=tokenizer.vocab_size).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=8, seed=0)
-    args = MetaTrainingArguments(
-        output_dir=str(root / "adapter"),
+    trainer = tiny_trainer(
+        root / "adapter",
+        tokenizer,
+        episodes,
+        model=AutoModel.from_pretrained(base_dir),
+        peft_config=default_lora_config("mpnet", top_layers=1, num_layers=2),
         max_steps=2,
         gradient_accumulation_steps=2,
         inner_steps=3,
         inner_learning_rate=0.5,
         base_model="org/tiny-mpnet",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(base_dir),
-        args=args,
-        peft_config=default_lora_config("mpnet", top_layers=1, num_layers=2),
-        train_dataset=episodes,
-        processing_class=tokenizer,
     )
     trainer.train()
     trainer.save_model()

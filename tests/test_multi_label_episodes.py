@@ -8,9 +8,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder, top_layer_lora
+from conftest import WORDS, tiny_encoder, tiny_trainer, top_layer_lora
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes, mix_episodes, split_classes
+from hf_meta import build_episodes, mix_episodes, split_classes
 from hf_meta.adaptation import episode_meta_gradient, fitted_head
 from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.episode_collator import EpisodeCollator, split_episode
@@ -166,18 +166,16 @@ def test_meta_trainer_meta_trains_on_mixed_episodes_and_evaluates_multi_label_on
 ):
     single = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=6, seed=0)
     train = mix_episodes(single, episodes.select(range(6)), seed=0)
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "mixed"),
+    trainer = tiny_trainer(
+        tmp_path / "mixed",
+        tokenizer,
+        train,
         max_steps=3,
         gradient_accumulation_steps=2,
         inner_steps=1,
         inner_learning_rate=0.1,
         learning_rate=1e-2,
-        report_to="none",
-        disable_tqdm=True,
     )
-    model = tiny_encoder("bert")
-    trainer = MetaTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     before = {name: p.detach().clone() for name, p in meta_parameters(trainer.model).items()}
     trainer.train()
     moved = [name for name, p in meta_parameters(trainer.model).items() if not torch.equal(p, before[name])]

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_encoder, top_layer_lora
+from conftest import tiny_encoder, tiny_trainer, top_layer_lora
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import build_episodes
 from hf_meta.adaptation import episode_meta_gradient
 from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.choices import OUT_OF_SCOPE
@@ -111,16 +111,15 @@ def test_out_of_scope_queries_change_the_meta_gradient_the_same_way_on_both_path
 
 
 def test_meta_trainer_trains_and_evaluates_on_episodes_with_out_of_scope_queries(tmp_path, with_oos, tokenizer):
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "oos"),
+    trainer = tiny_trainer(
+        tmp_path / "oos",
+        tokenizer,
+        with_oos,
         max_steps=2,
         per_device_train_batch_size=2,
         inner_steps=0,
         learning_rate=1e-2,
-        report_to="none",
-        disable_tqdm=True,
     )
-    trainer = MetaTrainer(model=tiny_encoder("bert"), args=args, train_dataset=with_oos, processing_class=tokenizer)
     before = {name: p.detach().clone() for name, p in meta_parameters(trainer.model).items()}
     trainer.train()
     assert any(not torch.equal(p, before[name]) for name, p in meta_parameters(trainer.model).items())

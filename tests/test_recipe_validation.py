@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_encoder
+from conftest import tiny_trainer
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
+from hf_meta import build_episodes, load_collection
 from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 from hf_meta.bench.protocols import (
     SENTIMENT_SOURCES,
@@ -134,15 +134,7 @@ def test_choose_adaptation_writes_the_validation_winner_beside_the_adapter(tmp_p
     train, validation = (
         build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=4, seed=seed) for seed in (0, 1)
     )
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=2, inner_steps=0, report_to="none", disable_tqdm=True
-    )
-    trainer = MetaTrainer(
-        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-    )
+    trainer = tiny_trainer(tmp_path / "out", tokenizer, train, max_steps=2, inner_steps=0)
     trainer.train()
     assert choose_adaptation(trainer, None, {"head_l2": [0.1, 3.0]}) is None  # validation off
     assert choose_adaptation(trainer, validation, {}) is None
@@ -184,15 +176,7 @@ def test_the_trained_adapter_is_saved_before_a_failing_selection(tmp_path, toy_d
     train, validation = (
         build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=2, seed=seed) for seed in (0, 1)
     )
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=1, inner_steps=0, report_to="none", disable_tqdm=True
-    )
-    trainer = MetaTrainer(
-        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-    )
+    trainer = tiny_trainer(tmp_path / "out", tokenizer, train, max_steps=1, inner_steps=0)
     trainer.train()
     with pytest.raises(ValueError):
         choose_adaptation(trainer, validation, {"inner_steps": [0, -3]})

@@ -6,11 +6,11 @@ import shutil
 import datasets
 import pytest
 import torch
-from conftest import StopAt, tiny_encoder
+from conftest import StopAt, tiny_encoder, tiny_trainer
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
+from hf_meta import FewShotClassifier, build_episodes, load_collection
 from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 from hf_meta.io_utils import atomic_directory
 
@@ -78,20 +78,18 @@ def test_unknown_collection_and_offline_errors(monkeypatch):
 
 def train_tiny(tmp_path, name, toy_dataset, tokenizer, callbacks=(), resume=None):
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=16, seed=0)
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / name),
+    trainer = tiny_trainer(
+        tmp_path / name,
+        tokenizer,
+        episodes,
+        callbacks=callbacks,
         max_steps=4,
         gradient_accumulation_steps=2,
         save_strategy="steps",
         save_steps=2,
-        report_to="none",
-        disable_tqdm=True,
         seed=0,
         learning_rate=1e-2,
         inner_steps=2,
-    )
-    trainer = MetaTrainer(
-        model=tiny_encoder(), args=args, train_dataset=episodes, processing_class=tokenizer, callbacks=list(callbacks)
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
@@ -138,11 +136,8 @@ def saved_adapter(tmp_path_factory, toy_dataset, tokenizer):
     base = root / "base"
     tiny_encoder().save_pretrained(base)
     tokenizer.save_pretrained(base)
-    args = MetaTrainingArguments(output_dir=str(root / "adapter"), max_steps=1, report_to="none", disable_tqdm=True)
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=4, seed=0)
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(base), args=args, train_dataset=episodes, processing_class=tokenizer
-    )
+    trainer = tiny_trainer(root / "adapter", tokenizer, episodes, model=AutoModel.from_pretrained(base), max_steps=1)
     trainer.train()
     trainer.save_model()
     return root / "adapter", base

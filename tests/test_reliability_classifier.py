@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import WORDS, tiny_encoder
+from conftest import WORDS, tiny_encoder, tiny_trainer
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
-from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, adapter_checks, build_episodes, classifier
+from hf_meta import FewShotClassifier, adapter_checks, build_episodes, classifier
 from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 from hf_meta.classifier_hub import HEAD_FILE, LABELS_FILE
 from hf_meta.metrics import AccuracyWithCI
@@ -135,12 +135,9 @@ def test_trainer_save_over_a_fitted_classifier_leaves_no_head(adapter_dir, base_
     folder = tmp_path / "out"
     load(adapter_dir, base_dir).fit(*task()).save_pretrained(folder)
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=2, num_query=2, num_episodes=2, seed=0)
-    args = MetaTrainingArguments(output_dir=str(folder), report_to="none", disable_tqdm=True, max_steps=1)
     from transformers import AutoModel
 
-    trainer = MetaTrainer(
-        model=AutoModel.from_pretrained(base_dir), args=args, train_dataset=episodes, processing_class=tokenizer
-    )
+    trainer = tiny_trainer(folder, tokenizer, episodes, model=AutoModel.from_pretrained(base_dir), max_steps=1)
     trainer.save_model()
     assert not (folder / HEAD_FILE).exists() and not (folder / LABELS_FILE).exists()
     assert load(folder, base_dir).weights is None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, tiny_encoder
+from conftest import WORDS, tiny_encoder, tiny_trainer
 
 from hf_meta import FewShotClassifier
 
@@ -316,7 +316,7 @@ def test_a_classifier_folder_mixing_two_saves_is_refused(base_and_adapter, tmp_p
 def test_meta_trainer_clamps_max_length_to_the_model_positions(tmp_path, tokenizer):
     import datasets
 
-    from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+    from hf_meta import build_episodes
 
     long = " ".join(["card arrival late"] * 80)  # about 240 tokens; the tiny model has 128 positions
     texts = [f"{long} {i}" if i % 2 == 0 else f"{WORDS[i % 3]} example {i}" for i in range(18)]
@@ -327,18 +327,9 @@ def test_meta_trainer_clamps_max_length_to_the_model_positions(tmp_path, tokeniz
         ),
     )
     episodes = build_episodes(data, n_way=3, k_shot=2, num_query=2, num_episodes=2, seed=0)
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=1, gradient_accumulation_steps=1, inner_steps=1,
-        max_length=600, report_to="none", disable_tqdm=True, base_model="org/tiny",
-    )  # fmt: skip
+    settings = dict(max_steps=1, gradient_accumulation_steps=1, inner_steps=1, max_length=600, base_model="org/tiny")
     with pytest.warns(UserWarning, match="`max_length` \\(600\\) exceeds the 128 positions"):
-        trainer = MetaTrainer(
-            model=tiny_encoder(vocab_size=tokenizer.vocab_size),
-            args=args,
-            train_dataset=episodes,
-            eval_dataset=episodes,
-            processing_class=tokenizer,
-        )
+        trainer = tiny_trainer(tmp_path / "out", tokenizer, episodes, eval_dataset=episodes, **settings)
     trainer.train()
     assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1
 
@@ -618,17 +609,15 @@ def test_an_output_dir_holding_only_checkpoints_says_so(base_and_adapter, tmp_pa
 
 
 def test_resume_true_skips_a_checkpoint_whose_save_did_not_finish(tmp_path, toy_dataset, tokenizer):
-    from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+    from hf_meta import build_episodes
 
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=2, num_episodes=4, seed=0)
 
     def trainer(max_steps):
-        args = MetaTrainingArguments(
-            output_dir=str(tmp_path / "out"), max_steps=max_steps, gradient_accumulation_steps=1, inner_steps=1,
-            save_strategy="steps", save_steps=1, report_to="none", disable_tqdm=True, base_model="org/tiny",
+        return tiny_trainer(
+            tmp_path / "out", tokenizer, episodes, max_steps=max_steps, gradient_accumulation_steps=1, inner_steps=1,
+            save_strategy="steps", save_steps=1, base_model="org/tiny",
         )  # fmt: skip
-        model = tiny_encoder(vocab_size=tokenizer.vocab_size)
-        return MetaTrainer(model=model, args=args, train_dataset=episodes, processing_class=tokenizer)
 
     trainer(2).train()
     (tmp_path / "out" / "checkpoint-2" / "trainer_state.json").unlink()  # killed while writing checkpoint-2

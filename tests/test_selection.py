@@ -4,28 +4,17 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_encoder
+from conftest import tiny_trainer
 
-from hf_meta import MetaTrainer, MetaTrainingArguments, build_episodes
+from hf_meta import build_episodes
 from hf_meta.adaptation_config import ADAPTATION_CONFIG_NAME
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory, toy_dataset, tokenizer):
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=6, seed=3)
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path_factory.mktemp("select") / "out"),
-        inner_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        base_model="org/tiny",
-    )
-    return MetaTrainer(
-        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
-        args=args,
-        eval_dataset=episodes,
-        processing_class=tokenizer,
-    )
+    output_dir = tmp_path_factory.mktemp("select") / "out"
+    return tiny_trainer(output_dir, tokenizer, eval_dataset=episodes, inner_steps=1, base_model="org/tiny")
 
 
 def test_select_adaptation_keeps_the_best_and_saves_it(trainer):
@@ -65,20 +54,8 @@ def test_select_adaptation_refuses_bad_grids(trainer, grid, message):
 
 def _trainer(tmp_path, toy_dataset, tokenizer, **settings):
     episodes = build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=4, seed=3)
-    args = MetaTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        inner_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        base_model="org/tiny",
-        **settings,
-    )
-    return MetaTrainer(
-        model=tiny_encoder("bert", vocab_size=tokenizer.vocab_size),
-        args=args,
-        train_dataset=episodes,
-        eval_dataset=episodes,
-        processing_class=tokenizer,
+    return tiny_trainer(
+        tmp_path / "out", tokenizer, episodes, eval_dataset=episodes, inner_steps=1, base_model="org/tiny", **settings
     )
 
 
