@@ -436,7 +436,12 @@ def test_short_name_assembles_mpnet_and_benchmarks_keep_its_results_apart(pieces
     accuracy = _benchmark_module("accuracy", monkeypatch)
     budget = accuracy.MODEL_BUDGETS[MPNET_HUB_ID]["cpu"]
     args = argparse.Namespace(
-        families=["intent", "sentiment", "topic"], targets=None, draws=None, shots=None, data_dir="unused"
+        families=["intent", "sentiment", "topic"],
+        targets=None,
+        draws=None,
+        shots=None,
+        data_dir="unused",
+        num_out_of_scope=0,
     )
     assert [part.name for part in accuracy.parts(args, budget)] == ["banking77", "sst2+sst5", "ag_news"]
     assert (
