@@ -53,8 +53,8 @@ def render_summary(results: dict) -> str:
             f"Mean accuracy (%) ± 95% CI over {draws} draws of the labelled examples, the same draws for every "
             "method; the last columns are `hf_meta` (adapter strength chosen at `fit`, the default) minus the best "
             "baseline of the row (every baseline, see the full tables), paired per draw: a **win** or a **loss** "
-            "only when its CI excludes zero. `hf_meta_full` is the same adapter at full strength; `–`: not run "
-            "with the automatic strength yet. SetFit: first draw only.",
+            "only when its CI excludes zero. `hf_meta_full` is the same adapter at full strength. SetFit: first draw "
+            "only.",
             "",
             paired_table(rows, markdown=True),
         ]
@@ -76,7 +76,7 @@ def render(results: dict) -> str:
         "baseline now that hf_meta uses names; SetFit ran on the first draw only (its full-encoder training does "
         "not fit the CPU budget for 77-150-way intent). `hf_meta` chooses its adapter strength on each draw's "
         'labelled examples by cross-validation (the default, `adapter_strength="auto"`); `hf_meta_full` is the '
-        "same adapter at full strength; rows whose `hf_meta` is `–` have only the full-strength score so far.",
+        "same adapter at full strength.",
     ]
     for family in dict.fromkeys(row["family"] for row in rows):
         family_rows = [row for row in rows if row["family"] == family]
