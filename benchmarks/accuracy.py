@@ -333,13 +333,17 @@ def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict
     classifier, sentences = multitask_classifier(args, budget, part, steps)
     train_seconds = time.time() - start
     tasks = limit_test_set(part.tasks(), args.test_examples)
-    rows = [{**row, "family": part.family, "target": row.pop("dataset")} for row in
-            compare_methods(tasks, {"multitask_lora": classifier})]  # fmt: skip
+    rows = part_rows(part, compare_methods(tasks, {"multitask_lora": classifier}))
     print(f"budget: {part.family}/{part.name}: multitask training {train_seconds:.0f} s on {sentences} sentences")
     kept = [row for row in stored["rows"] if row["method"] != "multitask_lora"]
     multitask = {"sentences": sentences, "training_seconds": round(train_seconds, 1), "command": _command(),
                  "evaluation_seconds": round(time.time() - start - train_seconds, 1)}  # fmt: skip
     return {**stored, "rows": kept + rows, "multitask": multitask}
+
+
+def part_rows(part: Part, rows: list[dict]) -> list[dict]:
+    """`compare_methods` rows as a part stores them: the family added, `dataset` renamed `target`."""
+    return [{**row, "family": part.family, "target": row.pop("dataset")} for row in rows]
 
 
 def limit_test_set(tasks: list[FewShotTask], n: int | None) -> list[FewShotTask]:
@@ -378,7 +382,7 @@ def run_part(args, budget: Budget, part: Part) -> dict:
         "family": part.family,
         "command": _command(),
         "sources": part.sources,
-        "rows": [{**row, "family": part.family, "target": row.pop("dataset")} for row in rows],
+        "rows": part_rows(part, rows),
         "meta_training_seconds": round(meta_seconds, 1),
         "evaluation_seconds": round(seconds - meta_seconds, 1),
     }

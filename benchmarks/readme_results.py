@@ -53,9 +53,9 @@ def render_summary(results: dict) -> str:
             f"Mean accuracy (%) ± 95% CI over {draws} draws of the labelled examples, the same draws for every "
             "method; the last columns are `hf_meta` (adapter strength chosen at `fit`, the default) minus the best "
             "baseline of the row (every baseline, see the full tables), paired per draw: a **win** or a **loss** "
-            "only when its CI excludes zero. `hf_meta_full` is the same adapter at full strength; `multitask_lora` the "
-            "same LoRA trained on the same sources by plain supervised learning (`–`: not run yet). SetFit: first "
-            "draw only.",
+            "only when its CI excludes zero. `hf_meta_full` is the same adapter at full strength; `multitask_lora` "
+            "the same LoRA trained on the same sources by plain supervised learning (`–`: not run yet). SetFit: "
+            "first draw only.",
             "",
             paired_table(rows, markdown=True),
         ]

@@ -39,6 +39,7 @@ class MultitaskModel(torch.nn.Module):
         self.heads = torch.nn.ParameterList([torch.nn.Parameter(h) for h in heads])
         self.encoder = FunctionalEncoder(model, config.pooling, config.normalize_embeddings)
         self.logit_scale = config.logit_scale
+        self.lora = meta_parameters(model)  # the live LoRA parameters, looked up once
 
     def train(self, mode: bool = True):
         # Dropout stays off, as in meta-training: the encoder a target adapts from is the deterministic one.
@@ -48,7 +49,7 @@ class MultitaskModel(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, source):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        embeddings = self.encoder(dict(meta_parameters(self.model)), batch)
+        embeddings = self.encoder(self.lora, batch)
         logits = head_logits(embeddings, self.heads[int(source)], self.logit_scale)
         return {"loss": F.cross_entropy(logits, labels), "logits": logits}
 
