@@ -217,6 +217,7 @@ def fitted_head(
         config.head_fit_steps,
         sample_weight=sample_weight,
         head_prior=config.head_prior,
+        solver=config.head_solver,
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .augmentation import SupportAugmentation
-from .choices import HeadInit, HeadPrior, Pooling, check_choice
+from .choices import HeadInit, HeadPrior, HeadSolver, Pooling, check_choice
 from .io_utils import atomic_write_text
 from .validation import is_int, is_number
 
@@ -73,8 +73,16 @@ class AdaptationConfig:
     head_fit_steps: int = field(
         default=100,
         metadata={
-            "help": "L-BFGS iterations fitting the head to the support embeddings (a logistic regression pulled "
-            "towards its `head_init` centre) before the inner loop; 0 keeps the `head_init` start."
+            "help": "Iterations at most of the solver fitting the head to the support embeddings (a logistic "
+            "regression pulled towards its `head_init` centre) before the inner loop; 0 keeps the `head_init` start."
+        },
+    )
+    head_solver: HeadSolver = field(
+        default="newton",
+        metadata={
+            "help": "How the head is fitted: 'newton' (preconditioned Newton-CG in the span of the examples, solved "
+            "to a relative gradient tolerance in a few steps) or 'lbfgs' (torch's L-BFGS, `head_fit_steps` iterations "
+            "at most: slower, and on many-way tasks it stops short of the optimum)."
         },
     )
     head_l2: float = field(
@@ -174,6 +182,7 @@ class AdaptationConfig:
         check_choice("pooling", self.pooling, Pooling)
         check_choice("head_init", self.head_init, HeadInit)
         check_choice("head_prior", self.head_prior, HeadPrior)
+        check_choice("head_solver", self.head_solver, HeadSolver)
         check_choice("support_augmentation", self.support_augmentation, SupportAugmentation)
         for name in ("normalize_embeddings", "head_bias", "use_label_names", "learn_inner_learning_rates"):
             if not isinstance(getattr(self, name), bool):

@@ -137,6 +137,7 @@ def choose_strength(
     scores: dict[float, dict[str, float]] = {}
     held_out_logits: dict[float, list[torch.Tensor]] = {}
     fast_embeddings: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    full_heads: dict[float, torch.Tensor] = {}
     everything = np.arange(len(labels))
     for strength in config.adapter_strength_grid:
         init = scaled_adapter(meta_weights, strength)
@@ -145,7 +146,11 @@ def choose_strength(
                 embeddings = encoder(init, support)
                 name_embeddings = None if names is None else encoder(init, names)
             fast_embeddings[strength] = (embeddings, name_embeddings)
-            logits_per_fold = _fold_logits_head_only(embeddings, labels, num_classes, config, name_embeddings, folds)
+            # the fit on every example: the result if this strength wins, and where the folds' fits start
+            full_heads[strength] = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
+            logits_per_fold = _fold_logits_head_only(
+                embeddings, labels, num_classes, config, name_embeddings, folds, start=full_heads[strength]
+            )
         else:
             logits_per_fold = []
             for held in folds:
@@ -168,9 +173,7 @@ def choose_strength(
         best = max(scores, key=lambda a: (scores[a]["accuracy"], -scores[a]["loss"]))
     head = chosen = None
     if fast:  # the chosen strength's fit on every example: exactly what `adapt` computes with `inner_steps=0`
-        embeddings, name_embeddings = fast_embeddings[best]
-        head = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
-        chosen = fast_embeddings[best]
+        head, chosen = full_heads[best], fast_embeddings[best]
     return StrengthChoice(
         best,
         scores[best]["accuracy"],
@@ -189,9 +192,11 @@ def _fold_logits_head_only(
     config: AdaptationConfig,
     name_embeddings: torch.Tensor | None,
     folds: list[np.ndarray],
+    start: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The held-out logits of every fold's head fit on fixed embeddings, all folds fitted in one batched problem
-    (the same objective per fold as [`fitted_head`] on the fold's training rows)."""
+    (the same objective per fold as [`fitted_head`] on the fold's training rows), started at `start` (e.g. the
+    fit on every example, close to each fold's) where the solver takes a start ([`fit_heads`])."""
     held_out = [torch.as_tensor(held, device=labels.device) for held in folds]
     priors = []
     for held in held_out:
@@ -218,6 +223,8 @@ def _fold_logits_head_only(
             config.head_fit_steps,
             weights,
             head_prior=config.head_prior,
+            solver=config.head_solver,
+            starts=None if start is None else start.expand_as(priors),
         )
     return [head_logits(embeddings[held], head, config.logit_scale) for held, head in zip(held_out, priors)]
 

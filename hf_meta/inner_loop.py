@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from .adaptation_config import AdaptationConfig
-from .choices import OUT_OF_SCOPE, HeadInit, HeadPrior, check_choice
+from .choices import OUT_OF_SCOPE, HeadInit, HeadPrior, HeadSolver, check_choice
+from .head_solver import newton_heads
 
 Weights = dict[str, torch.Tensor]
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
@@ -64,9 +65,12 @@ def fit_head(
     steps: int,
     sample_weight: torch.Tensor | None = None,
     head_prior: HeadPrior = AdaptationConfig.head_prior,
+    solver: HeadSolver = AdaptationConfig.head_solver,
 ) -> torch.Tensor:
-    """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2`, found by L-BFGS (a bias
-    column, see [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised).
+    """The head that minimises the support cross-entropy plus `l2 * ||W - prior||^2` (a bias column, see
+    [`head_logits`], is not pulled, as a logistic regression's intercept is not penalised), found by `solver`:
+    Newton-CG to a relative gradient tolerance ([`hf_meta.head_solver.newton_heads`]) or L-BFGS, `steps`
+    iterations at most either way.
 
     With multi-hot `labels` the loss is the binary cross-entropy of one sigmoid per class ([`task_loss`]): a
     one-vs-rest logistic regression, each class row pulled towards its prior and its bias free, as above.
@@ -81,6 +85,7 @@ def fit_head(
             the same at any number of shots; `"sum"` pulls against the summed cross-entropy (a fixed Gaussian prior
             in a MAP fit), so each class row is pulled as hard as one example and the pull fades as shots grow.
             Default: [`AdaptationConfig`]'s.
+        solver: `"newton"` or `"lbfgs"`; default: [`AdaptationConfig`]'s `head_solver`.
 
     Example:
         ```python
@@ -88,6 +93,12 @@ def fit_head(
         ```
     """
     check_choice("head_prior", head_prior, HeadPrior)
+    check_choice("solver", solver, HeadSolver)
+    if solver == "newton":
+        weights = embeddings.new_ones(1, len(embeddings)) if sample_weight is None else sample_weight[None]
+        with _one_cpu_thread(embeddings.device):
+            heads = newton_heads(embeddings, labels, prior[None], weights, scale, l2, head_prior, max_steps=steps)
+        return heads[0].to(embeddings.dtype)
     # float64: in float32 the line search ends on rounding noise, so the same task on two machines (or thread
     # counts) gives heads ~1e-5 apart; in float64 they differ only as much as their inputs do.
     dtype = embeddings.dtype
@@ -119,11 +130,18 @@ def fit_heads(
     steps: int,
     sample_weights: torch.Tensor,
     head_prior: HeadPrior = AdaptationConfig.head_prior,
+    solver: HeadSolver = AdaptationConfig.head_solver,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Several independent [`fit_head`] problems on the same examples at once: head `f` weighs example `n` by
-    `sample_weights[f, n]` (0 leaves it out) and is pulled to `priors[f]`. The objectives are summed into one
-    L-BFGS problem; since they share no parameter, its optimum is each head's own, and one batched evaluation of
-    all of them replaces the Python overhead of separate fits (e.g. the folds of a cross-validation).
+    `sample_weights[f, n]` (0 leaves it out) and is pulled to `priors[f]`. One batched evaluation of all of them
+    replaces the Python overhead of separate fits (e.g. the folds of a cross-validation): Newton-CG runs each
+    head's steps side by side; L-BFGS sums the objectives into one problem (they share no parameter, so its
+    optimum is each head's own).
+
+    `starts` (Newton only) are heads to start from instead of the priors, e.g. the fit on every example for the
+    folds of a cross-validation: the same optimum in fewer steps. L-BFGS always starts at the priors, so its
+    `steps`-limited result does not depend on them.
 
     Returns the heads, `(heads x classes x width)` like `priors`.
 
@@ -134,6 +152,13 @@ def fit_heads(
         ```
     """
     check_choice("head_prior", head_prior, HeadPrior)
+    check_choice("solver", solver, HeadSolver)
+    if solver == "newton":
+        with _one_cpu_thread(embeddings.device):
+            heads = newton_heads(
+                embeddings, labels, priors, sample_weights, scale, l2, head_prior, max_steps=steps, starts=starts
+            )
+        return heads.to(embeddings.dtype)
     dtype = embeddings.dtype
     embeddings, priors = embeddings.detach().double(), priors.detach().double()
     weights = sample_weights.detach().double()

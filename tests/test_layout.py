@@ -35,7 +35,15 @@ LAYERS = {
         "data.collections",
     },
     "settings": {"adaptation_config", "meta_training_args", "selection", "model_card"},
-    "model": {"inner_loop", "modeling", "learned_inner_loop", "adapter_checks", "frozen_states", "episode_collator"},
+    "model": {
+        "inner_loop",
+        "head_solver",
+        "modeling",
+        "learned_inner_loop",
+        "adapter_checks",
+        "frozen_states",
+        "episode_collator",
+    },
     "algorithm": {
         "adaptation",
         "meta_batch",

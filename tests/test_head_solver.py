@@ -1,0 +1,96 @@
+"""The Newton-CG head solver: it reaches the optimum of the same objective the L-BFGS fit minimises, for every kind
+of task (class ids, out-of-scope rows, multi-hot, weights, 'sum'/'mean', with and without a bias), alone or batched."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_meta.choices import OUT_OF_SCOPE
+from hf_meta.inner_loop import fit_head, fit_heads, head_logits, task_loss
+
+
+def _task(seed=0, examples=24, classes=4, hidden=16, kind="ids"):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, hidden, generator=g)
+    ids = torch.arange(examples) % classes
+    x = F.normalize(centres[ids] + 0.8 * torch.randn(examples, hidden, generator=g), dim=-1)
+    if kind == "multi":
+        labels = F.one_hot(ids, classes).float()
+        labels[torch.arange(0, examples, 3), (ids[::3] + 1) % classes] = 1.0  # every third example has two labels
+        labels[-1] = 0.0  # an example with no label: all negatives
+    elif kind == "oos":
+        labels = ids.clone()
+        labels[-3:] = OUT_OF_SCOPE
+    else:
+        labels = ids
+    return x, labels, classes
+
+
+def _objective(x, labels, head, prior, scale, l2, weight, head_prior):
+    """The head fit's objective, written as the L-BFGS path writes it."""
+    width = x.shape[-1]
+    data = task_loss(head_logits(x, head, scale), labels, weight, reduction=head_prior)
+    return data + l2 * (head[:, :width] - prior[:, :width]).pow(2).sum()
+
+
+def _gradient_norm(x, labels, head, prior, scale, l2, weight, head_prior):
+    head = head.double().clone().requires_grad_(True)
+    loss = _objective(x.double(), labels, head, prior.double(), scale, l2, weight, head_prior)
+    (grad,) = torch.autograd.grad(loss, head)
+    return grad.norm().item()
+
+
+@pytest.mark.parametrize("kind", ["ids", "oos", "multi"])
+@pytest.mark.parametrize("head_prior", ["sum", "mean"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_newton_reaches_the_optimum_of_the_head_objective(kind, head_prior, bias):
+    x, labels, classes = _task(kind=kind)
+    prior = F.normalize(torch.randn(classes, x.shape[1], generator=torch.Generator().manual_seed(1)), dim=-1)
+    if bias:
+        prior = torch.cat([prior, torch.zeros(classes, 1)], dim=1)
+    weight = torch.linspace(0.5, 1.5, len(x))
+    args = dict(scale=20.0, l2=0.1, sample_weight=weight, head_prior=head_prior)
+    head = fit_head(x, labels, prior, steps=100, solver="newton", **args)
+    start = _gradient_norm(x, labels, prior, prior, 20.0, 0.1, weight.double(), head_prior)
+    end = _gradient_norm(x, labels, head, prior, 20.0, 0.1, weight.double(), head_prior)
+    assert end < 1e-6 * start
+    # L-BFGS on the same objective, given many iterations, ends at the same classifier (as near as its own
+    # stopping rule gets it), and no lower
+    reference = fit_head(x, labels, prior, steps=2000, solver="lbfgs", **args)
+
+    def objective(h):
+        return _objective(x.double(), labels, h.double(), prior.double(), 20.0, 0.1, weight.double(), head_prior)
+
+    def probabilities(h):
+        logits = head_logits(x, h, 20.0)
+        return torch.sigmoid(logits) if kind == "multi" else logits.softmax(-1)
+
+    assert objective(head).item() <= objective(reference).item() + 1e-9
+    assert torch.allclose(probabilities(head), probabilities(reference), atol=1e-3)
+
+
+def test_newton_keeps_the_mean_bias_where_no_probability_depends_on_it():
+    x, labels, classes = _task()
+    prior = torch.cat([torch.zeros(classes, x.shape[1]), torch.full((classes, 1), 0.25)], dim=1)
+    head = fit_head(x, labels, prior, 20.0, 0.1, 100, solver="newton")
+    assert head[:, -1].mean().item() == pytest.approx(0.25, abs=1e-6)
+    assert not torch.allclose(head[:, -1], prior[:, -1])  # the biases did move, only their mean did not
+
+
+def test_batched_heads_equal_separate_fits_and_ignore_zero_weight_examples():
+    x, labels, classes = _task(examples=30)
+    priors = torch.zeros(3, classes, x.shape[1] + 1)
+    weights = torch.ones(3, len(x))
+    weights[0, :6] = 0.0
+    weights[1, 6:12] = 0.0
+    heads = fit_heads(x, labels, priors, 20.0, 0.1, 100, weights, head_prior="sum", solver="newton")
+    for f in range(3):
+        kept = weights[f] > 0
+        alone = fit_head(x[kept], labels[kept], priors[f], 20.0, 0.1, 100, head_prior="sum", solver="newton")
+        assert torch.allclose(head_logits(x, heads[f], 20.0), head_logits(x, alone, 20.0), atol=1e-4)
+
+
+def test_an_unknown_solver_is_refused_by_name():
+    x, labels, classes = _task()
+    with pytest.raises(ValueError, match="`solver` must be one of"):
+        fit_head(x, labels, torch.zeros(classes, x.shape[1]), 20.0, 0.1, 10, solver="sgd")
