@@ -17,18 +17,22 @@ Parts (`--parts`, all by default; each is written to its own key of the results 
 - `self_training`: a fresh adapter with the intent recipe's adaptation (`inner_steps=0`), fitted with and without
   `unlabeled_texts` (a seeded sample of `--pool_size` training sentences, labels thrown away, shots removed).
 
-    python benchmarks/augmentation.py
-    python benchmarks/augmentation.py --parts augmentation --seeds 0 1 2 3 4
-    python benchmarks/augmentation.py --quick --output outputs/augmentation.json   # smoke run, not a measurement
+    python benchmarks/ablations/augmentation.py
+    python benchmarks/ablations/augmentation.py --parts augmentation --seeds 0 1 2 3 4
+    python benchmarks/ablations/augmentation.py --quick --output outputs/augmentation.json   # smoke, not a measurement
 
-Writes `benchmarks/results/augmentation.json`.
+Writes `benchmarks/ablations/results/augmentation.json`.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import numpy as np
 import torch
@@ -42,11 +46,13 @@ from hf_meta.bench.scripts import load_encoder, lora_config
 from hf_meta.inner_loop import HEAD, head_logits
 from hf_meta.metrics import accuracy, mean_ci95
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 AUGMENTATIONS = ["word_dropout", "swap", "span_cutoff"]
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "augmentation.json")
+    parser = make_parser(__doc__, RESULTS / "augmentation.json")
     parser.add_argument("--parts", nargs="+", default=["smlmt", "augmentation", "self_training"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Shot draws (paired across arms).")
     parser.add_argument("--test_examples", type=int, default=1000, help="Fixed random subset of the test set.")

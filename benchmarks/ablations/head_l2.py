@@ -4,17 +4,21 @@ split (never a test set), with the frozen encoder (`inner_steps=0`), at 1, 2, 5 
 For each shot count: accuracy of the prototype head alone (`head_fit_steps=0`) and of the fitted head at every
 `head_l2` of the grid. The shots come from the published `train_5` / `train_10` files (1 and 2 shots: the first
 examples of each intent in `train_5`). This sweep chose `head_l2` under `head_prior="mean"`, without class names;
-`benchmarks/label_names.py` chose the summed-loss prior that replaced it.
+`benchmarks/ablations/label_names.py` chose the summed-loss prior that replaced it.
 
-    python benchmarks/head_l2.py
-    python benchmarks/head_l2.py --quick --output outputs/head_l2.json   # smoke run: 1 shot, 2 values, 200 sentences
+    python benchmarks/ablations/head_l2.py
+    python benchmarks/ablations/head_l2.py --quick --output outputs/head_l2.json  # smoke: 1 shot, 2 values, 200 texts
 
-Writes `benchmarks/results/head_l2.json`.
+Writes `benchmarks/ablations/results/head_l2.json`.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 from _common import data_dir, make_parser, parse, print_table, write_json
 
@@ -22,12 +26,14 @@ from hf_meta import FewShotClassifier, load_collection
 from hf_meta.bench.comparison import first_shots
 from hf_meta.metrics import accuracy
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 L2_GRID = [0.003, 0.01, 0.03, 0.1, 0.3]
 SHOTS = [1, 2, 5, 10]
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "head_l2.json")
+    parser = make_parser(__doc__, RESULTS / "head_l2.json")
     parser.add_argument("--l2", type=float, nargs="+", default=L2_GRID, help="The `head_l2` values swept.")
     parser.add_argument("--shots", type=int, nargs="+", default=SHOTS, help="Shots per intent (1-10).")
     parser.add_argument("--val_examples", type=int, default=None, help="Score only the first N validation texts.")

@@ -8,17 +8,21 @@ task: 77 intents, the published 5-shot file, the full test set), on a meta-learn
 `--adapter` is a folder written by the intent recipe (`accelerate launch recipes/fewshot_intent.py` writes
 `outputs/fewshot_intent`) or a Hub repo holding one.
 
-    python benchmarks/intent_gap.py --adapter outputs/fewshot_intent
-    python benchmarks/intent_gap.py --quick --adapter sentence-transformers/all-MiniLM-L6-v2 \\
+    python benchmarks/ablations/intent_gap.py --adapter outputs/fewshot_intent
+    python benchmarks/ablations/intent_gap.py --quick --adapter sentence-transformers/all-MiniLM-L6-v2 \\
         --output outputs/intent_gap.json   # smoke run: a fresh adapter stands in, 1 shot, 200 test sentences
 
-Writes `benchmarks/results/intent_gap.json`.
+Writes `benchmarks/ablations/results/intent_gap.json`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 from _common import data_dir, make_parser, parse, print_table, write_json
 
@@ -27,9 +31,11 @@ from hf_meta.bench.baselines import logistic_regression
 from hf_meta.bench.protocols import intent_tasks
 from hf_meta.metrics import accuracy
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "intent_gap.json")
+    parser = make_parser(__doc__, RESULTS / "intent_gap.json")
     parser.add_argument("--adapter", default="outputs/fewshot_intent", help="The meta-learned adapter.")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20], help="Inner steps for probe 2.")
     parser.add_argument("--shots", type=int, default=5, help="Examples per intent (1-10, the published files).")

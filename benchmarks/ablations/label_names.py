@@ -18,19 +18,23 @@ Settings are chosen on the validation split (`--split validation`, the default);
 report. The hf_meta arms run the real `fit` (names tokenised and embedded by the adapter) and are scored from the
 embeddings of the evaluation texts computed once: with `inner_steps=0` the LoRA weights are the initial ones.
 
-    python benchmarks/label_names.py                       # validation: choose head_prior / head_l2
-    python benchmarks/label_names.py --split test --sum_l2 1.0 --lora_steps 5
-    python benchmarks/label_names.py --collection clinc150 --part clinc150_validation   # another collection
-    python benchmarks/label_names.py --quick --output outputs/label_names.json   # smoke run
+    python benchmarks/ablations/label_names.py                       # validation: choose head_prior / head_l2
+    python benchmarks/ablations/label_names.py --split test --sum_l2 1.0 --lora_steps 5
+    python benchmarks/ablations/label_names.py --collection clinc150 --part clinc150_validation   # another collection
+    python benchmarks/ablations/label_names.py --quick --output outputs/label_names.json   # smoke run
 
-Writes `benchmarks/results/label_names.json` (one part per split).
+Writes `benchmarks/ablations/results/label_names.json` (one part per split).
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import numpy as np
 import torch
@@ -42,6 +46,8 @@ from hf_meta.bench.comparison import sample_shots
 from hf_meta.inner_loop import HEAD, head_logits
 from hf_meta.label_names import label_phrase
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 SUM_L2 = [0.3, 1.0, 3.0, 10.0]
 
 
@@ -50,7 +56,7 @@ PROTOTYPE_HEAD = {"head_init": "prototypes", "head_bias": False}
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "label_names.json")
+    parser = make_parser(__doc__, RESULTS / "label_names.json")
     parser.add_argument("--collection", default="hwu64", choices=["hwu64", "clinc150"], help="Intent collection.")
     parser.add_argument("--split", default="validation", choices=["validation", "test"], help="Evaluation split.")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="Shots per intent.")

@@ -30,31 +30,31 @@ draws, shots and meta-steps, SetFit everywhere). Parts (one adapter each) are me
 part can be rerun alone; `--families heldout_classes` adds the secondary 5-way held-out-class table (ProtAugment
 split 1, saturated for this backbone).
 
-    python benchmarks/accuracy.py                                   # the default CPU protocol
-    python benchmarks/accuracy.py --families intent --targets hwu64 # one part, merged into the results
-    python benchmarks/accuracy.py --families heldout_classes        # the secondary table
-    python benchmarks/accuracy.py --budget gpu                      # the large protocol
-    python benchmarks/accuracy.py --families sentiment --adaptation learn_inner_learning_rates=true \\
-        --output benchmarks/results/accuracy_learned_inner_lr.json  # an ablation, same draws
-    python benchmarks/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
-    python benchmarks/accuracy.py --families intent --targets banking77 --multitask  # add multitask_lora to a part
-    python benchmarks/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \
-        --output benchmarks/results/accuracy_out_of_scope_episodes.json   # meta-training with out-of-scope queries
+    python benchmarks/accuracy/accuracy.py                                   # the default CPU protocol
+    python benchmarks/accuracy/accuracy.py --families intent --targets hwu64 # one part, merged into the results
+    python benchmarks/accuracy/accuracy.py --families heldout_classes        # the secondary table
+    python benchmarks/accuracy/accuracy.py --budget gpu                      # the large protocol
+    python benchmarks/accuracy/accuracy.py --families sentiment --adaptation learn_inner_learning_rates=true \\
+        --output benchmarks/accuracy/results/accuracy_learned_inner_lr.json  # an ablation, same draws
+    python benchmarks/accuracy/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
+    python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --multitask  # + multitask_lora
+    python benchmarks/accuracy/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \\
+        --output benchmarks/accuracy/results/accuracy_out_of_scope_episodes.json   # meta-training with out-of-scope
 
 On all-mpnet-base-v2 (`--model mpnet`: its five pieces installed, see `hf_meta.bench.mpnet`) the protocol covers
 BANKING77 at 5 shots, SST-2 and SST-5 at 8 and AG News at 8, with LoRA in the top 3 of the 12 layers and fewer
 meta-steps on CPU (`--budget cpu`); `--budget gpu` is the same recipe as MiniLM's large protocol. Results go to
-`benchmarks/results/accuracy_mpnet.json`, never merged with MiniLM's. `--meta_steps 0` meta-trains nothing and
-scores the fresh adapter beside the frozen baselines (pairs are then against `fresh_lora`):
+`benchmarks/accuracy/results/accuracy_mpnet.json`, never merged with MiniLM's. `--meta_steps 0` meta-trains nothing
+and scores the fresh adapter beside the frozen baselines (pairs are then against `fresh_lora`):
 
-    python benchmarks/accuracy.py --model mpnet                                    # the mpnet protocol (CPU size)
-    python benchmarks/accuracy.py --model mpnet --budget gpu                       # the large mpnet protocol
-    python benchmarks/accuracy.py --model mpnet --families sentiment --score_only sst2 --meta_steps 0 \
-        --setfit_families --output benchmarks/results/accuracy_mpnet_fresh_sst2.json   # a first look, no meta-training
+    python benchmarks/accuracy/accuracy.py --model mpnet                       # the mpnet protocol (CPU size)
+    python benchmarks/accuracy/accuracy.py --model mpnet --budget gpu          # the large mpnet protocol
+    python benchmarks/accuracy/accuracy.py --model mpnet --families sentiment --score_only sst2 --meta_steps 0 \\
+        --setfit_families --output benchmarks/accuracy/results/accuracy_mpnet_fresh_sst2.json   # a first look
 
-Writes `benchmarks/results/accuracy.json`: `rows` (family, target, shots, method, accuracy, ci95, draws,
+Writes `benchmarks/accuracy/results/accuracy.json`: `rows` (family, target, shots, method, accuracy, ci95, draws,
 paired_diff, paired_ci95, seconds; hf_meta rows add `versus` and `verdict`), the per-draw `parts`, and the time
-each part took. `python benchmarks/readme_results.py` turns it into the README's tables and plots.
+each part took. `python benchmarks/accuracy/readme_results.py` turns it into the README's tables and plots.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import datasets
 from _common import data_dir, make_parser, parse, write_json
@@ -92,6 +94,8 @@ from hf_meta.bench.protocols import (
 )
 from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config
 from hf_meta.modeling import with_lora
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,8 +329,9 @@ def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict
     """Score `multitask_lora` on the draws of a stored part and add its rows to it (the other rows are kept)."""
     if stored is None:
         raise SystemExit(
-            f"`--multitask` adds a column to a stored part, and {part.family}/{part.name} is not in `--output`: "
-            f"run `python benchmarks/accuracy.py --families {part.family} --targets {part.name.split('+')[0]}` first."
+            f"`--multitask` adds a column to a stored part, and {part.family}/{part.name} is not in `--output`: run "
+            f"`python benchmarks/accuracy/accuracy.py --families {part.family} --targets {part.name.split('+')[0]}` "
+            "first."
         )
     start = time.time()
     steps = budget.meta_steps[part.family] if args.meta_steps is None else args.meta_steps
@@ -471,7 +476,7 @@ def _setting(item: str) -> tuple[str, object]:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "accuracy.json")
+    parser = make_parser(__doc__, RESULTS / "accuracy.json")
     parser.add_argument("--budget", default="cpu", choices=sorted(BUDGETS))
     parser.add_argument(
         "--families",

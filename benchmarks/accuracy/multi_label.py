@@ -31,12 +31,12 @@ use `inner_steps=0`, so the encoder never moves during a fit: each method embeds
 strength and scores it from those embeddings with its fitted head (`proba_from_embeddings`); the first draw checks
 that `predict` gives the same answers on a sample.
 
-    python benchmarks/multi_label.py                           # the report: 5 draws, 8 and 16 shots
-    python benchmarks/multi_label.py --setfit                  # with SetFit's one-vs-rest on draw 0 (slow on CPU)
-    python benchmarks/multi_label.py --adapter outputs/accuracy/banking77   # an adapter meta-trained elsewhere
-    python benchmarks/multi_label.py --smoke --output outputs/multi_label.json    # smoke run (minutes)
+    python benchmarks/accuracy/multi_label.py                     # the report: 5 draws, 8 and 16 shots
+    python benchmarks/accuracy/multi_label.py --setfit            # with SetFit's one-vs-rest on draw 0 (slow on CPU)
+    python benchmarks/accuracy/multi_label.py --adapter outputs/accuracy/banking77   # meta-trained elsewhere
+    python benchmarks/accuracy/multi_label.py --smoke --output outputs/multi_label.json    # smoke run (minutes)
 
-Writes `benchmarks/results/multi_label.json`.
+Writes `benchmarks/accuracy/results/multi_label.json`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import datasets
 import numpy as np
@@ -58,6 +61,8 @@ from hf_meta.episodes import class_names_of
 from hf_meta.metrics import MultiLabelScores, mean_ci95
 from hf_meta.modeling import resolve_model_path
 from hf_meta.multi_label import choose_threshold, multi_label_folds
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 SOURCES = ("banking77", "clinc150", "hwu64", "tweet_eval_emotion")
 QUICK = dict(shots=[8], draws=1, meta_steps=2, test_examples=300)
@@ -214,7 +219,7 @@ def paired(rows: list[dict], method: str, other: str, shots: int) -> dict | None
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = make_parser(__doc__, "multi_label.json")
+    parser = make_parser(__doc__, RESULTS / "multi_label.json")
     parser.add_argument("--smoke", action="store_true", help="The smoke size: `--quick` with 2 draws.")
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16], help="Labelled examples per label.")
     parser.add_argument("--draws", type=int, default=5, help="Shot draws (seeds 0..draws-1).")

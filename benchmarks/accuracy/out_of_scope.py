@@ -30,20 +30,24 @@ The encoder does not move during these fits, so the benchmark memoises each sent
 and adapter weights) and scores the test texts from their embeddings with the fitted head and rule; the first draw
 checks that `predict` gives the same answers on a sample.
 
-    python benchmarks/out_of_scope.py --split validation       # choose the rule and budget (CLINC150, HWU64)
-    python benchmarks/out_of_scope.py                                             # the report (test split)
-    python benchmarks/out_of_scope.py --adapter outputs/fewshot_intent            # a meta-learned adapter
-    python benchmarks/out_of_scope.py --quick --output outputs/out_of_scope.json  # smoke run
+    python benchmarks/accuracy/out_of_scope.py --split validation       # choose the rule and budget (CLINC150, HWU64)
+    python benchmarks/accuracy/out_of_scope.py                                             # the report (test split)
+    python benchmarks/accuracy/out_of_scope.py --adapter outputs/fewshot_intent            # a meta-learned adapter
+    python benchmarks/accuracy/out_of_scope.py --quick --output outputs/out_of_scope.json  # smoke run
 
-Writes `benchmarks/results/out_of_scope.json` (one part per split and part).
+Writes `benchmarks/accuracy/results/out_of_scope.json` (one part per split and part).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import numpy as np
 import torch
@@ -58,6 +62,8 @@ from hf_meta.inner_loop import HEAD, head_logits
 from hf_meta.label_names import label_phrase
 from hf_meta.metrics import mean_ci95
 from hf_meta.out_of_scope import choose_threshold, decide, scope_metrics
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 OOS = "oos"
 RULES = ("prototype", "max_probability")
@@ -441,7 +447,7 @@ PARTS = {"clinc_oos": clinc_oos, "pseudo_oos": pseudo_oos, "zero_shot": zero_sho
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "out_of_scope.json")
+    parser = make_parser(__doc__, RESULTS / "out_of_scope.json")
     parser.add_argument(
         "--adapter", default=None, help="Adapter folder or Hub repo (default: `--model`, a fresh one)."
     )

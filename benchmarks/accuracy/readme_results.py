@@ -1,12 +1,12 @@
-"""Regenerate the protocol results from `benchmarks/results/accuracy.json`, so no document can drift from the
-measured numbers: the full tables (and one plot per family) in `docs/results.md`, and the one summary table of the
-README.
+"""Regenerate the protocol results from `benchmarks/accuracy/results/accuracy.json`, so no document can drift from
+the measured numbers: the full tables (and one plot per family, `benchmarks/accuracy/results/accuracy_<family>.png`)
+in `docs/results.md`, and the one summary table of the README.
 
 Each generated block sits between `<!-- accuracy:begin -->` and `<!-- accuracy:end -->`; everything else in the
 files is left alone. `--check` only compares (exit status 1 when a file is stale), which is what the test suite runs.
 
-    python benchmarks/readme_results.py            # rewrite both blocks and the plots
-    python benchmarks/readme_results.py --check    # are the documents up to date with the JSON?
+    python benchmarks/accuracy/readme_results.py            # rewrite both blocks and the plots
+    python benchmarks/accuracy/readme_results.py --check    # are the documents up to date with the JSON?
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from hf_meta.bench.comparison import paired_table
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
+RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.json"
 README = ROOT / "README.md"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 # The README's summary: the methods a user weighs against each other (the full table has every baseline).
@@ -40,7 +40,7 @@ FAMILIES = {
 
 
 def plot_file(family: str) -> str:
-    return f"benchmarks/results/accuracy_{family}.png"
+    return f"benchmarks/accuracy/results/accuracy_{family}.png"
 
 
 def render_summary(results: dict) -> str:
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     if args.check:
         stale = [path for path, (text, updated) in updates.items() if updated != text]
         for path in stale:
-            print(f"{path} is stale: run `python benchmarks/readme_results.py`.")
+            print(f"{path} is stale: run `python benchmarks/accuracy/readme_results.py`.")
         return 1 if stale else 0
     from hf_meta.bench.plots import plot_targets
 

@@ -1,26 +1,32 @@
 """What `adapter_strength="auto"` costs at `fit`: the automatic choice against one fit at a fixed strength.
 
 BANKING77's published 5-shot file (77 intents x 5 labelled sentences, class names on), a meta-learned adapter (the
-protocol's BANKING77 adapter by default, `benchmarks/accuracy.py` saves it under `outputs/accuracy/banking77`), the
-intent recipe's adaptation (the fitted head alone, `inner_steps=0`). Each timing is the median of `--repeats` fits
-in this process after one warm-up fit.
+protocol's BANKING77 adapter by default, `benchmarks/accuracy/accuracy.py` saves it under
+`outputs/accuracy/banking77`), the intent recipe's adaptation (the fitted head alone, `inner_steps=0`). Each timing
+is the median of `--repeats` fits in this process after one warm-up fit.
 
-    python benchmarks/adapter_strength_cost.py                         # after benchmarks/accuracy.py
-    python benchmarks/adapter_strength_cost.py --adapter outputs/fewshot_intent
+    python benchmarks/speed/adapter_strength_cost.py                         # after benchmarks/accuracy/accuracy.py
+    python benchmarks/speed/adapter_strength_cost.py --adapter outputs/fewshot_intent
 
-Writes `benchmarks/results/adapter_strength_cost.json` and prints the table.
+Writes `benchmarks/speed/results/adapter_strength_cost.json` and prints the table.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 from _common import data_dir, make_parser, parse, write_json
 
 from hf_meta import FewShotClassifier
 from hf_meta.bench.protocols import intent_tasks
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 
 def timed(fit, repeats: int) -> tuple[float, list[float]]:
@@ -34,7 +40,7 @@ def timed(fit, repeats: int) -> tuple[float, list[float]]:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "adapter_strength_cost.json")
+    parser = make_parser(__doc__, RESULTS / "adapter_strength_cost.json")
     parser.add_argument("--adapter", default="outputs/accuracy/banking77", help="A meta-trained adapter folder.")
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)

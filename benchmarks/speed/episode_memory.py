@@ -6,17 +6,23 @@ should grow with `rows` (the texts are read once) and with `num_episodes` (the e
 else. Each setting runs in a fresh process (peak RSS is a high-water mark); the table gives the peak above the
 imports, the total peak and the seconds `build_episodes` took.
 
-    python benchmarks/episode_memory.py
-    python benchmarks/episode_memory.py --quick --output outputs/episode_memory.json   # smoke run
+    python benchmarks/speed/episode_memory.py
+    python benchmarks/speed/episode_memory.py --quick --output outputs/episode_memory.json   # smoke run
 
-Writes `benchmarks/results/episode_memory.json`.
+Writes `benchmarks/speed/results/episode_memory.json`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 from _common import in_fresh_process, make_parser, parse, peak_rss_mb, print_table, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 SETTINGS = [(10_000, 100), (100_000, 100), (100_000, 1_000), (100_000, 5_000)]
 QUICK_SETTINGS = [(2_000, 10), (2_000, 50)]
@@ -47,7 +53,7 @@ def measure(rows: int, num_episodes: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "episode_memory.json", model_and_data=False)
+    parser = make_parser(__doc__, RESULTS / "episode_memory.json", model_and_data=False)
     args = parse(parser, argv, quick={})
     results = [
         in_fresh_process(measure, rows, episodes) for rows, episodes in (QUICK_SETTINGS if args.quick else SETTINGS)

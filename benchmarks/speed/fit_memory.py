@@ -19,14 +19,14 @@ Settings (`--settings`):
 A run stops when its RSS passes `--cap_gb` (a watchdog thread in the child), and the row says so. To measure the
 code before a change, put another checkout first on the path:
 
-    python benchmarks/fit_memory.py                  # 100, 1,000, 10,000 texts, `defaults` (10,000: 10+ min, 2 cores)
-    python benchmarks/fit_memory.py --sizes 100 1000 --settings defaults meta_inner0 self_training
+    python benchmarks/speed/fit_memory.py            # 100, 1,000, 10,000 texts, `defaults` (10,000: 10+ min, 2 cores)
+    python benchmarks/speed/fit_memory.py --sizes 100 1000 --settings defaults meta_inner0 self_training
     mkdir -p /tmp/before && git archive ada745e | tar -x -C /tmp/before && PYTHONPATH=/tmp/before \\
-        python benchmarks/fit_memory.py --label before --sizes 100 1000     # main's code, merged as its own rows
-    python benchmarks/fit_memory.py --quick --output outputs/fit_memory.json   # smoke run: 100 texts
+        python benchmarks/speed/fit_memory.py --label before --sizes 100 1000     # main's code, merged as its own rows
+    python benchmarks/speed/fit_memory.py --quick --output outputs/fit_memory.json   # smoke run: 100 texts
 
-Writes `benchmarks/results/fit_memory.json`: rows are merged by (label, setting, texts), so `before` and `after`
-runs share the file.
+Writes `benchmarks/speed/results/fit_memory.json`: rows are merged by (label, setting, texts), so `before` and
+`after` runs share the file.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
+
 from _common import data_dir, in_fresh_process, make_parser, parse, peak_rss_mb, print_table, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 SETTINGS = ("defaults", "meta_inner0", "meta_defaults", "self_training")
 POOL_SIZE = 2_000
@@ -133,7 +137,7 @@ def run(setting: str, texts_count: int, args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "fit_memory.json")
+    parser = make_parser(__doc__, RESULTS / "fit_memory.json")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1_000, 10_000], help="Labelled texts.")
     parser.add_argument("--settings", nargs="+", default=["defaults"], choices=SETTINGS)
     parser.add_argument("--label", default="after", help="Row label, e.g. `before` for another checkout's code.")

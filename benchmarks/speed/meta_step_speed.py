@@ -12,15 +12,18 @@ domains (never a target's test set); the accuracy difference is paired per valid
 apart (CPU time of one thread, on the support embeddings of the same episodes), with each head's distance to the
 head L-BFGS converges to.
 
-    HF_HUB_OFFLINE=1 python benchmarks/meta_step_speed.py                        # about 5 minutes on 2 CPU cores
-    HF_HUB_OFFLINE=1 python benchmarks/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output /tmp/s.json
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py                        # about 5 minutes on 2 CPU cores
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output /tmp/s.json
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import numpy as np
 import torch

@@ -15,8 +15,8 @@ target test set):
     h. a with 2 inner steps at twice the step size
     i. a with no LoRA inner step
 
-    HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py                       # about 10 minutes on 2 CPU cores
-    HF_HUB_OFFLINE=1 python benchmarks/meta_throughput.py --episodes 8 --eval_episodes 4 \\
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_throughput.py                       # about 10 minutes on 2 CPU cores
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_throughput.py --episodes 8 --eval_episodes 4 \\
         --output outputs/meta_throughput_smoke.json   # smoke run
 
 Accuracy deltas are paired per validation episode (same episodes, same support sets) with a 95% CI.
@@ -28,8 +28,11 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import datasets
 import numpy as np

@@ -16,10 +16,10 @@ Each path runs one warm-up pass and `--repeats` timed passes (tokenisation inclu
 pass (the 2 cores may be shared with other work: the fastest pass is the least disturbed one), the median is kept
 in the JSON too.
 
-    python benchmarks/serving.py
-    python benchmarks/serving.py --quick --output outputs/serving.json   # smoke run: 300 sentences, 1 repeat
+    python benchmarks/speed/serving.py
+    python benchmarks/speed/serving.py --quick --output outputs/serving.json   # smoke run: 300 sentences, 1 repeat
 
-Writes `benchmarks/results/serving.json`.
+Writes `benchmarks/speed/results/serving.json`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
+
 import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 THREADS = 2
 TORCH_PATHS = ("torch_main", "torch", "torch_frozen")
@@ -165,7 +169,7 @@ def main(argv=None) -> None:
     from hf_meta.bench.protocols import intent_tasks
     from hf_meta.bench.scripts import write_results
 
-    parser = make_parser(__doc__, "serving.json")
+    parser = make_parser(__doc__, RESULTS / "serving.json")
     parser.add_argument("--repeats", type=int, default=2, help="Timed passes over the test set per path.")
     parser.add_argument("--test_examples", type=int, default=None, help="Predict only the first N test sentences.")
     parser.add_argument("--setfit_iterations", type=int, default=1, help="SetFit pairs per example (0: no SetFit).")

@@ -11,16 +11,21 @@ placement (the cache changes speed only).
   recipe's adaptation);
 - `top3_cache_speedup`: top 3 without the cache / with it.
 
-    python benchmarks/speed_adapt.py
-    python benchmarks/speed_adapt.py --quick --output outputs/speed.json   # smoke run: 1 shot, 200 test sentences
-    python benchmarks/speed_adapt.py --model mpnet --placements top3_layers_no_inner_step top3_layers \
+    python benchmarks/speed/speed_adapt.py
+    python benchmarks/speed/speed_adapt.py --quick --output outputs/speed.json   # smoke run: 1 shot, 200 sentences
+    python benchmarks/speed/speed_adapt.py --model mpnet --placements top3_layers_no_inner_step top3_layers \
         --repeats 1 --test_examples 0     # all-mpnet-base-v2, two placements, no scoring: speed_mpnet.json
 
-Writes the `adapt` part and the two `adapt_seconds_*` keys of `benchmarks/results/speed.json` (other parts kept).
+Writes the `adapt` part and the two `adapt_seconds_*` keys of `benchmarks/speed/results/speed.json` (other parts kept).
 SetFit's training time on the same shots is `speed_setfit.py`.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 from _common import data_dir, lora_config, make_parser, median, merge_json, parse, print_table, timed
 
@@ -29,6 +34,8 @@ from hf_meta.bench.protocols import intent_tasks
 from hf_meta.bench.scripts import load_encoder
 from hf_meta.metrics import accuracy
 from hf_meta.modeling import with_lora
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 # (placement, LoRA top layers or every layer, frozen-layer cache, inner SGD steps)
 SETTINGS = (
@@ -40,7 +47,7 @@ SETTINGS = (
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--repeats", type=int, default=3, help="Timed `fit` calls per placement.")
     parser.add_argument("--shots", type=int, default=5, help="Examples per intent (1-10, the published files).")
     parser.add_argument(

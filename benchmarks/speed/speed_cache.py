@@ -9,13 +9,18 @@ fresh-adapter accuracy on `--accuracy_episodes` held-out episodes is measured fo
 - `top_layer_cache_speedup`: top-2 seconds without the cache / with it;
 - `top2_vs_all_layers_speedup`: all-layers seconds / top-2 seconds with the cache.
 
-    python benchmarks/speed_cache.py
-    python benchmarks/speed_cache.py --quick --output outputs/speed.json   # smoke run
+    python benchmarks/speed/speed_cache.py
+    python benchmarks/speed/speed_cache.py --quick --output outputs/speed.json   # smoke run
 
-Writes the `cache` part and `top_layer_cache_speedup` of `benchmarks/results/speed.json` (other parts kept).
+Writes the `cache` part and `top_layer_cache_speedup` of `benchmarks/speed/results/speed.json` (other parts kept).
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import torch
 from _common import (
@@ -32,11 +37,13 @@ from _common import (
 
 from hf_meta.bench.protocols import intent_episodes
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 SETTINGS = (("all_layers", None, True), ("top2_no_cache", 2, False), ("top2_cache", 2, True))
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes per setting (after one warm-up).")
     parser.add_argument("--accuracy_episodes", type=int, default=40, help="Held-out episodes for the accuracy.")
     args = parse(parser, argv, quick=dict(episodes=1, accuracy_episodes=2))

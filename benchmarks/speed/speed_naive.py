@@ -9,16 +9,20 @@ fresh process, so its peak RSS counts only its own allocations.
 - `naive_speedup`: naive seconds per episode / `MetaTrainer` seconds per episode;
 - `naive_peak_rss_ratio`: naive peak RSS / `MetaTrainer` peak RSS.
 
-    python benchmarks/speed_naive.py
-    python benchmarks/speed_naive.py --quick --output outputs/speed.json   # smoke run
+    python benchmarks/speed/speed_naive.py
+    python benchmarks/speed/speed_naive.py --quick --output outputs/speed.json   # smoke run
 
-Writes the `hf_meta` and `naive` parts and the two ratios of `benchmarks/results/speed.json` (other parts kept).
+Writes the `hf_meta` and `naive` parts and the two ratios of `benchmarks/speed/results/speed.json` (other parts kept).
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,8 @@ from _common import (
     speed_setup,
     trainer_seconds_per_episode,
 )
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 
 def run_hf_meta(args) -> dict:
@@ -87,7 +93,7 @@ def run_naive(args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes (after one warm-up).")
     args = parse(parser, argv, quick=dict(episodes=1))
 

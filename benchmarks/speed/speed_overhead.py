@@ -6,15 +6,19 @@ tensors. 5-way 5-shot 5-query CLINC150 episodes; medians over `--episodes` episo
 rounds of (trainer, bare) so that neither always runs first on a cold process. Both use the prototype head adapted
 by SGD (`head_fit_steps=0`); the trainer with the fitted head (the default) is timed beside them.
 
-    python benchmarks/speed_overhead.py
-    python benchmarks/speed_overhead.py --quick --output outputs/speed.json   # smoke run
+    python benchmarks/speed/speed_overhead.py
+    python benchmarks/speed/speed_overhead.py --quick --output outputs/speed.json   # smoke run
 
-Writes the `overhead` part and `overhead_ratio` of `benchmarks/results/speed.json` (other parts are kept).
+Writes the `overhead` part and `overhead_ratio` of `benchmarks/speed/results/speed.json` (other parts are kept).
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,8 @@ from _common import (
 from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.episode_collator import EpisodeCollator, split_episode
 from hf_meta.modeling import meta_parameters
+
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 
 def bare_seconds_per_episode(trainer, episodes) -> list[float]:
@@ -65,7 +71,7 @@ def bare_seconds_per_episode(trainer, episodes) -> list[float]:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes per round (after one warm-up).")
     args = parse(parser, argv, quick=dict(episodes=1))
     torch.manual_seed(0)

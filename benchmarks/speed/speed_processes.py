@@ -5,16 +5,21 @@ processes / median seconds per step over `--episodes` steps (after one warm-up).
 when the results file holds both 1 and 2 processes, `two_process_speedup` = 2-process / 1-process throughput.
 On CPU give each process its share of the cores (`OMP_NUM_THREADS`).
 
-    accelerate launch --config_file recipes/accelerate_configs/single_process.yaml benchmarks/speed_processes.py
+    accelerate launch --config_file recipes/accelerate_configs/single_process.yaml benchmarks/speed/speed_processes.py
     OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch \\
-        --config_file recipes/accelerate_configs/multi_process.yaml benchmarks/speed_processes.py
-    python benchmarks/speed_processes.py --quick --output outputs/speed.json   # smoke run, one process
+        --config_file recipes/accelerate_configs/multi_process.yaml benchmarks/speed/speed_processes.py
+    python benchmarks/speed/speed_processes.py --quick --output outputs/speed.json   # smoke run, one process
 
-Writes `episodes_per_second_<N>p` into the `processes` part of `benchmarks/results/speed.json` (other parts and
+Writes `episodes_per_second_<N>p` into the `processes` part of `benchmarks/speed/results/speed.json` (other parts and
 the other process count kept), and `two_process_speedup` once both counts are there.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import torch
 from _common import (
@@ -28,9 +33,11 @@ from _common import (
     trainer_seconds_per_episode,
 )
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--episodes", type=int, default=10, help="Timed steps per process (after one warm-up).")
     args = parse(parser, argv, quick=dict(episodes=1))
     torch.manual_seed(0)

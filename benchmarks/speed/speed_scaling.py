@@ -4,13 +4,18 @@ Median seconds per `MetaTrainer` step (one CLINC150 episode, 5 queries per class
 episodes at the texts' natural length, and for 5-way 5-shot episodes at fixed token lengths (each text repeated so
 that truncation, not the data, sets the length). `--episodes` timed episodes per setting, after one warm-up.
 
-    python benchmarks/speed_scaling.py
-    python benchmarks/speed_scaling.py --quick --output outputs/speed.json   # smoke run: 2 small settings
+    python benchmarks/speed/speed_scaling.py
+    python benchmarks/speed/speed_scaling.py --quick --output outputs/speed.json   # smoke run: 2 small settings
 
-Writes the `scaling` part of `benchmarks/results/speed.json` (other parts kept).
+Writes the `scaling` part of `benchmarks/speed/results/speed.json` (other parts kept).
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 import torch
 from _common import (
@@ -24,6 +29,8 @@ from _common import (
     trainer_seconds_per_episode,
 )
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 # (n_way, k_shot, max_length); None: the texts' natural length, truncated at 64 tokens
 SETTINGS = [(5, 1, None), (5, 5, None), (10, 5, None), (20, 5, None), (5, 5, 32), (5, 5, 64), (5, 5, 128)]
 QUICK_SETTINGS = [(2, 1, None), (2, 1, 32)]
@@ -34,7 +41,7 @@ def repeat_texts(row: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--episodes", type=int, default=2, help="Timed episodes per setting (after one warm-up).")
     args = parse(parser, argv, quick=dict(episodes=1))
     settings = QUICK_SETTINGS if args.quick else SETTINGS

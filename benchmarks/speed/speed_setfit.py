@@ -4,15 +4,19 @@ One `SetFitBaseline.fit` (SetFit's defaults: contrastive fine-tuning on `--itera
 batch 16, then a logistic-regression head), model load included, and its accuracy on BANKING77's test set. Needs
 the optional extra: `pip install 'hf_meta[setfit]'`. On 2 CPU cores this is a long run; size it for the machine.
 
-    python benchmarks/speed_setfit.py
-    python benchmarks/speed_setfit.py --quick --output outputs/speed.json   # smoke run: 1 shot, 1 pair, 200 sentences
+    python benchmarks/speed/speed_setfit.py
+    python benchmarks/speed/speed_setfit.py --quick --output outputs/speed.json   # smoke: 1 shot, 1 pair, 200 texts
 
-Writes the `setfit` part and `setfit_seconds_77x5` of `benchmarks/results/speed.json` (other parts kept).
+Writes the `setfit` part and `setfit_seconds_77x5` of `benchmarks/speed/results/speed.json` (other parts kept).
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
 from _common import data_dir, make_parser, merge_json, parse, print_table
 
@@ -20,9 +24,11 @@ from hf_meta.bench.baselines import SETFIT_MISSING, SetFitBaseline, setfit_avail
 from hf_meta.bench.protocols import intent_tasks
 from hf_meta.metrics import accuracy
 
+RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
+
 
 def main(argv=None) -> None:
-    parser = make_parser(__doc__, "speed.json")
+    parser = make_parser(__doc__, RESULTS / "speed.json")
     parser.add_argument("--shots", type=int, default=5, help="Examples per intent (1-10, the published files).")
     parser.add_argument("--iterations", type=int, default=20, help="SetFit pairs per example (its default).")
     parser.add_argument("--test_examples", type=int, default=None, help="Score only the first N test sentences.")
