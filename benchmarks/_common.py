@@ -1,8 +1,13 @@
 """What the benchmark scripts share: arguments, machine info, timing, the speed set-up, results files and tables.
 
 Data folder, protocols, method comparison and baselines come from `hf_meta.bench`; this module only holds what is
-particular to the scripts in this folder. Each script imports it as `_common` (run them from the repository root:
-`python benchmarks/<script>.py`; Python puts the script's folder on `sys.path`).
+particular to the scripts under `benchmarks/` (`accuracy/`, `speed/`, `ablations/`). Each script imports it as
+`_common`, run from the repository root as `python benchmarks/<group>/<script>.py`: Python puts the script's own
+folder on `sys.path`, so one line of each script, before its imports, puts this folder there too:
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
+
+Each script's default results file is in its own folder's `results/` (`RESULTS / "<name>.json"`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ from hf_meta.bench.scripts import DEFAULT_MODEL, MODEL_ALIASES, load_encoder, lo
 from hf_meta.data import resolve_data_dir
 from hf_meta.io_utils import atomic_write_text
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
 # The scripts print their own tables; progress bars of every dataset map and weight load would bury them.
 datasets.disable_progress_bars()
 transformers.utils.logging.disable_progress_bar()
@@ -43,10 +46,11 @@ warnings.filterwarnings("ignore", message=".*pin_memory.*")
 
 
 def make_parser(doc: str, output: str | os.PathLike, model_and_data: bool = True) -> argparse.ArgumentParser:
-    """A parser with the options every script takes: `--output` (default `output` under `benchmarks/results/`) and
-    `--quick`, plus `--model` and `--data_dir` unless `model_and_data` is false; the docstring is the help text."""
+    """A parser with the options every script takes: `--output` (default `output`, the script's file under its
+    folder's `results/`) and `--quick`, plus `--model` and `--data_dir` unless `model_and_data` is false; the
+    docstring is the help text."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(RESULTS_DIR / output), help="Results JSON (default: %(default)s).")
+    parser.add_argument("--output", default=str(output), help="Results JSON (default: %(default)s).")
     parser.add_argument("--quick", action="store_true", help="Small settings: a smoke run, not a measurement.")
     if model_and_data:
         parser.add_argument(
@@ -136,8 +140,8 @@ def make_trainer(model, tokenizer, lora, episodes, name: str, max_length: int = 
     """A `MetaTrainer` that meta-trains one episode per step over `episodes`.
 
     The head is the prototype head adapted by SGD only (`head_fit_steps=0`) unless `kwargs` say otherwise: the bare
-    passes of `speed_overhead.py` and the naive reference of `speed_naive.py` implement that algorithm, so the
-    ratios compare like with like.
+    passes of `speed/speed_overhead.py` and the naive reference of `speed/speed_naive.py` implement that algorithm,
+    so the ratios compare like with like.
     """
     from hf_meta import MetaTrainer, MetaTrainingArguments
 

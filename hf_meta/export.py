@@ -343,7 +343,8 @@ def _quantize_int8(source: Path, destination: Path, external: bool) -> None:
         str(destination),
         weight_type=QuantType.QInt8,
         use_external_data_format=external,
-        # One scale per output channel: per-tensor scales cost accuracy on many-way intent (benchmarks/serving.py).
+        # One scale per output channel: per-tensor scales cost accuracy on many-way intent
+        # (benchmarks/speed/serving.py).
         per_channel=True,
         # Only weight matrices: the attention products of two activations stay in float.
         extra_options={"MatMulConstBOnly": True},

@@ -72,7 +72,7 @@ def main() -> None:
         sources=["clinc150", "hwu64"],
         shots=5,
         plot_shots=[1, 2, 5, 10],
-        # Chosen on held-out CLINC150/HWU64 classes with benchmarks/meta_throughput.py (its results file has the
+        # Chosen on held-out CLINC150/HWU64 classes with benchmarks/speed/meta_throughput.py (its results file has the
         # numbers): LoRA in the top 3 layers, their frozen inputs precomputed once per sentence, and the fitted
         # head alone in the inner loop.
         lora_top_layers=3,

@@ -62,7 +62,7 @@ def main() -> None:
         n_way=[2],
         k_shot=[8],
         num_query=8,
-        # Chosen on held-out sentiment collections with benchmarks/meta_throughput.py --family sentiment (never
+        # Chosen on held-out sentiment collections with benchmarks/speed/meta_throughput.py --family sentiment (never
         # SST-2; its results file has the numbers): the prototype head with LoRA in every layer.
         head_fit_steps=0,
         head_init="prototypes",

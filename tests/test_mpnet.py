@@ -410,10 +410,14 @@ def test_real_mpnet_end_to_end(data_dir, tmp_path):
 # ---- The short name in recipes and benchmarks ----------------------------------------------------------------
 
 
-def _benchmark_module(name, monkeypatch):
+def _benchmark_module(name, monkeypatch, group=None):
+    """`benchmarks/_common.py`, or the script `name` of `benchmarks/<group>/`, imported as a module."""
     import importlib
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    if group is not None:
+        monkeypatch.syspath_prepend(str(benchmarks / group))
     return importlib.import_module(name)
 
 
@@ -433,7 +437,7 @@ def test_short_name_assembles_mpnet_and_benchmarks_keep_its_results_apart(pieces
     assert Path(common.parse(parser, [], {}).output).name == "speed.json"
     assert common.parse(parser, ["--model", "mpnet", "--output", "x.json"], {}).output == "x.json"
 
-    accuracy = _benchmark_module("accuracy", monkeypatch)
+    accuracy = _benchmark_module("accuracy", monkeypatch, group="accuracy")
     budget = accuracy.MODEL_BUDGETS[MPNET_HUB_ID]["cpu"]
     args = argparse.Namespace(
         families=["intent", "sentiment", "topic"],

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _readme_results():
-    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
+    spec = importlib.util.spec_from_file_location(
+        "readme_results", ROOT / "benchmarks" / "accuracy" / "readme_results.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -97,8 +99,8 @@ def test_readme_block_is_generated_and_checked(tmp_path):
 
 
 def test_readme_matches_the_committed_results():
-    """The README's summary and the tables of docs/results.md are what `benchmarks/readme_results.py` renders from
-    accuracy.json."""
+    """The README's summary and the tables of docs/results.md are what `benchmarks/accuracy/readme_results.py`
+    renders from accuracy.json."""
     assert _readme_results().main(["--check"]) == 0
 
 

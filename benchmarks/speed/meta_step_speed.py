@@ -1,0 +1,193 @@
+"""Meta-training speed of the intent recipe's configuration: episodes per micro-batch, and the head fit.
+
+Three ways to run the same meta-steps of 4 episodes (the intent recipe's configuration: MiniLM, LoRA in the top 3
+layers, frozen layers precomputed per sentence, `inner_steps=0`, 10-20-way 1-5-shot 3-query episodes of CLINC150 +
+HWU64 with a fifth of their domains held out), on the same episodes in the same order:
+
+    accumulated          one episode per micro-batch, 4 accumulation steps, each head fitted by 100 L-BFGS iterations
+    batched              4 episodes per micro-batch: one support pass, one query pass and one backward per meta-step
+    batched, Newton      the same, each head fitted by Newton-CG to its tolerance (`head_solver="newton"`)
+
+Each arm meta-trains from the same initial adapter and is then scored on the same validation episodes of the held-out
+domains (never a target's test set), with its own head solver; the accuracy differences to the first arm are paired
+per validation episode. The head fit is timed apart for each solver (CPU time of one thread, on the support
+embeddings of the same episodes), with each head's distance to the optimum (Newton-CG to a 1e-12 relative gradient).
+
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py                  # about 8 minutes on 2 CPU cores
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output /tmp/s.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
+
+import numpy as np
+import torch
+from _common import machine
+from transformers import set_seed
+from transformers.utils import logging
+
+from hf_meta import MetaTrainer, MetaTrainingArguments
+from hf_meta.bench.protocols import deduplicated, hold_out_domains, intent_pools, mixed_episodes
+from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config, write_results
+from hf_meta.data import resolve_data_dir
+from hf_meta.inner_loop import fit_head, initial_head
+from hf_meta.metrics import mean_ci95
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SOURCES = ["clinc150", "hwu64"]
+# episodes per micro-batch, accumulation steps, head solver
+ARMS = {"accumulated": (1, 4, "lbfgs"), "batched": (4, 1, "lbfgs"), "batched, Newton": (4, 1, "newton")}
+
+
+def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
+    batch_size, accumulation, solver = ARMS[arm]
+    set_seed(0)
+    model, tokenizer = load_encoder(args.model)
+    training_args = MetaTrainingArguments(
+        output_dir=str(Path(args.work_dir) / arm),
+        max_steps=args.meta_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        inner_steps=0,
+        head_solver=solver,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10_000,
+        seed=0,
+    )
+    trainer = MetaTrainer(
+        model=model,
+        args=training_args,
+        peft_config=lora_config(model, 3),
+        train_dataset=train_episodes,
+        processing_class=tokenizer,
+    )
+    start, cpu_start = time.perf_counter(), time.process_time()
+    trainer.train()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    output = trainer.predict(validation_episodes)
+    sizes = [len(row["query_label"]) for row in validation_episodes]
+    correct = (output.predictions == output.label_ids).astype(float)
+    per_episode = [float(chunk.mean()) for chunk in np.split(correct, np.cumsum(sizes)[:-1])]
+    episodes = args.meta_steps * 4
+    return {
+        "arm": arm,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "head_solver": solver,
+        "episodes": episodes,
+        "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(cpu_seconds, 2),  # all threads; less sensitive than wall time to other load
+        "episodes_per_second": round(episodes / seconds, 3),
+        "val_accuracy": float(np.mean(per_episode)),
+        "val_episode_accuracies": per_episode,
+    }
+
+
+def head_fit_times(args, episodes) -> dict:
+    """CPU milliseconds per head fit (one thread) on the recipe's episodes for each solver, and each head's distance
+    to the optimum (the tolerance every comparison of meta-gradients on real episodes lives with)."""
+    from hf_meta import FewShotClassifier
+    from hf_meta.head_solver import newton_heads
+    from hf_meta.label_names import label_phrase
+
+    clf = FewShotClassifier.from_pretrained(args.model)
+    config = clf.adaptation_config
+    fit = dict(scale=config.logit_scale, l2=config.head_l2, head_prior=config.head_prior)
+    solvers = ("lbfgs", "newton")
+    seconds, distances, sizes = {s: [] for s in solvers}, {s: [] for s in solvers}, []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for row in episodes.select(range(min(args.head_fit_episodes, len(episodes)))):
+            count = len(row["class_names"])
+            texts = list(row["support_text"]) + [label_phrase(name) for name in row["class_names"]]
+            embeddings = torch.as_tensor(clf.embed(texts), dtype=torch.float32)
+            labels = torch.cat([torch.tensor(row["support_label"]), torch.arange(count)])
+            prior = initial_head(embeddings, labels, count, config.head_init, bias=config.head_bias)
+            optimum = newton_heads(
+                embeddings, labels, prior[None], torch.ones(1, len(labels)), config.logit_scale, config.head_l2,
+                config.head_prior, max_steps=200, tolerance=1e-12,
+            )[0]  # fmt: skip
+            optimum[:, -1] -= optimum[:, -1].mean()  # a common bias shift changes no probability
+            for solver in solvers:
+                start = time.process_time()
+                head = fit_head(embeddings, labels, prior, steps=config.head_fit_steps, solver=solver, **fit).double()
+                seconds[solver].append(time.process_time() - start)
+                head[:, -1] -= head[:, -1].mean()
+                distances[solver].append(float((head - optimum).abs().max()))
+            sizes.append(len(embeddings))
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        solver: {
+            "cpu_ms_per_fit": round(1000 * float(np.mean(seconds[solver])), 1),
+            "max_abs_distance_to_optimum": max(distances[solver]),
+            "median_abs_distance_to_optimum": float(np.median(distances[solver])),
+        }
+        for solver in solvers
+    } | {"examples_per_fit": sizes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--meta_steps", type=int, default=60)
+    parser.add_argument("--eval_episodes", type=int, default=40)
+    parser.add_argument("--head_fit_episodes", type=int, default=40)
+    parser.add_argument("--work_dir", default="outputs/meta_step_speed")
+    parser.add_argument("--output", default=str(RESULTS / "meta_step_speed.json"))
+    args = parser.parse_args()
+    logging.set_verbosity_warning()
+
+    data_dir = resolve_data_dir(args.data_dir)
+    pools = [deduplicated(pool) for pool in intent_pools(SOURCES, data_dir)]
+    pools, validation_pools = hold_out_domains(pools, SOURCES, 0.2, data_dir, seed=0)
+    shape = dict(n_way=(10, 20), k_shot=(1, 5), num_query=3)
+    train_episodes = mixed_episodes(pools, args.meta_steps * 4, seed=0, **shape)
+    validation_episodes = mixed_episodes(validation_pools, args.eval_episodes, n_way=10, k_shot=5, num_query=3, seed=1)
+
+    heads = head_fit_times(args, train_episodes)
+    arms = [meta_train(arm, args, train_episodes, validation_episodes) for arm in ARMS]
+    before = arms[0]
+    paired = {}
+    for arm in arms[1:]:
+        diffs = np.subtract(arm["val_episode_accuracies"], before["val_episode_accuracies"])
+        paired[arm["arm"]] = {"mean": float(diffs.mean()), "ci95": mean_ci95(list(diffs))[1]}
+    write_results(
+        args.output,
+        machine=machine(),
+        settings={"meta_steps": args.meta_steps, "episodes_per_meta_step": 4, "sources": SOURCES,
+                  "train": "10-20-way 1-5-shot 3-query, held-out domains excluded",
+                  "validation": f"{args.eval_episodes} 10-way 5-shot 3-query episodes of the held-out domains"},
+        head_fit=heads,
+        arms=arms,
+        paired_val_accuracy_minus_accumulated=paired,
+    )  # fmt: skip
+    print(f"\n{'arm':<18}{'episodes/s':>12}{'speed-up':>10}{'CPU s':>8}{'val acc':>9}{'paired vs first':>18}")
+    for arm in arms:
+        speedup = arm["episodes_per_second"] / before["episodes_per_second"]
+        diff = paired.get(arm["arm"])
+        versus = f"{100 * diff['mean']:+.2f} ± {100 * diff['ci95']:.2f}" if diff else "-"
+        print(
+            f"{arm['arm']:<18}{arm['episodes_per_second']:>12.2f}{speedup:>9.2f}x{arm['train_cpu_seconds']:>8.0f}"
+            f"{100 * arm['val_accuracy']:>9.2f}{versus:>18}"
+        )
+    for solver in ("lbfgs", "newton"):
+        fits = heads[solver]
+        print(
+            f"head fit, {solver}: {fits['cpu_ms_per_fit']:.1f} CPU ms per episode (one thread); distance to the "
+            f"optimum: max {fits['max_abs_distance_to_optimum']:.1e}, "
+            f"median {fits['median_abs_distance_to_optimum']:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
