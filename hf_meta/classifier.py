@@ -40,7 +40,7 @@ class FewShotClassifier(ClassifierHubMixin):
     """A text classifier adapted from a few labelled examples per class with the meta-learned inner loop.
 
     `fit` runs the adaptation that the adapter was meta-trained for (the settings in `adaptation_config.json`):
-    a cosine head with a bias per class, fitted by L-BFGS to the labelled embeddings (`head_fit_steps`; a
+    a cosine head with a bias per class, fitted to the labelled embeddings (`head_solver`, Newton-CG by default; a
     logistic regression pulled towards its `head_init` start: zero by default, or the class prototypes), then
     `inner_steps` SGD steps of the LoRA weights and the head on all the labelled examples at once, for any number
     of classes. The meta-initialised weights are kept, so `fit` can be called again for another task.

@@ -4,8 +4,8 @@ With `inner_steps=0` (the fitted head alone adapts), every episode of a micro-ba
 so the episodes need not run one after another: their support sentences and class names are embedded in one
 gradient-free pass (length-sorted chunks, so little padding), each episode's head is fitted on its own embeddings,
 and their query sentences are embedded in one pass whose single backward gives the mean of the episodes'
-query-loss gradients. Any
-other configuration (inner LoRA steps, Reptile, a learned inner loop) adapts the episodes one at a time.
+query-loss gradients. Evaluation episodes share the same passes ([`batch_query_logits`]). Any other
+configuration (inner LoRA steps, Reptile, a learned inner loop) adapts the episodes one at a time.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .adaptation import EpisodeOutcome, episode_meta_gradient, fitted_head
+from .adaptation import EpisodeOutcome, episode_meta_gradient, episode_query_logits, fitted_head
 from .adaptation_config import AdaptationConfig
 from .episode_collator import split_episode
 from .inner_loop import Weights, detached_copy, head_logits, task_accuracy, task_loss
 from .learned_inner_loop import LearnedInnerLoop
-from .modeling import ROW_STATES, FunctionalEncoder
+from .modeling import ROW_STATES, FunctionalEncoder, scaled_adapter
 
 
 def batch_meta_gradient(
@@ -50,6 +50,81 @@ def batch_meta_gradient(
     return _batched_fomaml_without_inner_steps(encoder, meta_weights, episodes, config)
 
 
+def batch_query_logits(
+    encoder: FunctionalEncoder,
+    meta_weights: Weights,
+    episodes: list[dict[str, torch.Tensor]],
+    config: AdaptationConfig,
+    inner_loop: LearnedInnerLoop | None = None,
+) -> list[torch.Tensor]:
+    """Each episode's query logits after adapting on its support set, as [`episode_query_logits`] gives them.
+
+    With `inner_steps=0` and no learned inner loop the encoder does not change during an episode, so the support
+    sentences, class names and query sentences of all `episodes` are embedded in one gradient-free pass
+    ([`episode_embeddings`]) and each episode then fits its own head on its own embeddings. The same, to float
+    rounding, as one [`episode_query_logits`] per episode, which is what runs otherwise.
+
+    Example:
+        ```python
+        >>> logits_a, logits_b = batch_query_logits(encoder, meta_weights, [episode_a, episode_b], config)
+        ```
+    """
+    if not shares_encoder_passes(config, inner_loop):
+        return [episode_query_logits(encoder, meta_weights, episode, config, inner_loop) for episode in episodes]
+    embedded = episode_embeddings(encoder, meta_weights, episodes, config)
+    return [query_logits_from_embeddings(e, episode, config) for e, episode in zip(embedded, episodes)]
+
+
+def shares_encoder_passes(config: AdaptationConfig, inner_loop: LearnedInnerLoop | None = None) -> bool:
+    """Whether an episode's adaptation leaves the encoder as it starts (the fitted head alone adapts), so that
+    episodes from the same weights can share their encoder passes."""
+    return config.inner_steps == 0 and inner_loop is None
+
+
+def episode_embeddings(
+    encoder: FunctionalEncoder,
+    meta_weights: Weights,
+    episodes: list[dict[str, torch.Tensor]],
+    config: AdaptationConfig,
+) -> list[dict[str, torch.Tensor | None]]:
+    """The support, class-name (`None` without names) and query embeddings of each episode at
+    `config.episode_strength()` of the LoRA delta, from one gradient-free encoder call (length-sorted chunks)."""
+    lora = scaled_adapter(meta_weights, config.episode_strength())  # evaluation episodes have no folds
+    supports = [split_episode(episode, "support") for episode in episodes]
+    names = [split_episode(episode, "names") for episode in episodes]
+    queries = [split_episode(episode, "query") for episode in episodes]
+    _check_names(names, [int(episode["num_classes"]) for episode in episodes])
+    with torch.no_grad():
+        embedded = embed_parts(encoder, lora, [*supports, *queries, *(rows for rows in names if rows)])
+    name_part = iter(embedded[2 * len(episodes) :])
+    return [
+        {"support": support, "query": query, "names": next(name_part) if rows else None}
+        for support, query, rows in zip(embedded[: len(episodes)], embedded[len(episodes) : 2 * len(episodes)], names)
+    ]
+
+
+def query_logits_from_embeddings(
+    embedded: dict[str, torch.Tensor | None], episode: dict[str, torch.Tensor], config: AdaptationConfig
+) -> torch.Tensor:
+    """The query logits of an episode whose embeddings [`episode_embeddings`] computed: its head fitted on the
+    support embeddings (plus the class names when `config` uses them), as `adapt` fits it with `inner_steps=0`."""
+    use_names = config.use_label_names and config.label_name_weight > 0
+    labels = episode["support_labels"]
+    head = fitted_head(
+        embedded["support"], labels, int(episode["num_classes"]), config, embedded["names"] if use_names else None
+    )
+    return head_logits(embedded["query"], head, config.logit_scale)
+
+
+def _check_names(names: list[dict[str, torch.Tensor]], num_classes: list[int]) -> None:
+    for count, rows in zip(num_classes, names):
+        if rows and len(rows["input_ids"]) != count:
+            raise ValueError(
+                f"`names` has {len(rows['input_ids'])} rows but the task has {count} classes; give one name "
+                "phrase per class, in class order."
+            )
+
+
 def _mean_outcome(outcomes: list[EpisodeOutcome]) -> EpisodeOutcome:
     count = len(outcomes)
     gradient = {name: sum(o.meta_gradient[name] for o in outcomes) / count for name in outcomes[0].meta_gradient}
@@ -76,12 +151,7 @@ def _batched_fomaml_without_inner_steps(
     names = [split_episode(episode, "names") if use_names else {} for episode in episodes]
     queries = [split_episode(episode, "query") for episode in episodes]
     num_classes = [int(episode["num_classes"]) for episode in episodes]
-    for count, rows in zip(num_classes, names):
-        if rows and len(rows["input_ids"]) != count:
-            raise ValueError(
-                f"`names` has {len(rows['input_ids'])} rows but the task has {count} classes; give one name "
-                "phrase per class, in class order."
-            )
+    _check_names(names, num_classes)
 
     # The head is fitted on detached embeddings: the support pass needs no graph.
     with torch.no_grad():

@@ -27,7 +27,13 @@ from .inner_loop import is_multi_hot, task_accuracy, task_loss
 from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
 from .learned_inner_loop import LearnedInnerLoop
-from .meta_batch import batch_meta_gradient
+from .meta_batch import (
+    batch_meta_gradient,
+    batch_query_logits,
+    episode_embeddings,
+    query_logits_from_embeddings,
+    shares_encoder_passes,
+)
 from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
@@ -38,6 +44,9 @@ from .validation import non_finite
 logger = logging.get_logger(__name__)
 
 TRAINING_ARGS_JSON = "training_args.json"  # `Trainer` pickles them to training_args.bin; JSON cannot run code
+# Evaluation episodes embedded in one encoder call when they share their weights: a few hundred sentences, so the
+# length-sorted chunks are full and the activations of one call stay small.
+EVAL_EPISODES_PER_PASS = 8
 
 
 class MetaTrainer(Trainer):
@@ -247,19 +256,21 @@ class MetaTrainer(Trainer):
         self.callback_handler.eval_dataloader = dataloader  # sizes the Trainer's evaluation progress bar
         meta = dict(meta_parameters(self.model))
         episodes = []
-        for inputs in dataloader:
-            inputs = self._prepare_inputs(inputs)
+        for group in _groups(dataloader, EVAL_EPISODES_PER_PASS):
+            group = [self._prepare_inputs(inputs) for inputs in group]
             with self.compute_loss_context_manager():
-                logits = episode_query_logits(self.encoder, meta, inputs, self.adaptation_config, self.inner_loop)
-            labels = inputs["query_labels"]
-            loss = task_loss(logits.float(), labels).item()
-            if is_multi_hot(labels):  # a multi-label episode: each query text right when its label set is exact
-                exact = ((logits >= 0) == (labels > 0.5)).all(-1)
-                episodes.append((exact.long().tolist(), [1] * len(exact), loss))
-            else:  # out-of-scope queries (`OUT_OF_SCOPE`) count in the loss, not in the accuracy
-                kept = labels != OUT_OF_SCOPE
-                episodes.append((logits.argmax(-1)[kept].tolist(), labels[kept].tolist(), loss))
-            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+                # episodes that start from the same weights share their encoder passes (`inner_steps=0`)
+                group_logits = batch_query_logits(self.encoder, meta, group, self.adaptation_config, self.inner_loop)
+            for inputs, logits in zip(group, group_logits):
+                labels = inputs["query_labels"]
+                loss = task_loss(logits.float(), labels).item()
+                if is_multi_hot(labels):  # a multi-label episode: each query text right when its label set is exact
+                    exact = ((logits >= 0) == (labels > 0.5)).all(-1)
+                    episodes.append((exact.long().tolist(), [1] * len(exact), loss))
+                else:  # out-of-scope queries (`OUT_OF_SCOPE`) count in the loss, not in the accuracy
+                    kept = labels != OUT_OF_SCOPE
+                    episodes.append((logits.argmax(-1)[kept].tolist(), labels[kept].tolist(), loss))
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         episodes = self.accelerator.gather_for_metrics(episodes, use_gather_object=True)
         predictions = np.array([p for preds, _, _ in episodes for p in preds], dtype=np.int64)
         label_ids = np.array([y for _, labels, _ in episodes for y in labels], dtype=np.int64)
@@ -321,12 +332,28 @@ class MetaTrainer(Trainer):
         meta = dict(meta_parameters(self.model))
         episodes = [self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset)]
         scores = []
+        embedded_at: dict[float, list] = {}  # per adapter strength: the settings swept here never change them
         for settings in combinations:
             config = dataclasses.replace(self.adaptation_config, **settings)  # validated in __post_init__
-            accuracies = []
-            for inputs in episodes:
-                logits = episode_query_logits(self.encoder, meta, inputs, config, self.inner_loop)
-                accuracies.append(task_accuracy(logits, inputs["query_labels"]))
+            if shares_encoder_passes(config, self.inner_loop):
+                strength = config.episode_strength()
+                if strength not in embedded_at:
+                    embedded_at[strength] = [
+                        embedded
+                        for group in _groups(episodes, EVAL_EPISODES_PER_PASS)
+                        for embedded in episode_embeddings(self.encoder, meta, group, config)
+                    ]
+                logits_per_episode = [
+                    query_logits_from_embeddings(embedded, inputs, config)
+                    for embedded, inputs in zip(embedded_at[strength], episodes)
+                ]
+            else:
+                logits_per_episode = [
+                    episode_query_logits(self.encoder, meta, inputs, config, self.inner_loop) for inputs in episodes
+                ]
+            accuracies = [
+                task_accuracy(logits, inputs["query_labels"]) for logits, inputs in zip(logits_per_episode, episodes)
+            ]
             accuracies = self.accelerator.gather_for_metrics(accuracies, use_gather_object=True)
             scores.append({"settings": settings, "accuracy": float(np.mean(accuracies))})
             logger.info(f"select_adaptation: {settings} -> query accuracy {scores[-1]['accuracy']:.4f}")
@@ -484,3 +511,15 @@ def _check_episode_dataset(name: str, dataset) -> None:
             f"`{name}` lacks the episode column(s) {missing} (columns: {dataset.column_names}); build it with "
             "`hf_meta.build_episodes(...)`."
         )
+
+
+def _groups(items, size: int):
+    """Consecutive lists of `size` items (the last one shorter) from any iterable, e.g. a dataloader."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

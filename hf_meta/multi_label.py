@@ -2,8 +2,8 @@
 
 `FewShotClassifier.fit(texts, labels)` with label lists (or a multi-hot matrix and `classes=`, see
 `hf_meta/label_sets.py`) fits a one-vs-rest head: the same cosine head, prior (`head_init`, `head_l2`,
-`head_prior`) and free bias per class as the single-label head, fitted by L-BFGS to the binary cross-entropy of one
-sigmoid per class instead of the softmax cross-entropy ([`hf_meta.inner_loop.task_loss`]); a class name is one
+`head_prior`) and free bias per class as the single-label head, fitted (`head_solver`) to the binary cross-entropy of
+one sigmoid per class instead of the softmax cross-entropy ([`hf_meta.inner_loop.task_loss`]); a class name is one
 positive example of its class (and a negative of the others), and a text with no label is a negative of every
 class. The LoRA inner steps minimise the same loss.
 

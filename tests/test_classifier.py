@@ -72,7 +72,7 @@ def test_fit_does_not_move_the_meta_initialisation(meta_adapter):
 
 
 def test_fitted_head_fits_the_support_better_than_prototypes(meta_adapter):
-    """With the encoder held still (`inner_steps=0`), the L-BFGS head lowers the support loss below the prototype
+    """With the encoder held still (`inner_steps=0`), the fitted head lowers the support loss below the prototype
     head's, and the fitted head differs from the prototypes."""
     clf = FewShotClassifier.from_pretrained(meta_adapter[0])
     texts, labels = task()

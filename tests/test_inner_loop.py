@@ -90,7 +90,7 @@ def _head_objective(head, emb, labels, prior, scale, l2):
 
 
 def test_fitted_head_is_the_regularised_optimum():
-    """The objective is convex in the head: at the L-BFGS solution its gradient vanishes, its value is below the
+    """The objective is convex in the head: at the fitted solution its gradient vanishes, its value is below the
     prototype head's, and a strong pull towards the prior returns (nearly) the prior."""
     generator = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(30, 8, generator=generator, dtype=torch.float64), dim=-1)

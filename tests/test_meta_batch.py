@@ -1,14 +1,17 @@
 """Several episodes per micro-batch: the batched meta-step equals the per-episode one, in the Trainer too."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import tiny_encoder, tiny_trainer, top_layer_lora
 
 from hf_meta import build_episodes
-from hf_meta.adaptation import episode_meta_gradient
+from hf_meta.adaptation import episode_meta_gradient, episode_query_logits
 from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.episode_collator import EpisodeCollator
-from hf_meta.meta_batch import batch_meta_gradient
+from hf_meta.inner_loop import task_accuracy
+from hf_meta.meta_batch import batch_meta_gradient, batch_query_logits
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
 
 
@@ -86,3 +89,56 @@ def test_episodes_per_micro_batch_meta_train_like_accumulated_episodes(tmp_path,
     assert trainer.state.global_step == 3
     accuracies = [log["query_accuracy"] for log in trainer.state.log_history if "query_accuracy" in log]
     assert all(0.0 <= value <= 1.0 for value in accuracies)
+
+
+def meta_learned(model):
+    """The model with non-zero `lora_B`s, as after meta-training (a fresh adapter's are zero, so its strength and
+    its LoRA passes would change nothing)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("use_label_names", [True, False])
+def test_batched_evaluation_logits_equal_episode_by_episode(episodes, tokenizer, use_label_names):
+    model = meta_learned(top_layer_lora(tiny_encoder("bert"), [1]))
+    encoder = FunctionalEncoder(model)
+    config = AdaptationConfig(inner_steps=0, use_label_names=use_label_names, adapter_strength=0.5)
+    batch = collated(episodes, tokenizer, use_label_names)
+    meta = dict(meta_parameters(model))
+    batched = batch_query_logits(encoder, meta, batch["episodes"], config)
+    assert len(batched) == 4
+    for logits, episode in zip(batched, batch["episodes"]):
+        expected = episode_query_logits(encoder, meta, episode, config)
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    full = batch_query_logits(encoder, meta, batch["episodes"], AdaptationConfig(inner_steps=0, adapter_strength=1.0))
+    assert not torch.allclose(full[0], batched[0], atol=1e-3)  # the strength reaches the encoder passes
+
+
+def test_trainer_evaluation_and_selection_score_every_episode_as_alone(tmp_path, episodes, tokenizer):
+    """`evaluate` and `select_adaptation` embed 8 episodes per encoder call (and the selection once for all its
+    settings): their scores are the per-episode ones."""
+    validation = episodes.select(range(10))  # more than one group of 8, the last one short
+    trainer = tiny_trainer(
+        tmp_path, tokenizer, episodes, model=meta_learned(top_layer_lora(tiny_encoder("bert"), [1])),
+        eval_dataset=validation, inner_steps=0, adapter_strength=0.5,
+    )  # fmt: skip
+    meta = dict(meta_parameters(trainer.model))
+    singles = [trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader(validation)]
+
+    def per_episode_accuracy(config):
+        accuracies = [
+            task_accuracy(episode_query_logits(trainer.encoder, meta, e, config), e["query_labels"]) for e in singles
+        ]
+        return sum(accuracies) / len(accuracies)
+
+    metrics = trainer.evaluate()
+    base = trainer.adaptation_config
+    assert metrics["eval_accuracy"] == pytest.approx(per_episode_accuracy(base))
+    selection = trainer.select_adaptation({"head_l2": [0.1, 10.0], "use_label_names": [True, False]})
+    assert len(selection["scores"]) == 4
+    for row in selection["scores"]:
+        assert row["accuracy"] == pytest.approx(per_episode_accuracy(dataclasses.replace(base, **row["settings"])))
