@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 Pooling = Literal["mean", "cls"]
 HeadInit = Literal["prototypes", "zero"]
 HeadPrior = Literal["mean", "sum"]
-HeadSolver = Literal["newton", "lbfgs"]
+HeadSolver = Literal["auto", "newton", "lbfgs"]
 Algorithm = Literal["fomaml", "reptile"]
 
 # The class id of an episode's query text that belongs to none of its classes (`build_episodes(...,

@@ -85,7 +85,8 @@ def fit_head(
             the same at any number of shots; `"sum"` pulls against the summed cross-entropy (a fixed Gaussian prior
             in a MAP fit), so each class row is pulled as hard as one example and the pull fades as shots grow.
             Default: [`AdaptationConfig`]'s.
-        solver: `"newton"` or `"lbfgs"`; default: [`AdaptationConfig`]'s `head_solver`.
+        solver: `"newton"`, `"lbfgs"` or `"auto"` (by the problem's size, [`resolve_solver`]); default:
+            [`AdaptationConfig`]'s `head_solver`.
 
     Example:
         ```python
@@ -93,8 +94,7 @@ def fit_head(
         ```
     """
     check_choice("head_prior", head_prior, HeadPrior)
-    check_choice("solver", solver, HeadSolver)
-    if solver == "newton":
+    if resolve_solver(solver, prior.shape[0], len(embeddings)) == "newton":
         weights = embeddings.new_ones(1, len(embeddings)) if sample_weight is None else sample_weight[None]
         with _one_cpu_thread(embeddings.device):
             heads = newton_heads(embeddings, labels, prior[None], weights, scale, l2, head_prior, max_steps=steps)
@@ -152,8 +152,7 @@ def fit_heads(
         ```
     """
     check_choice("head_prior", head_prior, HeadPrior)
-    check_choice("solver", solver, HeadSolver)
-    if solver == "newton":
+    if resolve_solver(solver, priors.shape[1], len(embeddings)) == "newton":
         with _one_cpu_thread(embeddings.device):
             heads = newton_heads(
                 embeddings, labels, priors, sample_weights, scale, l2, head_prior, max_steps=steps, starts=starts
@@ -185,6 +184,20 @@ def fit_heads(
     with torch.enable_grad(), _one_cpu_thread(embeddings.device):
         optimizer.step(objective)
     return heads.detach().to(dtype)
+
+
+# `head_solver="auto"` fits heads of at most this many classes x examples by Newton-CG, larger ones by L-BFGS: the
+# crossover of their CPU times on MiniLM, Newton-CG being faster on 10-20-way episodes
+# (benchmarks/speed/meta_step_speed.py) and slower on BANKING77's 77 x 5 (benchmarks/speed/adapter_strength_cost.py).
+NEWTON_MAX_SIZE = 20_000
+
+
+def resolve_solver(solver: HeadSolver, num_classes: int, num_examples: int) -> str:
+    """The solver `"auto"` stands for on a head of `num_classes` over `num_examples` (the others are themselves)."""
+    check_choice("solver", solver, HeadSolver)
+    if solver != "auto":
+        return solver
+    return "newton" if num_classes * num_examples <= NEWTON_MAX_SIZE else "lbfgs"
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_meta.choices import OUT_OF_SCOPE
-from hf_meta.inner_loop import fit_head, fit_heads, head_logits, task_loss
+from hf_meta.inner_loop import NEWTON_MAX_SIZE, fit_head, fit_heads, head_logits, resolve_solver, task_loss
 
 
 def _task(seed=0, examples=24, classes=4, hidden=16, kind="ids"):
@@ -94,3 +94,13 @@ def test_an_unknown_solver_is_refused_by_name():
     x, labels, classes = _task()
     with pytest.raises(ValueError, match="`solver` must be one of"):
         fit_head(x, labels, torch.zeros(classes, x.shape[1]), 20.0, 0.1, 10, solver="sgd")
+
+
+def test_auto_fits_small_heads_by_newton_and_large_ones_by_lbfgs():
+    x, labels, classes = _task()
+    prior = torch.zeros(classes, x.shape[1] + 1)
+    auto = fit_head(x, labels, prior, 20.0, 0.1, 100, solver="auto")
+    assert torch.equal(auto, fit_head(x, labels, prior, 20.0, 0.1, 100, solver="newton"))
+    assert resolve_solver("auto", 20, NEWTON_MAX_SIZE // 20) == "newton"
+    assert resolve_solver("auto", 20, NEWTON_MAX_SIZE // 20 + 1) == "lbfgs"
+    assert resolve_solver("lbfgs", 2, 2) == "lbfgs"
