@@ -211,7 +211,7 @@ def test_recipe_yaml_parses_into_script_and_training_arguments(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", str(config)])
     script_args, training_args = parse_script_arguments()
     assert script_args.target == "banking77" and script_args.episode_range("n_way") == (10, 20)
-    assert training_args.max_steps == 200 and training_args.adaptation_config().inner_steps == 0
+    assert training_args.max_steps == 400 and training_args.adaptation_config().inner_steps == 0
     assert script_args.lora_top_layers == 3
     # Validation on the held-out domains during meta-training, the best step kept.
     assert training_args.eval_strategy == "steps" and training_args.load_best_model_at_end
