@@ -32,6 +32,7 @@ from .inner_loop import (
     initial_head,
     is_multi_hot,
     name_targets,
+    resolve_solver,
     task_accuracy,
     task_loss,
 )
@@ -138,6 +139,9 @@ def choose_strength(
     held_out_logits: dict[float, list[torch.Tensor]] = {}
     fast_embeddings: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
     full_heads: dict[float, torch.Tensor] = {}
+    # Only Newton-CG starts from a given head; for L-BFGS the full fit is computed once, for the winner.
+    rows = len(labels) + (0 if names is None else num_classes)
+    warm_start = fast and resolve_solver(config.head_solver, num_classes, rows) == "newton"
     everything = np.arange(len(labels))
     for strength in config.adapter_strength_grid:
         init = scaled_adapter(meta_weights, strength)
@@ -146,10 +150,10 @@ def choose_strength(
                 embeddings = encoder(init, support)
                 name_embeddings = None if names is None else encoder(init, names)
             fast_embeddings[strength] = (embeddings, name_embeddings)
-            # the fit on every example: the result if this strength wins, and where the folds' fits start
-            full_heads[strength] = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
+            if warm_start:  # the fit on every example: where the folds' fits start, and the result if it wins
+                full_heads[strength] = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
             logits_per_fold = _fold_logits_head_only(
-                embeddings, labels, num_classes, config, name_embeddings, folds, start=full_heads[strength]
+                embeddings, labels, num_classes, config, name_embeddings, folds, start=full_heads.get(strength)
             )
         else:
             logits_per_fold = []
@@ -173,7 +177,10 @@ def choose_strength(
         best = max(scores, key=lambda a: (scores[a]["accuracy"], -scores[a]["loss"]))
     head = chosen = None
     if fast:  # the chosen strength's fit on every example: exactly what `adapt` computes with `inner_steps=0`
-        head, chosen = full_heads[best], fast_embeddings[best]
+        chosen = embeddings, name_embeddings = fast_embeddings[best]
+        head = full_heads.get(best)
+        if head is None:
+            head = fitted_head(embeddings, labels, num_classes, config, name_embeddings)
     return StrengthChoice(
         best,
         scores[best]["accuracy"],

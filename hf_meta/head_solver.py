@@ -132,14 +132,14 @@ def newton_heads(
 
     B = X.new_zeros(count, num_classes, features.shape[1])
     b = X.new_zeros(count, num_classes)
-    _, grad_B, grad_b, _ = value_gradient(B, b)
+    value, grad_B, grad_b, p = value_gradient(B, b)
     first_norm = dot(grad_B, grad_b, grad_B, grad_b).sqrt()  # at the prior, whatever the start
     if starts is not None:  # the start's part in the examples' span (the rest would only be pulled back)
         offset = starts.detach().double().expand_as(priors) - priors
         B = offset[..., :hidden] @ basis
         if has_bias:
             b = offset[..., hidden]
-    value, grad_B, grad_b, p = value_gradient(B, b)
+        value, grad_B, grad_b, p = value_gradient(B, b)
     for _ in range(max_steps):
         grad_norm = dot(grad_B, grad_b, grad_B, grad_b).sqrt()
         active = grad_norm > tolerance * first_norm.clamp_min(1e-30)

@@ -21,7 +21,7 @@ code before a change, put another checkout first on the path:
 
     python benchmarks/speed/fit_memory.py            # 100, 1,000, 10,000 texts, `defaults` (10,000: 10+ min, 2 cores)
     python benchmarks/speed/fit_memory.py --sizes 100 1000 --settings defaults meta_inner0 self_training
-    mkdir -p /tmp/before && git archive ada745e | tar -x -C /tmp/before && PYTHONPATH=/tmp/before \\
+    mkdir -p outputs/before && git archive ada745e | tar -x -C outputs/before && PYTHONPATH=outputs/before \\
         python benchmarks/speed/fit_memory.py --label before --sizes 100 1000     # main's code, merged as its own rows
     python benchmarks/speed/fit_memory.py --quick --output outputs/fit_memory.json   # smoke run: 100 texts
 
@@ -48,6 +48,18 @@ SETTINGS = ("defaults", "meta_inner0", "meta_defaults", "self_training")
 POOL_SIZE = 2_000
 
 
+def _measured_code() -> str:
+    """The folder of the hf_meta package being measured, relative to the working directory when it lies below it
+    (results files name no machine's absolute paths)."""
+    import hf_meta
+
+    folder = Path(hf_meta.__file__).resolve().parent
+    try:
+        return str(folder.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return folder.name
+
+
 def _watchdog(cap_mb: float, report: Path) -> None:
     """Stop this process once its resident memory passes `cap_mb`, writing when to `report` first."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -69,7 +81,6 @@ def measure(setting: str, texts_count: int, model: str, data: str, cap_gb: float
     import numpy as np
     import torch
 
-    import hf_meta
     from hf_meta import AdaptationConfig, FewShotClassifier
     from hf_meta.bench.scripts import load_encoder
     from hf_meta.data import load_collection
@@ -110,7 +121,7 @@ def measure(setting: str, texts_count: int, model: str, data: str, cap_gb: float
     peak = peak_rss_mb()
     fitted = len(texts) + len(clf.pseudo_labeled_)
     return {
-        "hf_meta": str(Path(hf_meta.__file__).parent),  # which checkout's code was measured
+        "hf_meta": _measured_code(),  # which checkout's code was measured
         "setting": setting,
         "texts": texts_count,
         "last_fit_texts": fitted,
@@ -143,17 +154,16 @@ def main(argv=None) -> None:
     parser.add_argument("--label", default="after", help="Row label, e.g. `before` for another checkout's code.")
     parser.add_argument("--cap_gb", type=float, default=12.0, help="Stop a run whose RSS passes this (GB).")
     args = parse(parser, argv, quick={"sizes": [100]})
-    import hf_meta
 
     rows = []
     for setting in args.settings:
         for texts_count in args.sizes:
             row = {"label": args.label, **run(setting, texts_count, args), "command": " ".join(["python", *sys.argv])}
-            row.setdefault("hf_meta", str(Path(hf_meta.__file__).parent))  # a stopped run reports no path
+            row.setdefault("hf_meta", _measured_code())  # a stopped run reports no path
             rows.append(row)
             print(json.dumps(row), flush=True)
     columns = ["label", "setting", "texts", "last_fit_texts", "peak_rss_mb", "peak_above_start_mb", "seconds"]
-    print_table(rows, [*columns, "failed"], f"peak RSS of fit (hf_meta from {Path(hf_meta.__file__).parent})")
+    print_table(rows, [*columns, "failed"], f"peak RSS of fit (hf_meta from {_measured_code()})")
     output = Path(args.output)
     previous = json.loads(output.read_text()).get("rows", []) if output.is_file() else []
     keys = {(row["label"], row["setting"], row["texts"]) for row in rows}

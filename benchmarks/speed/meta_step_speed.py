@@ -15,7 +15,7 @@ per validation episode, and the evaluation is timed (the first arm one episode p
 embeddings of the same episodes), with each head's distance to the optimum (Newton-CG to a 1e-12 relative gradient).
 
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py                  # about 8 minutes on 2 CPU cores
-    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output /tmp/s.json
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output s.json
 """
 
 from __future__ import annotations
