@@ -23,7 +23,7 @@ from .augmentation import augment_support
 from .calibration import Calibration
 from .classifier_hub import ClassifierHubMixin
 from .inner_loop import HEAD, head_logits
-from .label_names import label_phrase, names_are_usable
+from .label_names import check_descriptions, name_phrases, zero_shot_examples
 from .label_sets import check_thresholds, is_multi_label, label_sets
 from .learned_inner_loop import LearnedInnerLoop
 from .metrics import accuracy
@@ -31,7 +31,7 @@ from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adap
 from .multi_label import MultiLabelHead
 from .out_of_scope import OutOfScopeDetector
 from .self_training import SelfTrainingConfig, as_self_training_config, select_confident, unlabelled_pool
-from .validation import check_labels, check_texts, non_finite
+from .validation import check_classes, check_texts, non_finite
 
 logger = logging.get_logger(__name__)
 
@@ -256,7 +256,7 @@ class FewShotClassifier(ClassifierHubMixin):
             return self._self_train(texts, labels, unlabeled_texts, self_training, fit_kwargs)
         zero_shot = texts is None
         if zero_shot:  # the class names (or descriptions) are the examples
-            texts, labels, overrides = _zero_shot_examples(labels, label_descriptions, scope.label, overrides)
+            texts, labels, overrides = zero_shot_examples(labels, label_descriptions, scope.label, overrides)
             label_descriptions = None
         texts = check_texts(texts, "texts")
         if labels is None:
@@ -271,7 +271,7 @@ class FewShotClassifier(ClassifierHubMixin):
                     f"Every text is labelled `out_of_scope_label` ({scope.label!r}); give labelled examples of the "
                     "classes too, or fit zero-shot from the class names (`fit(labels=[...])`)."
                 )
-            labels, classes = _check_labels(labels)
+            labels, classes = check_classes(labels)
             index = {label: i for i, label in enumerate(classes)}
             targets = torch.tensor([index[label] for label in labels], device=self.device)  # class ids
         else:
@@ -283,8 +283,8 @@ class FewShotClassifier(ClassifierHubMixin):
         support_texts, support_rows = augment_support(texts, list(range(len(texts))), config)
         batch = self._tokenize(support_texts, config)
         batch["labels"] = targets[torch.tensor(support_rows, device=self.device)]
-        descriptions = _check_descriptions(classes, label_descriptions)  # checked even when names are off
-        phrases = _name_phrases(classes, descriptions, config.use_label_names)
+        descriptions = check_descriptions(classes, label_descriptions)  # checked even when names are off
+        phrases = name_phrases(classes, descriptions, config.use_label_names)
         names = self._tokenize(phrases, config) if phrases else None
         # The meta-learned step sizes, unless this fit turns them off (`learn_inner_learning_rates=False`).
         rates = self.inner_loop.learning_rates() if self.inner_loop and config.learn_inner_learning_rates else None
@@ -846,119 +846,3 @@ class FewShotClassifier(ClassifierHubMixin):
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=4)
-
-
-def _check_descriptions(classes: list, label_descriptions: Any) -> dict:
-    """`label_descriptions` checked against the classes of `fit`: a mapping from known labels to non-empty text."""
-    if label_descriptions is None:
-        return {}
-    if not isinstance(label_descriptions, Mapping):
-        raise TypeError(
-            f"`label_descriptions` must be a dict from label to text, got {type(label_descriptions).__name__}; "
-            "e.g. `{'card_arrival': 'my card has not arrived'}`."
-        )
-    known = set(classes)
-    for label, text in label_descriptions.items():
-        label = label.item() if isinstance(label, np.generic) else label
-        if label not in known:
-            raise ValueError(
-                f"`label_descriptions` names the label {label!r}, which is not among the labels given to `fit` "
-                f"({classes[:5]}{'...' if len(classes) > 5 else ''}); describe only classes that have examples."
-            )
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(
-                f"`label_descriptions[{label!r}]` must be a non-empty string, got {text!r}; give the text that "
-                "describes the class, or leave the class out to use its name."
-            )
-    return {(k.item() if isinstance(k, np.generic) else k): v.strip() for k, v in label_descriptions.items()}
-
-
-def _name_phrases(classes: list, descriptions: dict, use_label_names: bool = True) -> list[str] | None:
-    """One phrase per class (its description, else its name as a phrase), or None when the names are codes.
-
-    When names or descriptions given are not used, a warning (once per message) says why and how to use them.
-    """
-    if not use_label_names:
-        if descriptions:
-            logger.warning_once(
-                f"`label_descriptions` ({len(descriptions)} given) are ignored: `use_label_names` is off for this "
-                "fit. Pass `use_label_names=True` to `fit` to add them as examples."
-            )
-        return None
-    undescribed = [c for c in classes if c not in descriptions]
-    if undescribed and not names_are_usable(undescribed if len(undescribed) < len(classes) else classes):
-        codes = [c for c in undescribed if not names_are_usable([c])][:3] or undescribed[:3]
-        ignored = f" and the {len(descriptions)} `label_descriptions` given" if descriptions else ""
-        logger.warning_once(
-            f"Class names such as {codes} carry no words, so `fit` adapts without name examples for every class"
-            f"{ignored}. Describe those classes with `label_descriptions` (every class, for int or code labels) to "
-            "use names and descriptions, or pass `use_label_names=False` to silence this."
-        )
-        return None
-    return [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
-
-
-def _zero_shot_examples(
-    labels: Sequence | None, label_descriptions: Any, out_of_scope_label: Any, overrides: dict[str, Any]
-) -> tuple[list[str], list, dict[str, Any]]:
-    """Zero-shot `fit`: one example per class, its description or its name as a phrase, and the fit's overrides
-    with `use_label_names` off (the names are the examples already)."""
-    if labels is None:
-        if not label_descriptions:
-            raise ValueError(
-                "`fit` needs `texts` and `labels`, or, zero-shot, the class names as `labels` (e.g. "
-                "`fit(labels=['card_arrival', 'exchange_rate'])`) or `label_descriptions` (a dict from class to text)."
-            )
-        classes = list(label_descriptions) if isinstance(label_descriptions, Mapping) else []
-        _check_descriptions(classes, label_descriptions)  # a clear error when it is no mapping
-    elif isinstance(labels, str):
-        raise TypeError("`labels` must be a list of class names, got a single string; wrap it in a list.")
-    else:
-        classes = list(dict.fromkeys(label.item() if isinstance(label, np.generic) else label for label in labels))
-    _, classes = _check_labels(classes)
-    if out_of_scope_label is not None and out_of_scope_label in classes:
-        raise ValueError(
-            f"`out_of_scope_label` {out_of_scope_label!r} is also one of the classes; the out-of-scope answer must be "
-            "no class. Drop it from the classes or choose another label."
-        )
-    if overrides.get("use_label_names") is False:
-        raise ValueError(
-            "A zero-shot `fit` (no `texts`) learns from the class names alone, so `use_label_names=False` leaves "
-            "nothing to learn from; drop it, or give labelled `texts`."
-        )
-    descriptions = _check_descriptions(classes, label_descriptions)
-    undescribed = [c for c in classes if c not in descriptions]
-    if undescribed and not names_are_usable(undescribed if len(undescribed) < len(classes) else classes):
-        codes = [c for c in undescribed if not names_are_usable([c])][:3] or undescribed[:3]
-        raise ValueError(
-            f"A zero-shot `fit` (no `texts`) needs words for every class, but names such as {codes} carry none (int "
-            f"labels or codes). Describe every such class, e.g. `label_descriptions={{{codes[0]!r}: 'what its texts "
-            "are about', ...}`, or give labelled `texts`."
-        )
-    phrases = [descriptions[c] if c in descriptions else label_phrase(c) for c in classes]
-    return phrases, classes, {**overrides, "use_label_names": False}
-
-
-def _check_labels(labels: Sequence) -> tuple[list, list]:
-    """Validated labels (see [`check_labels`]) and the sorted classes: at least 2."""
-    labels = check_labels(labels)
-    classes = sorted(set(labels))
-    _warn_near_duplicate_classes(classes)
-    if len(classes) < 2:
-        raise ValueError(f"`labels` has {len(classes)} class ({classes}); a classifier needs at least 2 classes.")
-    return labels, classes
-
-
-def _warn_near_duplicate_classes(classes: list) -> None:
-    """Warn (once per set) when string labels differ only by case or whitespace: they stay separate classes."""
-    groups: dict[str, list] = {}
-    for c in classes:
-        if isinstance(c, str):
-            groups.setdefault(" ".join(c.split()).casefold(), []).append(c)
-    clashes = [names for names in groups.values() if len(names) > 1]
-    if clashes:
-        logger.warning_once(
-            f"`labels` holds classes that differ only by case or whitespace, e.g. {clashes[0]} ({len(clashes)} such "
-            "group(s)); they are kept as separate classes. Normalise the labels (e.g. `label.strip().lower()`) if "
-            "they are the same class."
-        )

@@ -1,4 +1,5 @@
-"""Input checks shared by every layer: ints (a `bool` is not an int), finite numbers, texts, labels, finite weights.
+"""Input checks shared by every layer: ints (a `bool` is not an int), finite numbers, texts, labels and the classes
+they make, finite weights.
 
 The classifier, the episode builders, the adaptation settings and self-training validate with these, so the same
 mistake gets the same error everywhere: the argument named in backticks, what was received, and the fix.
@@ -24,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 def is_int(value: Any) -> bool:
@@ -114,6 +118,31 @@ def check_labels(
     if len({isinstance(label, str) for label in labels}) > 1:
         raise TypeError(f"`{name}` mixes strings and ints; use one type for every label.")
     return labels
+
+
+def check_classes(labels: Sequence) -> tuple[list, list]:
+    """Validated labels (see [`check_labels`]) and the sorted classes: at least 2."""
+    labels = check_labels(labels)
+    classes = sorted(set(labels))
+    _warn_near_duplicate_classes(classes)
+    if len(classes) < 2:
+        raise ValueError(f"`labels` has {len(classes)} class ({classes}); a classifier needs at least 2 classes.")
+    return labels, classes
+
+
+def _warn_near_duplicate_classes(classes: list) -> None:
+    """Warn (once per set) when string labels differ only by case or whitespace: they stay separate classes."""
+    groups: dict[str, list] = {}
+    for c in classes:
+        if isinstance(c, str):
+            groups.setdefault(" ".join(c.split()).casefold(), []).append(c)
+    clashes = [names for names in groups.values() if len(names) > 1]
+    if clashes:
+        logger.warning_once(
+            f"`labels` holds classes that differ only by case or whitespace, e.g. {clashes[0]} ({len(clashes)} such "
+            "group(s)); they are kept as separate classes. Normalise the labels (e.g. `label.strip().lower()`) if "
+            "they are the same class."
+        )
 
 
 def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_meta import build_episodes
-from hf_meta.validation import check_int, check_labels, check_texts, is_int, is_number, non_finite
+from hf_meta.validation import check_classes, check_int, check_labels, check_texts, is_int, is_number, non_finite
 
 
 def test_a_bool_is_not_an_int_nor_a_number():
@@ -46,6 +46,17 @@ def test_check_labels():
             check_labels(["a", bad] if bad is not None else [0, bad])
     with pytest.raises(TypeError, match="mixes strings and ints"):
         check_labels(["a", 1])
+
+
+def test_check_classes_sorts_and_needs_two(caplog):
+    import logging
+
+    assert check_classes(np.array([2, 0, 2])) == ([2, 0, 2], [0, 2])
+    with pytest.raises(ValueError, match=r"`labels` has 1 class \(\['a'\]\); a classifier needs at least 2"):
+        check_classes(["a", "a"])
+    with caplog.at_level(logging.WARNING):
+        check_classes(["Rate", "rate ", "card"])
+    assert any("differ only by case or whitespace" in record.getMessage() for record in caplog.records)
 
 
 def test_non_finite():
