@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_encoder, tiny_trainer
@@ -246,3 +247,51 @@ def test_a_data_collator_with_precomputed_frozen_states_is_refused_not_silently_
         precompute_frozen_states=False,
     )
     assert trainer.data_collator is collator
+
+
+def _run_recording_dtypes(output_dir, episodes, tokenizer, monkeypatch, **settings):
+    """Train and evaluate; return the LoRA update, the trainer, the dtypes of one encoder linear layer's outputs and
+    of the hidden states the embeddings are pooled from."""
+    import hf_meta.modeling as modeling
+
+    pooled, linear = set(), set()
+    pool = modeling.sentence_embeddings
+
+    def recording_pool(hidden, *args, **kwargs):
+        pooled.add(hidden.dtype)
+        return pool(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "sentence_embeddings", recording_pool)
+    trainer = make_trainer(output_dir, episodes, tokenizer, use_cpu=True, optim="sgd", **settings)
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    layer = trainer.model.get_base_model().encoder.layer[0].intermediate.dense
+    layer.register_forward_hook(lambda module, args, output: linear.add(output.dtype))
+    trainer.train()
+    metrics = trainer.evaluate()
+    monkeypatch.setattr(modeling, "sentence_embeddings", pool)
+    assert np.isfinite(metrics["eval_loss"])
+    lora = {n: p.detach() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert {p.dtype for p in lora.values()} == {torch.float32}  # the master weights
+    update = torch.cat([(lora[n] - start[n]).flatten() for n in start])
+    return update, trainer, linear, pooled
+
+
+@pytest.mark.skipif(not torch.amp.autocast_mode.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+@pytest.mark.parametrize("inner_steps", [0, 2])
+def test_bf16_autocasts_the_encoder_passes_and_keeps_embeddings_heads_and_weights_in_float32(
+    tmp_path, episodes, tokenizer, inner_steps, monkeypatch
+):
+    """The Trainer's own `bf16=True` reaches the functional encoder passes (accelerate wraps the model's forward,
+    and `functional_call` goes through it); pooling, the head fit and the LoRA master weights stay float32."""
+    full, trainer, linear, pooled = _run_recording_dtypes(
+        tmp_path / "fp32", episodes, tokenizer, monkeypatch, inner_steps=inner_steps
+    )
+    assert trainer.accelerator.mixed_precision == "no" and linear == {torch.float32}
+    mixed, trainer, linear, pooled = _run_recording_dtypes(
+        tmp_path / "bf16", episodes, tokenizer, monkeypatch, inner_steps=inner_steps, bf16=True
+    )
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert linear == {torch.bfloat16}  # every training and evaluation pass ran the layer in bf16
+    assert pooled == {torch.float32}  # the final LayerNorm runs in float32 under autocast: heads fit in float
+    assert full.norm() > 0 and not torch.equal(mixed, full)  # bf16 matmuls change the meta-gradient ...
+    assert (mixed - full).norm() < 0.05 * full.norm()  # ... by bf16 rounding, not more
