@@ -7,6 +7,8 @@ HWU64 with a fifth of their domains held out), on the same episodes in the same 
     accumulated          one episode per micro-batch, 4 accumulation steps, each head fitted by 100 L-BFGS iterations
     batched              4 episodes per micro-batch: one support pass, one query pass and one backward per meta-step
     batched, Newton      the same, each head fitted by Newton-CG to its tolerance (`head_solver="newton"`)
+    batched, Newton, bf16   the same under the Trainer's `bf16=True` (not in the default arms: on a CPU without bf16
+                         units it measures the emulation, not what a GPU gains)
 
 Each arm meta-trains from the same initial adapter and is then scored on the same validation episodes of the held-out
 domains (never a target's test set), with its own head solver; the accuracy differences to the first arm are paired
@@ -16,6 +18,8 @@ embeddings of the same episodes), with each head's distance to the optimum (Newt
 
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py                  # about 8 minutes on 2 CPU cores
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output s.json
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --arms "batched, Newton" "batched, Newton, bf16" \
+        --head_fit_episodes 0 --output benchmarks/speed/results/meta_step_speed_bf16.json
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ from hf_meta.metrics import mean_ci95
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SOURCES = ["clinc150", "hwu64"]
-# episodes per micro-batch, accumulation steps, head solver
-ARMS = {"accumulated": (1, 4, "lbfgs"), "batched": (4, 1, "lbfgs"), "batched, Newton": (4, 1, "newton")}
+# episodes per micro-batch, accumulation steps, head solver, bf16
+ARMS = {
+    "accumulated": (1, 4, "lbfgs", False),
+    "batched": (4, 1, "lbfgs", False),
+    "batched, Newton": (4, 1, "newton", False),
+    "batched, Newton, bf16": (4, 1, "newton", True),
+}
+DEFAULT_ARMS = ["accumulated", "batched", "batched, Newton"]
 
 
 def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
-    batch_size, accumulation, solver = ARMS[arm]
+    batch_size, accumulation, solver, bf16 = ARMS[arm]
     set_seed(0)
     model, tokenizer = load_encoder(args.model)
     training_args = MetaTrainingArguments(
@@ -58,6 +68,7 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
         gradient_accumulation_steps=accumulation,
         inner_steps=0,
         head_solver=solver,
+        bf16=bf16,
         report_to="none",
         disable_tqdm=True,
         logging_steps=10_000,
@@ -73,8 +84,9 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    # The first arm evaluates one episode per encoder call, as evaluation ran before episodes shared their passes
-    meta_trainer.EVAL_EPISODES_PER_PASS = 1 if arm == next(iter(ARMS)) else EVAL_EPISODES_PER_PASS
+    # "accumulated" evaluates one episode per encoder call, as evaluation ran before episodes shared their passes
+    per_pass = 1 if arm == "accumulated" else EVAL_EPISODES_PER_PASS
+    meta_trainer.EVAL_EPISODES_PER_PASS = per_pass
     try:
         start = time.perf_counter()
         output = trainer.predict(validation_episodes)
@@ -90,11 +102,12 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
         "per_device_train_batch_size": batch_size,
         "gradient_accumulation_steps": accumulation,
         "head_solver": solver,
+        "bf16": bf16,
         "episodes": episodes,
         "train_seconds": round(seconds, 2),
         "train_cpu_seconds": round(cpu_seconds, 2),  # all threads; less sensitive than wall time to other load
         "episodes_per_second": round(episodes / seconds, 3),
-        "eval_episodes_per_pass": 1 if arm == next(iter(ARMS)) else EVAL_EPISODES_PER_PASS,
+        "eval_episodes_per_pass": per_pass,
         "eval_seconds": round(eval_seconds, 2),
         "val_accuracy": float(np.mean(per_episode)),
         "val_episode_accuracies": per_episode,
@@ -152,7 +165,8 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--meta_steps", type=int, default=60)
     parser.add_argument("--eval_episodes", type=int, default=40)
-    parser.add_argument("--head_fit_episodes", type=int, default=40)
+    parser.add_argument("--head_fit_episodes", type=int, default=40, help="0: no head-fit timing.")
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS), help="Paired with the first.")
     parser.add_argument("--work_dir", default="outputs/meta_step_speed")
     parser.add_argument("--output", default=str(RESULTS / "meta_step_speed.json"))
     args = parser.parse_args()
@@ -165,8 +179,8 @@ def main() -> None:
     train_episodes = mixed_episodes(pools, args.meta_steps * 4, seed=0, **shape)
     validation_episodes = mixed_episodes(validation_pools, args.eval_episodes, n_way=10, k_shot=5, num_query=3, seed=1)
 
-    heads = head_fit_times(args, train_episodes)
-    arms = [meta_train(arm, args, train_episodes, validation_episodes) for arm in ARMS]
+    heads = head_fit_times(args, train_episodes) if args.head_fit_episodes else {}
+    arms = [meta_train(arm, args, train_episodes, validation_episodes) for arm in args.arms]
     before = arms[0]
     paired = {}
     for arm in arms[1:]:
@@ -180,7 +194,7 @@ def main() -> None:
                   "validation": f"{args.eval_episodes} 10-way 5-shot 3-query episodes of the held-out domains"},
         head_fit=heads,
         arms=arms,
-        paired_val_accuracy_minus_accumulated=paired,
+        **{f"paired_val_accuracy_minus_{args.arms[0].replace(', ', '_').replace(' ', '_')}": paired},
     )  # fmt: skip
     print(
         f"\n{'arm':<18}{'episodes/s':>12}{'speed-up':>10}{'CPU s':>8}{'val acc':>9}{'paired vs first':>18}"
@@ -194,8 +208,9 @@ def main() -> None:
             f"{arm['arm']:<18}{arm['episodes_per_second']:>12.2f}{speedup:>9.2f}x{arm['train_cpu_seconds']:>8.0f}"
             f"{100 * arm['val_accuracy']:>9.2f}{versus:>18}{arm['eval_seconds']:>8.1f}"
         )
-    for solver in ("lbfgs", "newton"):
-        fits = heads[solver]
+    for solver, fits in heads.items():
+        if solver == "examples_per_fit":
+            continue
         print(
             f"head fit, {solver}: {fits['cpu_ms_per_fit']:.1f} CPU ms per episode (one thread); distance to the "
             f"optimum: max {fits['max_abs_distance_to_optimum']:.1e}, "
