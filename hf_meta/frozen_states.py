@@ -137,7 +137,9 @@ class FrozenStates:
                 path.unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
         _remove_dead_temporary_files(folder)
-        order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
+        # Longest batch first: every later batch fits in the memory the first one freed. In ascending order each
+        # batch needs slightly more than any hole left behind, and the C heap grew with the corpus.
+        order = sorted(range(len(unique)), key=lambda i: -len(encoded[i]))
         hidden = encoder.model.get_base_model().config.hidden_size
         features = datasets.Features(
             {

@@ -15,6 +15,18 @@ from transformers import TrainerCallback  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warning_once():
+    """Each test sees its own once-per-process warnings: transformers caches `warning_once` by message for the
+    whole process, so a test that emitted a message would otherwise hide it from every later test that checks it."""
+    import logging
+
+    import transformers.utils.logging  # noqa: F401  (installs Logger.warning_once)
+
+    logging.Logger.warning_once.cache_clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The raw data folder, found as the recipes find it; a missing folder fails the test with the fix, never skips."""

@@ -7,7 +7,8 @@ states never sit in memory at once. This script checks that at scale and states 
 - the corpus: the texts of every split of every collection in the data folder, deduplicated, a seeded sample of
   `--sentences` of them (default 120,000), tokenised to `--max_length` (the recipes' 64);
 - build, in a fresh process: wall seconds, sentences per second, the file's bytes (per sentence and per token) and
-  the process's peak RSS, against the RSS it had before the build (model and texts loaded);
+  the process's peak RSS and peak anonymous memory (RSS less the memory-mapped file's pages, which the kernel
+  drops when memory is short), each against its value before the build (model and texts loaded);
 - read, in another fresh process: opening the file (the reuse path of `build`), then the rows of `--episodes`
   episodes of `--episode_sentences` random sentences each (`FrozenStates.batch`, what `EpisodeCollator` calls), their
   seconds per episode and the peak RSS.
@@ -24,7 +25,9 @@ from __future__ import annotations
 import random
 import shutil
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
@@ -33,6 +36,37 @@ from _common import data_dir, in_fresh_process, make_parser, parse, peak_rss_mb,
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOP_LAYERS = 3  # the intent recipe's LoRA placement on MiniLM's 6 layers
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of this process from /proc/self/status (Linux), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+@contextmanager
+def peak_anonymous_mb(every: float = 0.05):
+    """Samples the process's anonymous memory (heap, tensors, Python objects) while the block runs; yields a dict
+    whose "peak" holds the highest sample. Unlike the peak RSS, it leaves out the memory-mapped file's pages, which
+    the kernel reclaims whenever memory is short."""
+    peak = {"peak": _status_mb("RssAnon")}
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(every):
+            peak["peak"] = max(peak["peak"], _status_mb("RssAnon"))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        thread.join()
+        peak["peak"] = max(peak["peak"], _status_mb("RssAnon"))
 
 
 def corpus(data_dir: str | None, sentences: int, seed: int) -> tuple[list[str], dict[str, int]]:
@@ -66,9 +100,10 @@ def build(model_name: str, texts: list[str], max_length: int, cache_dir: str) ->
     from hf_meta.frozen_states import FrozenStates
 
     encoder, tokenizer = _encoder(model_name)
-    rss_before = peak_rss_mb()
+    rss_before, anonymous_before = peak_rss_mb(), _status_mb("RssAnon")
     start = time.perf_counter()
-    states = FrozenStates.build(encoder, tokenizer, texts, max_length=max_length, cache_dir=cache_dir)
+    with peak_anonymous_mb() as anonymous:
+        states = FrozenStates.build(encoder, tokenizer, texts, max_length=max_length, cache_dir=cache_dir)
     seconds = time.perf_counter() - start
     [path] = Path(cache_dir).glob("frozen_states-*.arrow")
     tokens = sum(len(ids) for ids in states.dataset["input_ids"])
@@ -84,6 +119,8 @@ def build(model_name: str, texts: list[str], max_length: int, cache_dir: str) ->
         "bytes_per_token": round(path.stat().st_size / tokens, 1),
         "rss_before_build_mb": round(rss_before),
         "peak_rss_mb": round(peak_rss_mb()),
+        "anonymous_before_build_mb": round(anonymous_before),
+        "peak_anonymous_mb": round(anonymous["peak"]),
     }
 
 
@@ -92,19 +129,21 @@ def read(model_name: str, texts: list[str], max_length: int, cache_dir: str, epi
     from hf_meta.frozen_states import FrozenStates
 
     encoder, tokenizer = _encoder(model_name)
-    rss_before = peak_rss_mb()
+    rss_before, anonymous_before = peak_rss_mb(), _status_mb("RssAnon")
     start = time.perf_counter()
-    states = FrozenStates.build(encoder, tokenizer, texts, max_length=max_length, cache_dir=cache_dir)  # reused
+    with peak_anonymous_mb() as anonymous_open:
+        states = FrozenStates.build(encoder, tokenizer, texts, max_length=max_length, cache_dir=cache_dir)  # reused
     open_seconds = time.perf_counter() - start
     rss_open = peak_rss_mb()
     rng = random.Random(0)
     seconds = []
-    for _ in range(episodes):
-        chosen = rng.sample(texts, size)
-        start = time.perf_counter()
-        batch = states.batch(chosen, pad_token_id=tokenizer.pad_token_id)
-        seconds.append(time.perf_counter() - start)
-        assert len(batch["input_ids"]) == size
+    with peak_anonymous_mb() as anonymous:
+        for _ in range(episodes):
+            chosen = rng.sample(texts, size)
+            start = time.perf_counter()
+            batch = states.batch(chosen, pad_token_id=tokenizer.pad_token_id)
+            seconds.append(time.perf_counter() - start)
+            assert len(batch["input_ids"]) == size
     seconds.sort()
     return {
         "open_seconds": round(open_seconds, 1),
@@ -114,6 +153,9 @@ def read(model_name: str, texts: list[str], max_length: int, cache_dir: str, epi
         "sentences_per_episode": size,
         "median_ms_per_episode": round(1000 * seconds[len(seconds) // 2], 2),
         "peak_rss_mb": round(peak_rss_mb()),
+        "anonymous_before_open_mb": round(anonymous_before),
+        "peak_anonymous_open_mb": round(anonymous_open["peak"]),
+        "peak_anonymous_mb": round(max(anonymous_open["peak"], anonymous["peak"])),
     }
 
 
@@ -133,13 +175,15 @@ def main(argv=None) -> None:
     print(
         f"build: {built['seconds']} s ({built['sentences_per_second']} sentences/s), {built['file_bytes'] / 1e9:.2f} "
         f"GB ({built['bytes_per_sentence']} bytes/sentence, {built['bytes_per_token']} bytes/token), peak RSS "
-        f"{built['peak_rss_mb']} MB ({built['rss_before_build_mb']} MB before the build)"
+        f"{built['peak_rss_mb']} MB ({built['rss_before_build_mb']} MB before the build), peak anonymous "
+        f"{built['peak_anonymous_mb']} MB ({built['anonymous_before_build_mb']} MB before)"
     )
     size = min(args.episode_sentences, len(texts))
     reads = in_fresh_process(read, args.model, texts, args.max_length, args.cache_dir, args.episodes, size)
     print(
         f"read: opened in {reads['open_seconds']} s, {reads['median_ms_per_episode']} ms per episode of "
-        f"{size} sentences, peak RSS {reads['peak_rss_mb']} MB ({reads['rss_before_open_mb']} MB before opening)"
+        f"{size} sentences, peak RSS {reads['peak_rss_mb']} MB ({reads['rss_before_open_mb']} MB before opening), "
+        f"peak anonymous {reads['peak_anonymous_mb']} MB ({reads['anonymous_before_open_mb']} MB before)"
     )
     if not args.keep:
         shutil.rmtree(args.cache_dir, ignore_errors=True)
