@@ -125,7 +125,7 @@ class FrozenStates:
         folder = cls.cache_folder(cache_dir)
         # Tokenised before the lookup: the ids are part of the key, so any tokenizer change (files, lower-casing,
         # truncation side, added tokens ...) makes a new file instead of silently reusing the old ids.
-        encoded = tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]
+        encoded = _token_ids(tokenizer, unique, max_length)
         path = folder / f"frozen_states-{_fingerprint(encoder, unique, max_length, encoded)}.arrow"
         if path.is_file():
             try:
@@ -176,6 +176,23 @@ class FrozenStates:
         return cls(datasets.Dataset.from_file(str(path)))
 
 
+def _token_ids(tokenizer, texts: list[str], max_length: int, chunk: int = 1000) -> list[np.ndarray]:
+    """Each text's token ids as an int32 array, tokenised `chunk` texts at a time: one call on a whole corpus holds
+    the tokenizer's per-token objects for every text at once (more than a GB at 100k sentences), and Python lists of
+    ints take about ten times the bytes of the arrays."""
+    ids = []
+    for start in range(0, len(texts), chunk):
+        batch = tokenizer(
+            texts[start : start + chunk],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        ids.extend(np.asarray(row, dtype=np.int32) for row in batch)
+    return ids
+
+
 def _remove_dead_temporary_files(folder: Path) -> None:
     """Remove the `.frozen_states-*.<pid>.tmp` files of builds whose process was killed."""
     from .episodes import process_alive
@@ -186,7 +203,7 @@ def _remove_dead_temporary_files(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int, input_ids: list[list[int]]) -> str:
+def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int, input_ids: list[np.ndarray]) -> str:
     """Names the cache file by everything that determines its content: the sentences and their token ids (so the
     tokenizer's files and settings), `max_length`, the frozen depth, the model config, and every frozen weight and
     buffer (frozen LoRA weights included; only the trainable LoRA weights, which the states never see, are left out).
