@@ -94,7 +94,7 @@ def _label_names(dataset: datasets.Dataset, label_column: str) -> list[str | Non
     Any other id outside the class names is refused.
     """
     feature = dataset.features[label_column]
-    values = dataset[label_column]
+    values = dataset[label_column][:]  # one read, not a query per row (see `_index_classes`)
     if isinstance(feature, datasets.ClassLabel):
         num_classes = len(feature.names)
         bad = [(i, value) for i, value in enumerate(values) if value is None or not -1 <= value < num_classes]
@@ -271,7 +271,9 @@ def _index_classes(config: EpisodeConfig) -> tuple[list[str], dict[str, np.ndarr
     multi-label source, every row's classes (an example is in the pool of every class it carries)."""
     dataset = config.source
     _check_columns(dataset, [config.text_column, config.label_column])
-    texts = dataset[config.text_column]
+    # `[:]` reads the column into a list at once: `datasets` returns a lazy column, and iterating or indexing it
+    # costs a table query per row on a filtered or selected dataset (seconds for a 100k-row pool).
+    texts = dataset[config.text_column][:]
     multi = _is_multi_label(config)
     sets = multi_label_episodes.label_sets_of(dataset, config.label_column) if multi else None
     labels = [tuple(members) or None for members in sets] if multi else _label_names(dataset, config.label_column)

@@ -61,7 +61,7 @@ def label_sets_of(dataset: datasets.Dataset, label_column: str) -> list[list[str
     inner = getattr(feature, "feature", None)
     names = inner.names if isinstance(inner, datasets.ClassLabel) else None
     sets = []
-    for row, values in enumerate(dataset[label_column]):
+    for row, values in enumerate(dataset[label_column][:]):  # one read, not a table query per row
         if values is None:
             values = []
         members = []

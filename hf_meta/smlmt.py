@@ -62,7 +62,7 @@ def _texts_of(texts_or_dataset: Sequence[str] | datasets.Dataset, text_column: s
                 f"`text_column` {text_column!r} is not a column of the dataset (columns: "
                 f"{texts_or_dataset.column_names}); pass `text_column=`."
             )
-        texts = texts_or_dataset[text_column]
+        texts = texts_or_dataset[text_column][:]  # one read, not a table query per row
     elif isinstance(texts_or_dataset, str):
         raise TypeError("`texts_or_dataset` must be a list of strings or a `datasets.Dataset`, got a single string.")
     else:

@@ -55,3 +55,14 @@ def test_intent_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
 def test_sentiment_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
     results = run_recipe("fewshot_sentiment.py", tmp_path, data_dir, "--seeds", "0")
     check_outputs(tmp_path, results, {8}, combinations=4)
+
+
+@pytest.mark.slow
+def test_universal_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
+    results = run_recipe(
+        "fewshot_universal.py", tmp_path, data_dir, "--plot_shots", "1", "--eval_steps", "1", "--save_steps", "1",
+        "--validation_episodes", "6",
+    )  # fmt: skip
+    check_outputs(tmp_path, results, {1, 5}, combinations=12)
+    card = (tmp_path / "README.md").read_text()
+    assert "banking77 left out" in card and "Episode shares" in card and "clinc150" in card

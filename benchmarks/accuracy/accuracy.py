@@ -82,6 +82,9 @@ from hf_meta.bench.protocols import (
     SENTIMENT_SOURCES,
     TOPIC_SOURCES,
     ag_news_tasks,
+    broad_episodes,
+    broad_pools,
+    broad_sources,
     intent_draw_tasks,
     intent_episodes,
     intent_pools,
@@ -119,7 +122,7 @@ BUDGETS = {
         intent_shots=(1, 5, 10),
         sentiment_shots=(8,),
         topic_shots=(1, 8),
-        meta_steps={"intent": 150, "sentiment": 40, "topic": 100, "heldout_classes": 100},
+        meta_steps={"intent": 150, "sentiment": 40, "topic": 100, "heldout_classes": 100, "universal": 150},
         # SetFit trains the whole encoder on pairs: 77-150-way intent would cost tens of CPU-minutes per draw.
         setfit_draws=1,
         setfit_families=("sentiment", "topic"),
@@ -131,7 +134,7 @@ BUDGETS = {
         intent_shots=(1, 2, 5, 10),
         sentiment_shots=(2, 8, 16),
         topic_shots=(1, 8, 16),
-        meta_steps={"intent": 2000, "sentiment": 500, "topic": 1000, "heldout_classes": 500},
+        meta_steps={"intent": 2000, "sentiment": 500, "topic": 1000, "heldout_classes": 500, "universal": 2000},
         setfit_draws=3,
         setfit_families=("intent", "sentiment", "topic"),
         topic_test_size=None,
@@ -149,7 +152,7 @@ MODEL_BUDGETS = {
             intent_shots=(5,),
             sentiment_shots=(8,),
             topic_shots=(8,),
-            meta_steps={"intent": 40, "sentiment": 20, "topic": 30, "heldout_classes": 30},
+            meta_steps={"intent": 40, "sentiment": 20, "topic": 30, "heldout_classes": 30, "universal": 40},
             setfit_draws=1,
             setfit_families=("sentiment", "topic"),
             topic_test_size=2000,
@@ -162,7 +165,7 @@ MODEL_BUDGETS = {
             intent_shots=(1, 5, 10),
             sentiment_shots=(8, 16),
             topic_shots=(8, 16),
-            meta_steps={"intent": 1000, "sentiment": 400, "topic": 600, "heldout_classes": 300},
+            meta_steps={"intent": 1000, "sentiment": 400, "topic": 600, "heldout_classes": 300, "universal": 1000},
             setfit_draws=3,
             setfit_families=("intent", "sentiment", "topic"),
             topic_test_size=None,
@@ -194,7 +197,11 @@ FAMILY_SETTINGS = {
         num_query=8,
     ),
     "heldout_classes": {**INTENT_SETTINGS, "n_way": (5, 10)},
+    # One adapter from every collection but the target's: the intent recipe's settings, episodes capped at each
+    # collection's class count and shared by size to the power 1/2 (`episode_shares`).
+    "universal": {**INTENT_SETTINGS, "temperature": 2.0},
 }
+UNIVERSAL_TARGETS = ("banking77", "clinc150", "hwu64", "ag_news")
 
 
 @dataclasses.dataclass
@@ -233,6 +240,21 @@ def parts(args, budget: Budget) -> list[Part]:
         tasks = partial(ag_news_tasks, shots["topic"], draws, args.data_dir, budget.topic_test_size)
         pools = partial(topic_pools, TOPIC_SOURCES, args.data_dir)
         found.append(Part("topic", "ag_news", list(TOPIC_SOURCES), episodes, tasks, pools))
+    if "universal" in args.families:
+        for target in UNIVERSAL_TARGETS:
+            if args.targets and target not in args.targets:
+                continue
+            sources = broad_sources(target, args.data_dir)
+            settings = FAMILY_SETTINGS["universal"]
+            episodes = partial(
+                broad_episodes, target, args.data_dir, temperature=settings["temperature"], **_shape("universal")
+            )
+            if target == "ag_news":
+                tasks = partial(ag_news_tasks, shots["topic"], draws, args.data_dir, budget.topic_test_size)
+            else:
+                tasks = partial(intent_draw_tasks, target, shots["intent"], draws, args.data_dir)
+            pools = partial(broad_pools, sources, target, args.data_dir)
+            found.append(Part("universal", target, sources, episodes, tasks, pools))
     targets = args.targets or budget.targets
     return [part for part in found if not targets or set(part.name.split("+")) & set(targets)]
 
@@ -255,7 +277,8 @@ def top_layers(budget: Budget, family: str) -> int | None:
 def output_folder(args, part: Part) -> str:
     suffix = "" if args.model == DEFAULT_MODEL else f"_{args.model.rsplit('/', 1)[-1]}"
     suffix += f"_oos{args.num_out_of_scope}" if args.num_out_of_scope else ""
-    return f"outputs/accuracy{suffix}/{part.name}"
+    name = f"universal_{part.name}" if part.family == "universal" else part.name
+    return f"outputs/accuracy{suffix}/{name}"
 
 
 def fresh_classifier(args, budget: Budget, part: Part) -> FewShotClassifier:
@@ -482,7 +505,7 @@ def main(argv=None) -> None:
         "--families",
         nargs="+",
         default=["intent", "sentiment", "topic"],
-        choices=["intent", "sentiment", "topic", "heldout_classes"],
+        choices=["intent", "sentiment", "topic", "heldout_classes", "universal"],
     )
     parser.add_argument("--targets", nargs="+", default=None, help="Only the parts holding these targets.")
     parser.add_argument(

@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 from transformers.utils import logging
 
-from ..data import load_collection, resolve_data_dir
+from ..data import MULTI_LABEL_COLLECTIONS, list_collections, load_collection, resolve_data_dir
 from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off, split_classes
 from ..smlmt import build_smlmt_episodes
 from .comparison import FewShotTask, first_shots, sample_shots
@@ -21,6 +21,8 @@ INTENT_COLLECTIONS = ("banking77", "clinc150", "hwu64")
 SENTIMENT_SOURCES = ("mr", "amazon_books", "amazon_dvd", "amazon_electronics", "amazon_kitchen", "airline", "imdb")
 SENTIMENT_TARGETS = ("sst2", "sst5")
 TOPIC_SOURCES = ("huffpost", "20newsgroups", "reuters")
+# Collections cut from the same sentences: a target in one group keeps the whole group out of its sources.
+SAME_SENTENCES = (("sst2", "sst5", "sst5_polarity"),)
 
 logger = logging.get_logger(__name__)
 
@@ -200,6 +202,129 @@ def hold_out_sources(sources: Sequence[str], share: float, seed: int = 0) -> tup
         [source for i, source in enumerate(sources) if i not in held_out],
         [source for i, source in enumerate(sources) if i in held_out],
     )
+
+
+def broad_sources(target: str, data_dir: str | os.PathLike, sources: Sequence[str] = ("all",)) -> list[str]:
+    """The collections of a broad meta-training pool for `target`: `["all"]` is every single-label collection the
+    data folder holds, of every family; any list is taken as given. Never the target, nor a collection cut from
+    the same sentences (`SAME_SENTENCES`); the texts they still share go with `broad_pools`.
+
+    Example:
+        ```python
+        >>> broad_sources("banking77", data_dir)[:3]
+        ['20newsgroups', 'ag_news', 'airline']
+        ```
+    """
+    excluded = {target, *(name for group in SAME_SENTENCES if target in group for name in group)}
+    if list(sources) != ["all"]:
+        clashing = sorted(excluded.intersection(sources))
+        if clashing:
+            raise ValueError(
+                f"`sources` {list(sources)} holds {clashing}: the target {target!r} or a collection cut from its "
+                "sentences; meta-train on the others (`all` leaves them out for you)."
+            )
+        return list(sources)
+    chosen = []
+    for name in list_collections():
+        if name in excluded or name in MULTI_LABEL_COLLECTIONS:
+            continue
+        try:
+            load_collection(name, data_dir)
+        except FileNotFoundError:
+            logger.info(f"`sources all`: {name!r} is not in {data_dir}; left out.")
+            continue
+        chosen.append(name)
+    return chosen
+
+
+def broad_pools(sources: Sequence[str], target: str, data_dir: str | os.PathLike) -> list[datasets.Dataset]:
+    """Every split of each source collection in one pool, each text once, without any text of `target` (any split,
+    up to case, spacing and punctuation: the overlap rule of the SST and MR sources, applied to every source)."""
+    return [deduplicated(pool) for pool in _pools_without(sources, _all_texts([target], data_dir), data_dir)]
+
+
+def episode_shares(sizes: Sequence[int], temperature: float = 2.0) -> np.ndarray:
+    """Each pool's share of the episodes, proportional to its size to the power `1 / temperature`: 1 follows the
+    sizes, a larger temperature flattens them towards one share per pool (the rule of multilingual and multitask
+    pre-training mixtures), so a 100k-text collection does not crowd out a 600-text one.
+
+    Example:
+        ```python
+        >>> episode_shares([10_000, 100], temperature=2.0).round(3)
+        array([0.909, 0.091])
+        ```
+    """
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}; 1 samples in proportion to the sizes.")
+    weights = np.asarray(sizes, dtype=float) ** (1.0 / temperature)
+    return weights / weights.sum()
+
+
+def shared_episodes(
+    pools: Sequence[datasets.Dataset],
+    num_episodes: int,
+    shares: Sequence[float],
+    *,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+) -> datasets.Dataset:
+    """`num_episodes` episodes split among `pools` by `shares` (largest remainders), shuffled together. Each pool's
+    episodes keep its own class names and use only the classes with enough texts for the largest `k_shot` plus
+    `num_query`; `n_way` is capped at that number (a 2-class collection gives 2-way episodes)."""
+    k_high = max(k_shot) if isinstance(k_shot, list | tuple) else k_shot
+    raw = np.asarray(shares, dtype=float) * num_episodes
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(counts - raw)[: num_episodes - counts.sum()]] += 1
+    parts = []
+    for i, (pool, count) in enumerate(zip(pools, counts)):
+        if count == 0:
+            continue
+        names = pool.features["label"].names
+        sizes = np.bincount(np.asarray(pool["label"], dtype=int), minlength=len(names))
+        classes = [name for name, size in zip(names, sizes) if size >= k_high + num_query]
+        if len(classes) < 2:
+            raise ValueError(
+                f"Source {i} has {len(classes)} class(es) with {k_high + num_query} texts or more (`k_shot` + "
+                "`num_query`); leave it out of `sources` or ask for fewer shots."
+            )
+        low, high = (n_way, n_way) if isinstance(n_way, int) else n_way
+        low, high = min(low, len(classes)), min(high, len(classes))
+        parts.append(
+            build_episodes(
+                pool,
+                classes=classes,
+                n_way=low if low == high else (low, high),
+                k_shot=k_shot,
+                num_query=num_query,
+                num_episodes=int(count),
+                seed=seed + i,
+            )
+        )
+    with datasets_progress_bars_off():
+        return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
+
+
+def broad_episodes(
+    target: str,
+    data_dir: str | os.PathLike,
+    num_episodes: int,
+    *,
+    n_way: IntOrRange,
+    k_shot: IntOrRange,
+    num_query: int,
+    seed: int,
+    sources: Sequence[str] = ("all",),
+    temperature: float = 2.0,
+) -> datasets.Dataset:
+    """Meta-training episodes for `target` from a broad pool (`broad_sources`, `broad_pools`), shared among the
+    collections by `episode_shares` of their sizes (see `shared_episodes`)."""
+    names = broad_sources(target, data_dir, sources)
+    pools = broad_pools(names, target, data_dir)
+    shares = episode_shares([len(pool) for pool in pools], temperature)
+    logger.info("Episode shares: " + ", ".join(f"{n} {100 * p:.1f}%" for n, p in zip(names, shares)))
+    return shared_episodes(pools, num_episodes, shares, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
 
 
 def unlabeled_texts(sources: Sequence[str], data_dir: str, exclude: Iterable[str] = ()) -> list[str]:

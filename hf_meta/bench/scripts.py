@@ -47,7 +47,18 @@ class ScriptArguments:
     )
     target: str = field(default="banking77", metadata={"help": "Collection to adapt to."})
     sources: list[str] = field(
-        default_factory=lambda: ["clinc150", "hwu64"], metadata={"help": "Meta-training collections."}
+        default_factory=lambda: ["clinc150", "hwu64"],
+        metadata={
+            "help": "Meta-training collections; in recipes/fewshot_universal.py, `all` is every single-label "
+            "collection of the data folder but the target's."
+        },
+    )
+    pool_temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "recipes/fewshot_universal.py: episodes are shared among the source collections in proportion "
+            "to size^(1/T); 1 follows the sizes, larger values even them out."
+        },
     )
     unlabeled_sources: list[str] = field(
         default_factory=list,
@@ -99,6 +110,8 @@ class ScriptArguments:
                 f"`smlmt_ratio` is {self.smlmt_ratio} but no `unlabeled_sources` are given; add e.g. "
                 "`--unlabeled_sources banking77`."
             )
+        if not self.pool_temperature > 0:
+            raise ValueError(f"`pool_temperature` must be > 0, got {self.pool_temperature}; 2 is the default.")
         if self.target in self.sources:
             raise ValueError(f"`target` {self.target!r} is also in `sources`; meta-train on the other collections.")
         for name in ("n_way", "k_shot"):

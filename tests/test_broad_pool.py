@@ -1,0 +1,78 @@
+"""The broad meta-training pool of the universal recipe: which collections, without the target's texts, shared how."""
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_meta.bench.protocols import (
+    _normalised,
+    broad_pools,
+    broad_sources,
+    episode_shares,
+    shared_episodes,
+)
+from hf_meta.data import MULTI_LABEL_COLLECTIONS, list_collections, load_collection
+
+
+def _pool(counts: dict[str, int], offset: int = 0) -> datasets.Dataset:
+    names = list(counts)
+    texts, labels = [], []
+    for label, (name, count) in enumerate(counts.items()):
+        texts += [f"{name} example {offset + i}" for i in range(count)]
+        labels += [label] * count
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def test_all_sources_are_every_single_label_collection_but_the_targets_sentences(data_dir):
+    for target in ("banking77", "sst2"):
+        sources = broad_sources(target, data_dir)
+        assert target not in sources
+        assert not set(MULTI_LABEL_COLLECTIONS) & set(sources)
+        assert {"clinc150", "hwu64", "mr", "ag_news", "trec", "subj", "tweet_eval_emotion"} <= set(sources)
+    # The SST collections are cut from the same sentences: one as the target keeps the others out.
+    assert not {"sst5", "sst5_polarity"} & set(broad_sources("sst2", data_dir))
+    assert {"sst2", "sst5"} <= set(broad_sources("banking77", data_dir))
+    assert len(broad_sources("banking77", data_dir)) == len(list_collections()) - 1 - len(MULTI_LABEL_COLLECTIONS)
+
+
+def test_a_given_source_list_is_kept_and_refused_when_it_holds_the_targets_sentences(data_dir):
+    assert broad_sources("banking77", data_dir, ["clinc150", "mr"]) == ["clinc150", "mr"]
+    with pytest.raises(ValueError, match=r"holds \['sst5'\].*`all` leaves them out"):
+        broad_sources("sst2", data_dir, ["mr", "sst5"])
+
+
+def test_broad_pools_hold_no_text_of_the_target_and_each_text_once(data_dir):
+    [mr] = broad_pools(["mr"], "sst2", data_dir)
+    sst2 = {_normalised(text) for split in load_collection("sst2", data_dir).values() for text in split["text"]}
+    raw = [text for split in load_collection("mr", data_dir).values() for text in split["text"]]
+    assert sum(_normalised(text) in sst2 for text in raw) > 1000  # SST was cut from MR: the rule has work to do
+    assert not any(_normalised(text) in sst2 for text in mr["text"])
+    assert len(set(mr["text"])) == len(mr)
+
+
+def test_episode_shares_follow_size_to_the_power_one_over_the_temperature():
+    np.testing.assert_allclose(episode_shares([100, 400], temperature=1.0), [0.2, 0.8])
+    np.testing.assert_allclose(episode_shares([100, 400], temperature=2.0), [1 / 3, 2 / 3])
+    flat = episode_shares([10, 1000, 100_000], temperature=1000.0)
+    assert flat.max() - flat.min() < 0.01  # a large temperature evens the collections out
+    with pytest.raises(ValueError, match="must be > 0"):
+        episode_shares([1, 2], temperature=0)
+
+
+def test_shared_episodes_split_by_share_cap_the_ways_and_keep_each_collections_names():
+    intents = _pool({f"intent_{c}": 8 for c in range(12)})
+    sentiment = _pool({"negative": 20, "positive": 20, "rare": 3})  # `rare` cannot fill 2 shots + 3 queries
+    episodes = shared_episodes(
+        [intents, sentiment], 10, [0.66, 0.34], n_way=(4, 20), k_shot=(1, 2), num_query=3, seed=0
+    )
+    names = [row["class_names"] for row in episodes]
+    from_intents = [n for n in names if n[0].startswith("intent")]
+    from_sentiment = [n for n in names if not n[0].startswith("intent")]
+    assert (len(from_intents), len(from_sentiment)) == (7, 3)  # largest remainders of 6.6 and 3.4
+    assert all(4 <= len(n) <= 12 for n in from_intents)  # capped at the collection's 12 classes
+    assert all(sorted(n) == ["negative", "positive"] for n in from_sentiment)  # 2-way, `rare` left out
+    order = [n[0].startswith("intent") for n in names]
+    assert order != sorted(order, reverse=True)  # shuffled together, not one collection's block after the other
+    with pytest.raises(ValueError, match="Source 1 has 1 class"):
+        shared_episodes([intents, _pool({"a": 9, "b": 2})], 4, [0.5, 0.5], n_way=2, k_shot=2, num_query=3, seed=0)
