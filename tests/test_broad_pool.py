@@ -49,6 +49,8 @@ def test_broad_pools_hold_no_text_of_the_target_and_each_text_once(data_dir):
     assert sum(_normalised(text) in sst2 for text in raw) > 1000  # SST was cut from MR: the rule has work to do
     assert not any(_normalised(text) in sst2 for text in mr["text"])
     assert len(set(mr["text"])) == len(mr)
+    [hate] = broad_pools(["tweet_eval_hate"], "sst2", data_dir)  # it holds 8 blank tweets
+    assert all(text.strip() for text in hate["text"])
 
 
 def test_episode_shares_follow_size_to_the_power_one_over_the_temperature():

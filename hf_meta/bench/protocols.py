@@ -239,8 +239,12 @@ def broad_sources(target: str, data_dir: str | os.PathLike, sources: Sequence[st
 
 def broad_pools(sources: Sequence[str], target: str, data_dir: str | os.PathLike) -> list[datasets.Dataset]:
     """Every split of each source collection in one pool, each text once, without any text of `target` (any split,
-    up to case, spacing and punctuation: the overlap rule of the SST and MR sources, applied to every source)."""
-    return [deduplicated(pool) for pool in _pools_without(sources, _all_texts([target], data_dir), data_dir)]
+    up to case, spacing and punctuation: the overlap rule of the SST and MR sources, applied to every source) and
+    without blank texts (TweetEval hate holds a few)."""
+    pools = _pools_without(sources, _all_texts([target], data_dir), data_dir)
+    with datasets_progress_bars_off():
+        pools = [pool.filter(lambda text: bool(text.strip()), input_columns="text") for pool in pools]
+    return [deduplicated(pool) for pool in pools]
 
 
 def episode_shares(sizes: Sequence[int], temperature: float = 2.0) -> np.ndarray:
