@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 import datasets
 import numpy as np
-from _common import data_dir, make_parser, parse, print_table, write_json
+from _common import data_dir, make_parser, merge_json, parse, print_table, write_json
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
@@ -236,6 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="Run only SetFit's one-vs-rest on draw 0 and add it to the rows stored in `--output` (same draw).",
     )
+    parser.add_argument(
+        "--fit_timing",
+        action="store_true",
+        help="Only time hf_meta's fit on SetFit's draw (draw 0, the smallest stored shot count), 3 repeats on quiet "
+        "cores, and store the median beside the rows in `--output` as `fit_timing` (the adapter meta-trained again "
+        "unless `--adapter`).",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     smoke = "--smoke" in argv
     argv = [("--quick" if a == "--smoke" else a) for a in argv]
@@ -256,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.setfit_only:
         return add_setfit(args, train_texts, train_sets, names, test_texts, test_targets, start)
+    if args.fit_timing:
+        return time_fit(args, train_texts, train_sets, names, test_texts, test_targets)
     meta = meta_trained(args)
     fresh = FewShotClassifier.from_pretrained(args.model)
     frozen_test = fresh.embed(test_texts)  # a fresh adapter's LoRA delta is zero: the frozen encoder's embeddings
@@ -334,6 +343,42 @@ def add_setfit(args, train_texts, train_sets, names, test_texts, test_targets, s
     rows.append(setfit_row(args.model, texts, targets, test_texts, test_targets, common))
     args.shots = settings["shots"]
     return report(args, rows, {**settings, "setfit": True}, stored["seconds"] + time.time() - start)
+
+
+def time_fit(args, train_texts, train_sets, names, test_texts, test_targets, repeats: int = 3) -> dict:
+    """`--fit_timing`: hf_meta's fit on SetFit's draw, `repeats` times (median), with its scores from the last fit
+    (the same adapter recipe and seeds as the stored rows, so they should match the stored draw-0 row)."""
+    path = Path(args.output)
+    if not path.is_file():
+        raise SystemExit(f"`--fit_timing` adds to stored results, and {path} does not exist: run without it first.")
+    stored = json.loads(path.read_text())
+    shots = min(stored["settings"]["shots"])
+    texts, sets, _ = draw_shots(train_texts, train_sets, len(names), shots, draw=0)
+    meta = meta_trained(args)
+    results = [fit_and_score(meta, texts, sets, names, test_texts, test_targets, {}, False) for _ in range(repeats)]
+    seconds = sorted(result["fit_seconds"] for result in results)
+    stored_row = next(r for r in stored["rows"] if r["method"] == "hf_meta" and r["shots"] == shots and r["draw"] == 0)
+    setfit = next((r for r in stored["rows"] if r["method"] == "setfit_ovr"), None)
+    timing = {
+        "shots": shots,
+        "draw": 0,
+        "fit_seconds": seconds,
+        "median_fit_seconds": seconds[len(seconds) // 2],
+        "macro_f1": results[-1]["macro_f1"],
+        "stored_macro_f1": stored_row["macro_f1"],
+        "setfit_fit_seconds": setfit["fit_seconds"] if setfit else None,
+    }
+    print(
+        f"hf_meta fit on draw 0 at {shots} shots: {timing['fit_seconds']} s "
+        f"(median {timing['median_fit_seconds']:.2f}); "
+        f"macro-F1 {100 * timing['macro_f1']:.2f} (stored row {100 * timing['stored_macro_f1']:.2f})"
+        + (
+            f"; SetFit {setfit['fit_seconds']:.1f} s = {setfit['fit_seconds'] / timing['median_fit_seconds']:.0f}x"
+            if setfit
+            else ""
+        )  # fmt: skip
+    )
+    return merge_json(path, "fit_timing", timing)
 
 
 def report(args, rows: list[dict], settings: dict, seconds: float) -> dict:
