@@ -38,6 +38,8 @@ split 1, saturated for this backbone).
         --output benchmarks/accuracy/results/accuracy_learned_inner_lr.json  # an ablation, same draws
     python benchmarks/accuracy/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
     python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --multitask  # + multitask_lora
+    python benchmarks/accuracy/accuracy.py --families universal --targets banking77 ag_news \
+        --output benchmarks/accuracy/results/accuracy_universal.json   # one adapter from every other collection
     python benchmarks/accuracy/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \\
         --output benchmarks/accuracy/results/accuracy_out_of_scope_episodes.json   # meta-training with out-of-scope
 
