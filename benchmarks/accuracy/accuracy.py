@@ -249,7 +249,12 @@ def parts(args, budget: Budget) -> list[Part]:
             sources = broad_sources(target, args.data_dir)
             settings = FAMILY_SETTINGS["universal"]
             episodes = partial(
-                broad_episodes, target, args.data_dir, temperature=settings["temperature"], **_shape("universal")
+                broad_episodes,
+                target,
+                args.data_dir,
+                sources=sources,  # listed once: listing `all` reads every collection of the data folder
+                temperature=settings["temperature"],
+                **_shape("universal"),
             )
             if target == "ag_news":
                 tasks = partial(ag_news_tasks, shots["topic"], draws, args.data_dir, budget.topic_test_size)

@@ -13,7 +13,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..data import MULTI_LABEL_COLLECTIONS, list_collections, load_collection, resolve_data_dir
-from ..episodes import IntOrRange, build_episodes, datasets_progress_bars_off, split_classes
+from ..episodes import IntOrRange, _as_range, build_episodes, datasets_progress_bars_off, split_classes
 from ..smlmt import build_smlmt_episodes
 from .comparison import FewShotTask, first_shots, sample_shots
 
@@ -277,7 +277,8 @@ def shared_episodes(
     """`num_episodes` episodes split among `pools` by `shares` (largest remainders), shuffled together. Each pool's
     episodes keep its own class names and use only the classes with enough texts for the largest `k_shot` plus
     `num_query`; `n_way` is capped at that number (a 2-class collection gives 2-way episodes)."""
-    k_high = max(k_shot) if isinstance(k_shot, list | tuple) else k_shot
+    n_low, n_high = _as_range(n_way, "n_way", minimum=2)
+    k_high = _as_range(k_shot, "k_shot")[1]
     raw = np.asarray(shares, dtype=float) * num_episodes
     counts = np.floor(raw).astype(int)
     counts[np.argsort(counts - raw)[: num_episodes - counts.sum()]] += 1
@@ -293,8 +294,7 @@ def shared_episodes(
                 f"Source {i} has {len(classes)} class(es) with {k_high + num_query} texts or more (`k_shot` + "
                 "`num_query`); leave it out of `sources` or ask for fewer shots."
             )
-        low, high = (n_way, n_way) if isinstance(n_way, int) else n_way
-        low, high = min(low, len(classes)), min(high, len(classes))
+        low, high = min(n_low, len(classes)), min(n_high, len(classes))
         parts.append(
             build_episodes(
                 pool,
