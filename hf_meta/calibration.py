@@ -9,6 +9,9 @@ the classes of every text is kept) and every row stays a probability distributio
 `FewShotClassifier.fit` (with `calibrate=True`, the default) finds held-out logits without a test set: k-fold
 cross-validation on the labelled examples, where each fold refits the head on the other examples' embeddings (every
 fold in one batched problem, [`hf_meta.inner_loop.fit_heads`]), so it costs a few head fits and no encoder pass.
+Where some class has a single labelled text and the fit uses class names, a fold cannot hold that text out without
+leaving its class only its name, a weaker classifier than the one fitted; there the held-out predictions are the
+class names instead, scored by the head fitted on the texts alone ([`class_name_logits`]).
 The fitted `T` is folded into the head (`W / T`, `b / T`), so `predict_proba`, a frozen serving copy and an ONNX
 export all give the calibrated probabilities.
 
@@ -37,6 +40,7 @@ from .adapter_strength import _fold_logits_head_only
 # sharper probabilities); the bounds keep such a task from ending with probabilities of exactly 0 and 1.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 ECE_BINS = 15
+HELD_OUT = ("folds", "class_names")  # what a temperature can be fitted on (`Calibration.held_out`)
 
 
 @dataclass
@@ -96,6 +100,36 @@ def cross_validated_logits(
             per_fold = _fold_logits_head_only(embeddings, labels, num_classes, config, name_embeddings, list(folds))
     rows = torch.cat([torch.as_tensor(held, device=labels.device) for held in folds])
     return CrossValidation(list(folds), rows, torch.cat(per_fold).float(), labels[rows])
+
+
+def class_name_logits(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config,
+    name_embeddings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out logits for a task where some class has one labelled text: `(logits, labels)` of each class's name
+    phrase, scored by the head fitted on the labelled texts alone (as `fit` fits its head, without the names).
+
+    Cross-validation holds each text out once; a class with one text then keeps only its name in that fold, while
+    the fitted classifier has both, so the held-out predictions are less sure than the classifier's and the
+    temperature fitted on them comes out too soft. Holding the names out instead keeps every class's text in the
+    fold: one head fit on the embeddings at hand, no encoder pass.
+    """
+    rows = len(labels)
+    held = np.arange(rows, rows + num_classes)
+    name_labels = torch.arange(num_classes, device=labels.device)
+    with torch.no_grad():
+        examples, targets = torch.cat([embeddings, name_embeddings]), torch.cat([labels, name_labels])
+        (logits,) = _fold_logits_head_only(examples, targets, num_classes, config, None, [held])
+    return logits.float(), name_labels
+
+
+def has_single_text_class(labels: torch.Tensor, num_classes: int) -> bool:
+    """Whether some class has exactly one labelled text (class ids; out-of-scope rows, if any, are negative)."""
+    counts = torch.bincount(labels[labels >= 0], minlength=num_classes)
+    return bool((counts == 1).any())
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, smoothing: float | None = None) -> float:
@@ -181,19 +215,23 @@ def temperature_scaled(head: torch.Tensor, temperature: float) -> torch.Tensor:
 
 @dataclass
 class Calibration:
-    """What `fit` found: the temperature folded into the head and the cross-validated calibration errors."""
+    """What `fit` found: the temperature folded into the head and the calibration errors of the held-out
+    predictions it was fitted on (`held_out`: `"folds"`, the cross-validated labelled texts, or `"class_names"`, the
+    names scored by the head fitted on the texts alone; [`class_name_logits`])."""
 
     temperature: float
     cv_ece_before: float
     cv_ece: float
     cv_examples: int
+    held_out: str = "folds"
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return {
             "temperature": self.temperature,
             "cv_ece_before": self.cv_ece_before,
             "cv_ece": self.cv_ece,
             "cv_examples": self.cv_examples,
+            "held_out": self.held_out,
         }
 
     @classmethod
@@ -208,18 +246,23 @@ class Calibration:
                 float(values["cv_ece_before"]),
                 float(values["cv_ece"]),
                 int(values["cv_examples"]),
+                str(values.get("held_out", "folds")),  # files saved before class-name calibration: folds
             )
         except (KeyError, TypeError, ValueError):
             return None
-        if not MIN_TEMPERATURE <= calibration.temperature <= MAX_TEMPERATURE:
+        if not MIN_TEMPERATURE <= calibration.temperature <= MAX_TEMPERATURE or calibration.held_out not in HELD_OUT:
             return None
         return calibration
 
 
 def calibrate(cross_validation: CrossValidation) -> Calibration:
     """The temperature of the held-out logits of `cross_validation` and the calibration error before and after."""
-    logits, labels = cross_validation.logits, cross_validation.labels
+    return calibrate_logits(cross_validation.logits, cross_validation.labels, "folds")
+
+
+def calibrate_logits(logits: torch.Tensor, labels: torch.Tensor, held_out: str) -> Calibration:
+    """The temperature of held-out `logits` with their true `labels`, and the calibration error before and after."""
     temperature = fit_temperature(logits, labels)
     before = expected_calibration_error(logits.softmax(-1).cpu().numpy(), labels.cpu().numpy())
     after = expected_calibration_error((logits / temperature).softmax(-1).cpu().numpy(), labels.cpu().numpy())
-    return Calibration(temperature, before, after, len(labels))
+    return Calibration(temperature, before, after, len(labels), held_out)

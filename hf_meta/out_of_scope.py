@@ -41,7 +41,15 @@ import torch
 import torch.nn.functional as F
 
 from .adapter_strength import strength_folds
-from .calibration import CrossValidation, calibrate, cross_validated_logits, temperature_scaled
+from .calibration import (
+    CrossValidation,
+    calibrate,
+    calibrate_logits,
+    class_name_logits,
+    cross_validated_logits,
+    has_single_text_class,
+    temperature_scaled,
+)
 from .choices import check_choice
 from .inner_loop import HEAD, head_logits
 from .validation import is_number
@@ -386,15 +394,23 @@ def calibrate_and_detect(
         at_init = embeddings_at(init_lora)
     support_embeddings, name_embeddings = at_init
     folds = strength_folds(labels.tolist(), config.adapter_strength_folds, name_embeddings is not None)
+    # A class with one labelled text would keep only its name in the fold holding that text out: the temperature
+    # is then fitted on the class names instead (hf_meta/calibration.py).
+    by_names = settings.calibrate and name_embeddings is not None and has_single_text_class(labels, num_classes)
+    needs_folds = (settings.calibrate and not by_names) or (settings.label is not None and settings.threshold is None)
     cv = None
-    if folds and (settings.calibrate or settings.threshold is None):
+    if folds and needs_folds:
         cv = cross_validated_logits(
             support_embeddings, labels, num_classes, config, name_embeddings, folds, fold_logits
         )
     calibration, temperature = None, 1.0
     head = weights[HEAD]
-    if settings.calibrate and cv is not None:
+    if by_names:
+        names_held_out = class_name_logits(support_embeddings, labels, num_classes, config, name_embeddings)
+        calibration = calibrate_logits(*names_held_out, "class_names")
+    elif settings.calibrate and cv is not None:
         calibration = calibrate(cv)
+    if calibration is not None:
         temperature = calibration.temperature
         head = temperature_scaled(head.detach(), temperature)
     weights = {**weights, HEAD: head}

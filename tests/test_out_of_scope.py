@@ -14,6 +14,7 @@ from hf_meta import AdaptationConfig, FewShotClassifier
 from hf_meta.adapter_strength import strength_folds
 from hf_meta.calibration import (
     MIN_TEMPERATURE,
+    Calibration,
     cross_validated_logits,
     expected_calibration_error,
     fit_temperature,
@@ -320,6 +321,38 @@ def test_no_fold_means_no_temperature(tokenizer):
         clf.fit(texts, labels, use_label_names=False, out_of_scope_label="oos")
     clf.fit(texts, labels, use_label_names=False, out_of_scope_label="oos", out_of_scope_threshold=0.4)
     assert clf.out_of_scope_threshold == 0.4 and not clf.out_of_scope_.estimates["chosen"]
+
+
+def test_one_shot_with_names_fits_the_temperature_on_the_names(tokenizer):
+    """With a single text per class, the names are the held-out predictions: scored by the head fitted on the
+    texts alone, as a fit without names fits it."""
+    texts, labels = task(shots=1)
+    clf = make(tokenizer).fit(texts, labels)
+    assert clf.calibration_.held_out == "class_names" and clf.calibration_.cv_examples == len(NAMES)
+    without_names = make(tokenizer).fit(texts, labels, use_label_names=False, calibrate=False)
+    names = torch.from_numpy(without_names.embed([label_phrase(c) for c in without_names.classes_], adapted=True))
+    logits = head_logits(names, without_names.weights[HEAD], without_names.adaptation_config.logit_scale)
+    expected = fit_temperature(logits.detach(), torch.arange(len(NAMES)))
+    assert clf.temperature_ == pytest.approx(expected, rel=1e-3)
+    raw = make(tokenizer).fit(texts, labels, calibrate=False)
+    torch.testing.assert_close(clf.weights[HEAD] * clf.temperature_, raw.weights[HEAD])
+    # Two texts of one class do not change the rule while another class still has one.
+    mixed = make(tokenizer).fit(texts + [f"{WORDS[0]} example 99"], labels + [NAMES[0]])
+    assert mixed.calibration_.held_out == "class_names"
+    assert make(tokenizer).fit(*task(shots=2)).calibration_.held_out == "folds"
+
+
+def test_one_shot_out_of_scope_threshold_still_comes_from_the_folds(tokenizer):
+    clf = make(tokenizer).fit(*task(shots=1), out_of_scope_label="oos")
+    assert clf.calibration_.held_out == "class_names"
+    assert clf.out_of_scope_.estimates["chosen"] and clf.out_of_scope_.estimates["cv_examples"] == len(NAMES)
+
+
+def test_calibration_record_reads_files_saved_before_the_class_name_rule():
+    old = {"temperature": 0.9, "cv_ece_before": 0.1, "cv_ece": 0.05, "cv_examples": 20}
+    assert Calibration.from_dict(old).held_out == "folds"
+    assert Calibration.from_dict({**old, "held_out": "class_names"}).held_out == "class_names"
+    assert Calibration.from_dict({**old, "held_out": "the test set"}) is None
 
 
 # ---- Zero-shot ---------------------------------------------------------------------------------------------------
