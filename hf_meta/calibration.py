@@ -18,7 +18,7 @@ export all give the calibrated probabilities.
 Example:
     ```python
     >>> clf.fit(texts, labels)                       # calibrate=True: a temperature is fitted when a fold is possible
-    >>> clf.temperature_, clf.calibration_["cv_ece"]     # the temperature and the cross-validated error it leaves
+    >>> clf.temperature_, clf.calibration_.cv_ece, clf.calibration_.held_out   # "folds", or "class_names" at 1 shot
     >>> expected_calibration_error(clf.predict_proba(test_texts), test_label_ids)
     ```
 """
