@@ -127,9 +127,8 @@ def class_name_logits(
 
 
 def has_single_text_class(labels: torch.Tensor, num_classes: int) -> bool:
-    """Whether some class has exactly one labelled text (class ids; out-of-scope rows, if any, are negative)."""
-    counts = torch.bincount(labels[labels >= 0], minlength=num_classes)
-    return bool((counts == 1).any())
+    """Whether some class has exactly one labelled text (`labels`: one class id per text)."""
+    return bool((torch.bincount(labels, minlength=num_classes) == 1).any())
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, smoothing: float | None = None) -> float:

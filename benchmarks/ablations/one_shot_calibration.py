@@ -69,10 +69,13 @@ def logits(clf: FewShotClassifier, embeddings: torch.Tensor) -> torch.Tensor:
         return head_logits(embeddings, clf.weights[HEAD], clf.adaptation_config.logit_scale)
 
 
-def temperatures(clf: FewShotClassifier, texts: list[str], labels: list[str], seed: int) -> dict[str, float]:
-    """The temperature of each rule (but `oracle`) for the 1-shot fit of `texts` (the classifier is left fitted
-    without a temperature)."""
+def temperatures(
+    clf: FewShotClassifier, texts: list[str], labels: list[str], seed: int, scored: torch.Tensor
+) -> tuple[dict[str, float], torch.Tensor]:
+    """The temperature of each rule (but `oracle`) for the 1-shot fit of `texts`, and the logits of the `scored`
+    embeddings under that fit (before any temperature)."""
     clf.fit(texts, labels, inner_steps=0, calibrate=False)
+    raw = logits(clf, scored)
     config, classes = clf.adaptation_config, clf.classes_
     ids = torch.tensor([classes.index(y) for y in labels])
     support = torch.from_numpy(clf.embed(texts, adapted=True))
@@ -91,8 +94,7 @@ def temperatures(clf: FewShotClassifier, texts: list[str], labels: list[str], se
         held.append(logits(clf, support[torch.as_tensor(fold)]))
         held_ids.append(ids[torch.as_tensor(fold)])
     found["edited_stand_in"] = fit_temperature(torch.cat(held), torch.cat(held_ids))
-    clf.fit(texts, labels, inner_steps=0, calibrate=False)  # back to the fit the rules calibrate
-    return found
+    return found, raw
 
 
 def main(argv=None) -> None:
@@ -106,13 +108,13 @@ def main(argv=None) -> None:
     rows = []
     for target in args.targets:
         collection, val_texts, val_labels = validation_texts(target, args)
+        # A fresh adapter with `inner_steps=0`: every fit embeds with the pretrained encoder, so once is enough.
+        val_embeddings = torch.from_numpy(clf.embed(val_texts))
         for seed in args.seeds:
             texts, labels = sample_shots(collection["train"], 1, seed)
             shots = set(texts)
             kept = [i for i, t in enumerate(val_texts) if t not in shots]  # BANKING77's come from its train split
-            found = temperatures(clf, texts, labels, seed)
-            embeddings = torch.from_numpy(clf.embed([val_texts[i] for i in kept], adapted=True))
-            raw = logits(clf, embeddings)
+            found, raw = temperatures(clf, texts, labels, seed, val_embeddings[kept])
             truth = np.array([clf.classes_.index(val_labels[i]) for i in kept])
             found["oracle"] = fit_temperature(raw, torch.from_numpy(truth))
             row = {
