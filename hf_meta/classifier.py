@@ -371,23 +371,39 @@ class FewShotClassifier(ClassifierHubMixin):
         pool = unlabelled_pool(unlabeled_texts, texts)
         texts, labels = list(texts), list(labels)
         self.fit(texts, labels, **fit_kwargs)
+        # The refits keep the adapter strength the labelled examples chose: cross-validated on pseudo-labels, each
+        # strength would be scored by its agreement with the first fit's own predictions.
+        chosen_strength = (self.adapter_strength_, self.cv_accuracy_, self.strength_scores_)
+        refit_kwargs = dict(fit_kwargs)
+        if self.adapter_strength_ is not None:
+            refit_kwargs.setdefault("adapter_strength", self.adapter_strength_)
+        # Without inner steps every refit at that strength leaves the encoder where it is: the pool is embedded once.
+        pool_embeddings = self.embed(pool, adapted=True) if self.adaptation_config.inner_steps == 0 else None
+        remaining = np.arange(len(pool))
         added_texts: list[str] = []
         added_labels: list = []
         for round_ in range(config.rounds):
-            if not pool:
+            if not len(remaining):
                 break
-            chosen = select_confident(self.predict_proba(pool), config.per_class, config.threshold)
+            if pool_embeddings is None:
+                probabilities = self.predict_proba([pool[i] for i in remaining])
+            else:
+                probabilities = self.proba_from_embeddings(pool_embeddings[remaining])
+            chosen = select_confident(probabilities, config.per_class, config.threshold)
             if not chosen:
                 logger.info(
                     f"Self-training round {round_ + 1}: no text above `threshold` {config.threshold}; stopping."
                 )
                 break
-            added_texts += [pool[row] for row, _ in chosen]
+            added_texts += [pool[remaining[row]] for row, _ in chosen]
             added_labels += [self.classes_[c] for _, c in chosen]
-            taken = {row for row, _ in chosen}
-            pool = [t for i, t in enumerate(pool) if i not in taken]
-            self.fit(texts + added_texts, labels + added_labels, **fit_kwargs)
+            remaining = np.delete(remaining, [row for row, _ in chosen])
+            self.fit(texts + added_texts, labels + added_labels, **refit_kwargs)
             logger.info(f"Self-training round {round_ + 1}: {len(added_texts)} pseudo-labelled texts in all.")
+        if "adapter_strength" not in fit_kwargs:  # the setting the user gave (or the adapter's) is what is saved
+            strength = self.meta_config.adapter_strength
+            self.adaptation_config = dataclasses.replace(self.adaptation_config, adapter_strength=strength)
+        self.adapter_strength_, self.cv_accuracy_, self.strength_scores_ = chosen_strength
         self.shots_ = [sum(1 for label in labels if label == c) for c in self.classes_]
         self.pseudo_labeled_ = list(zip(added_texts, added_labels))
         return self

@@ -80,3 +80,48 @@ def test_self_training_errors(clf):
         clf.fit(texts, labels, unlabeled_texts="a text")
     with pytest.raises(TypeError, match=r"`unlabeled_texts\[1\]`"):
         clf.fit(texts, labels, unlabeled_texts=["ok", 3])
+
+
+def test_head_only_self_training_embeds_the_pool_once_and_selects_as_predict_proba_would(clf, monkeypatch):
+    """With `inner_steps=0` the encoder is the same at every refit: the pool is scored from embeddings computed once,
+    and the pseudo-labels are the ones the rule picks from `predict_proba` round by round."""
+    texts, labels = data()
+    pool = data(offset=100, per_class=8)[0]
+    settings = {"rounds": 3, "per_class": 2}
+    clf.fit(texts, labels, inner_steps=0)  # the rule by hand, from `predict_proba`
+    rest, expected = list(pool), []
+    for _ in range(settings["rounds"]):
+        chosen = select_confident(clf.predict_proba(rest), settings["per_class"])
+        expected += [(rest[row], clf.classes_[c]) for row, c in chosen]
+        rest = [t for i, t in enumerate(rest) if i not in {row for row, _ in chosen}]
+        clf.fit(texts + [t for t, _ in expected], labels + [y for _, y in expected], inner_steps=0)
+    scored = []
+    monkeypatch.setattr(clf, "predict_proba", lambda some: scored.append(len(some)))
+    embedded = []
+    embed = clf.embed
+    monkeypatch.setattr(clf, "embed", lambda some, adapted=False: embedded.append(len(some)) or embed(some, adapted))
+    clf.fit(texts, labels, unlabeled_texts=pool, self_training=settings, inner_steps=0)
+    assert clf.pseudo_labeled_ == expected
+    assert scored == [] and embedded == [len(pool)]  # one encoder pass over the pool, none per round
+
+
+def test_refits_keep_the_strength_the_labelled_examples_chose(tokenizer, monkeypatch):
+    import test_adapter_strength as strength
+
+    meta = strength.classifier(tokenizer, **strength.HEAD_ONLY)
+    texts, labels = strength.task(shots=4)
+    pool = strength.task(shots=6, offset=50)[0]
+    meta.fit(texts, labels)
+    first = (meta.adapter_strength_, meta.cv_accuracy_, meta.strength_scores_)
+    assert first[0] is not None and first[1] is not None
+    calls = []
+    fit = FewShotClassifier.fit
+    monkeypatch.setattr(FewShotClassifier, "fit", lambda self, *a, **k: calls.append(k) or fit(self, *a, **k))
+    meta.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 2})
+    refits = [k for k in calls[1:] if "unlabeled_texts" not in k]
+    assert len(refits) == 3 and "adapter_strength" not in refits[0]  # the first fit chooses on the labels alone
+    assert all(k["adapter_strength"] == first[0] for k in refits[1:])
+    assert (meta.adapter_strength_, meta.cv_accuracy_, meta.strength_scores_) == first  # the labels' choice
+    assert meta.adaptation_config.adapter_strength == "auto"  # what `save_pretrained` writes is the user's setting
+    meta.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 1}, adapter_strength=0.5)
+    assert meta.adapter_strength_ == 0.5 and meta.adaptation_config.adapter_strength == 0.5
