@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers.utils import logging
 
 from . import multi_label, out_of_scope, serving
-from .adaptation import adapt
+from .adaptation import adapt, fitted_head
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import check_peft_model, check_tokenizer, position_limit
 from .adapter_strength import StrengthChoice, choose_strength, strength_folds
@@ -214,7 +214,7 @@ class FewShotClassifier(ClassifierHubMixin):
             >>> clf.adaptation_config.inner_steps
             10
             >>> clf.fit(texts, labels, label_descriptions={"apr": "annual percentage rate"})
-            >>> clf.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 10})
+            >>> clf.fit(texts, labels, unlabeled_texts=pool)   # self-training, 3 rounds of 20 per class by default
             >>> clf.fit(labels=["card_arrival", "exchange_rate", "pin_blocked"])          # zero-shot from names
             >>> clf.fit(texts, labels, out_of_scope_label="oos", out_of_scope_texts=["tell me a joke"])
             >>> clf.predict(["what is the weather on mars"])
@@ -370,7 +370,9 @@ class FewShotClassifier(ClassifierHubMixin):
         texts, labels = (v if isinstance(v, str) else list(v) for v in (texts, labels))
         pool = unlabelled_pool(unlabeled_texts, texts)
         texts, labels = list(texts), list(labels)
-        self.fit(texts, labels, **fit_kwargs)
+        # Only the last fit is served: the fits that pick pseudo-labels skip the temperature (the selection ranks
+        # their raw probabilities), the cross-validation that would fit it on every growing training set.
+        self.fit(texts, labels, **{**fit_kwargs, "calibrate": False})
         # The refits keep the adapter strength the labelled examples chose: cross-validated on pseudo-labels, each
         # strength would be scored by its agreement with the first fit's own predictions.
         chosen_strength = (self.adapter_strength_, self.cv_accuracy_, self.strength_scores_)
@@ -379,15 +381,25 @@ class FewShotClassifier(ClassifierHubMixin):
             refit_kwargs.setdefault("adapter_strength", self.adapter_strength_)
         # Without inner steps every refit at that strength leaves the encoder where it is: the pool is embedded once.
         pool_embeddings = self.embed(pool, adapted=True) if self.adaptation_config.inner_steps == 0 else None
+        # ... and the heads that pick pseudo-labels are fitted on embeddings at hand, as that refit would fit them.
+        head_of = None
+        if pool_embeddings is not None and self.adaptation_config.support_augmentation == "none":
+            if fit_kwargs.get("out_of_scope_label") is None:
+                head_of = self._head_fitter(texts, labels, fit_kwargs.get("label_descriptions"), pool_embeddings)
         remaining = np.arange(len(pool))
         added_texts: list[str] = []
         added_labels: list = []
+        added_rows: list[int] = []
         for round_ in range(config.rounds):
-            if not len(remaining):
-                break
             if pool_embeddings is None:
+                if round_:  # the pseudo-labels so far, for this round's choice
+                    self.fit(texts + added_texts, labels + added_labels, **{**refit_kwargs, "calibrate": False})
                 probabilities = self.predict_proba([pool[i] for i in remaining])
+            elif head_of is not None:
+                probabilities = head_of(added_rows, added_labels, remaining)
             else:
+                if round_:
+                    self.fit(texts + added_texts, labels + added_labels, **{**refit_kwargs, "calibrate": False})
                 probabilities = self.proba_from_embeddings(pool_embeddings[remaining])
             chosen = select_confident(probabilities, config.per_class, config.threshold)
             if not chosen:
@@ -395,11 +407,14 @@ class FewShotClassifier(ClassifierHubMixin):
                     f"Self-training round {round_ + 1}: no text above `threshold` {config.threshold}; stopping."
                 )
                 break
+            added_rows += [int(remaining[row]) for row, _ in chosen]
             added_texts += [pool[remaining[row]] for row, _ in chosen]
             added_labels += [self.classes_[c] for _, c in chosen]
             remaining = np.delete(remaining, [row for row, _ in chosen])
-            self.fit(texts + added_texts, labels + added_labels, **refit_kwargs)
             logger.info(f"Self-training round {round_ + 1}: {len(added_texts)} pseudo-labelled texts in all.")
+            if not len(remaining):
+                break
+        self.fit(texts + added_texts, labels + added_labels, **refit_kwargs)  # the one served
         if "adapter_strength" not in fit_kwargs:  # the setting the user gave (or the adapter's) is what is saved
             strength = self.meta_config.adapter_strength
             self.adaptation_config = dataclasses.replace(self.adaptation_config, adapter_strength=strength)
@@ -407,6 +422,31 @@ class FewShotClassifier(ClassifierHubMixin):
         self.shots_ = [sum(1 for label in labels if label == c) for c in self.classes_]
         self.pseudo_labeled_ = list(zip(added_texts, added_labels))
         return self
+
+    def _head_fitter(
+        self, texts: list[str], labels: list, descriptions: Mapping[Any, str] | None, pool_embeddings: np.ndarray
+    ) -> Callable[[list[int], list, np.ndarray], np.ndarray]:
+        """For self-training without inner steps, after the first fit: `(pool rows, their labels, rows to score) ->
+        probabilities` of the head that a refit on the labelled texts plus those pool rows would fit, from the
+        embeddings at the fitted weights (no encoder pass; the refit's own embeddings differ by float rounding)."""
+        config, classes = self.adaptation_config, self.classes_
+        index = {label: i for i, label in enumerate(classes)}
+        labelled = torch.as_tensor(self.embed(texts, adapted=True), device=self.device)
+        phrases = name_phrases(classes, check_descriptions(classes, descriptions), config.use_label_names)
+        names = None
+        if phrases and config.label_name_weight > 0:
+            names = torch.as_tensor(self.embed(phrases, adapted=True), device=self.device)
+        pool = torch.as_tensor(pool_embeddings, device=self.device)
+
+        def probabilities(rows: list[int], row_labels: list, scored: np.ndarray) -> np.ndarray:
+            embeddings = torch.cat([labelled, pool[torch.as_tensor(rows, dtype=torch.long, device=self.device)]])
+            targets = torch.tensor([index[label] for label in labels + row_labels], device=self.device)
+            with torch.no_grad():
+                head = fitted_head(embeddings, targets, len(classes), config, names)
+                logits = head_logits(pool[torch.as_tensor(scored, device=self.device)], head, config.logit_scale)
+            return logits.softmax(-1).cpu().numpy()
+
+        return probabilities
 
     def _choose_strength(
         self,

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,16 @@ from hf_meta.bench.protocols import ag_news_tasks, sentiment_tasks
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _readme_results():
-    spec = importlib.util.spec_from_file_location(
-        "readme_results", ROOT / "benchmarks" / "accuracy" / "readme_results.py"
-    )
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _readme_results():
+    return _load("readme_results", ROOT / "benchmarks" / "accuracy" / "readme_results.py")
 
 
 def _rows(scores: dict[str, list[float]], shots: int = 5) -> list[dict]:
@@ -61,6 +65,33 @@ def test_a_baseline_scored_on_fewer_draws_is_not_the_best_baseline():
     rows = _rows({"hf_meta": [0.70, 0.72, 0.69], "frozen_lr": [0.60, 0.61, 0.59]}) + _rows({"setfit": [0.99]})
     ours = next(r for r in paired_summary(rows, "hf_meta") if r["method"] == "hf_meta")
     assert ours["versus"] == "frozen_lr"
+
+
+def test_hf_meta_variants_are_paired_but_never_the_best_baseline():
+    rows = _rows(
+        {
+            "hf_meta": [0.70, 0.72, 0.69],
+            "hf_meta_unlabelled": [0.80, 0.82, 0.79],
+            "hf_meta_full": [0.75, 0.77, 0.74],
+            "frozen_lr": [0.60, 0.61, 0.59],
+        }
+    )
+    summary = {row["method"]: row for row in paired_summary(rows, "hf_meta")}
+    assert summary["hf_meta"]["versus"] == "frozen_lr" and summary["hf_meta"]["verdict"] == "win"
+    assert summary["hf_meta_unlabelled"]["paired_diff"] == pytest.approx(-0.10)  # hf_meta minus it, per draw
+
+
+def test_a_rerun_part_keeps_the_columns_it_did_not_measure():
+    accuracy = _load("accuracy", ROOT / "benchmarks" / "accuracy" / "accuracy.py")
+    stored = {"rows": _rows({"hf_meta": [0.7], "multitask_lora": [0.8]}), "multitask": {"sentences": 10}}
+    rerun = {"rows": _rows({"hf_meta": [0.71], "hf_meta_unlabelled": [0.75]})}
+    merged = accuracy.with_other_columns(rerun, stored)
+    assert sorted((r["method"], r["accuracy"]) for r in merged["rows"]) == [
+        ("hf_meta", 0.71), ("hf_meta_unlabelled", 0.75), ("multitask_lora", 0.8)
+    ]  # fmt: skip
+    assert merged["multitask"] == {"sentences": 10}
+    assert accuracy.with_other_columns(rerun, None) is rerun
+    assert "multitask" not in accuracy.with_other_columns(rerun, {"rows": rerun["rows"], "multitask": {}})
 
 
 def test_paired_table_markdown():

@@ -88,21 +88,30 @@ def test_head_only_self_training_embeds_the_pool_once_and_selects_as_predict_pro
     texts, labels = data()
     pool = data(offset=100, per_class=8)[0]
     settings = {"rounds": 3, "per_class": 2}
-    clf.fit(texts, labels, inner_steps=0)  # the rule by hand, from `predict_proba`
+    clf.fit(texts, labels, inner_steps=0, calibrate=False)  # the rule by hand, from `predict_proba`
     rest, expected = list(pool), []
     for _ in range(settings["rounds"]):
         chosen = select_confident(clf.predict_proba(rest), settings["per_class"])
         expected += [(rest[row], clf.classes_[c]) for row, c in chosen]
         rest = [t for i, t in enumerate(rest) if i not in {row for row, _ in chosen}]
-        clf.fit(texts + [t for t, _ in expected], labels + [y for _, y in expected], inner_steps=0)
+        clf.fit(texts + [t for t, _ in expected], labels + [y for _, y in expected], inner_steps=0, calibrate=False)
+    served = clf.fit(texts + [t for t, _ in expected], labels + [y for _, y in expected], inner_steps=0)
+    temperature = served.temperature_
     scored = []
     monkeypatch.setattr(clf, "predict_proba", lambda some: scored.append(len(some)))
     embedded = []
     embed = clf.embed
     monkeypatch.setattr(clf, "embed", lambda some, adapted=False: embedded.append(len(some)) or embed(some, adapted))
+    fits = []
+    fit = FewShotClassifier.fit
+    monkeypatch.setattr(FewShotClassifier, "fit", lambda self, *a, **k: fits.append(k) or fit(self, *a, **k))
     clf.fit(texts, labels, unlabeled_texts=pool, self_training=settings, inner_steps=0)
     assert clf.pseudo_labeled_ == expected
-    assert scored == [] and embedded == [len(pool)]  # one encoder pass over the pool, none per round
+    # One encoder pass over the pool (then the labelled texts and the class names once), none per round; the rounds
+    # refit the head alone, and `fit` runs twice: the first fit and the one served.
+    assert scored == [] and embedded == [len(pool), len(texts), len(set(labels))]
+    assert len(fits) == 3
+    assert temperature is not None and clf.temperature_ == temperature  # the served fit is calibrated
 
 
 def test_refits_keep_the_strength_the_labelled_examples_chose(tokenizer, monkeypatch):
@@ -119,8 +128,9 @@ def test_refits_keep_the_strength_the_labelled_examples_chose(tokenizer, monkeyp
     monkeypatch.setattr(FewShotClassifier, "fit", lambda self, *a, **k: calls.append(k) or fit(self, *a, **k))
     meta.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 2, "per_class": 2})
     refits = [k for k in calls[1:] if "unlabeled_texts" not in k]
-    assert len(refits) == 3 and "adapter_strength" not in refits[0]  # the first fit chooses on the labels alone
-    assert all(k["adapter_strength"] == first[0] for k in refits[1:])
+    assert len(refits) == 2 and "adapter_strength" not in refits[0]  # the first fit chooses on the labels alone
+    assert refits[1]["adapter_strength"] == first[0]
+    assert [k["calibrate"] for k in refits] == [False, True]  # only the served fit gets a temperature
     assert (meta.adapter_strength_, meta.cv_accuracy_, meta.strength_scores_) == first  # the labels' choice
     assert meta.adaptation_config.adapter_strength == "auto"  # what `save_pretrained` writes is the user's setting
     meta.fit(texts, labels, unlabeled_texts=pool, self_training={"rounds": 1}, adapter_strength=0.5)

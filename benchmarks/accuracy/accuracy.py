@@ -16,6 +16,8 @@ labels are names), `frozen_proto` (nearest prototype), and `setfit` (its default
 families where it fits the budget. `--multitask` adds `multitask_lora` to stored parts: the same LoRA trained on the
 same sources by supervised cross-entropy over each collection's classes (as many labelled sentences as the support
 and query sets of the meta-training episodes), adapted exactly like `hf_meta`: is it the meta-learning, or the data?
+`--unlabelled` adds `hf_meta_unlabelled` to the intent parts it runs: `hf_meta` given the target's training texts,
+without their labels, as `unlabeled_texts` (self-training), the utterances an intent system's user nearly always has.
 
 Each row reports mean ± 95% CI over draws and hf_meta minus the best baseline, paired per draw, ± its 95% CI: a
 `win` only when that CI excludes zero.
@@ -38,6 +40,7 @@ split 1, saturated for this backbone).
         --output benchmarks/accuracy/results/accuracy_learned_inner_lr.json  # an ablation, same draws
     python benchmarks/accuracy/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
     python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --multitask  # + multitask_lora
+    python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --unlabelled  # + hf_meta_unlabelled
     python benchmarks/accuracy/accuracy.py --families universal --targets banking77 ag_news \
         --output benchmarks/accuracy/results/accuracy_universal.json   # one adapter from every other collection
     python benchmarks/accuracy/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \\
@@ -376,6 +379,17 @@ def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict
     return {**stored, "rows": kept + rows, "multitask": multitask}
 
 
+def with_other_columns(part: dict, stored: dict | None) -> dict:
+    """`part` (just measured) with the stored part's rows of the methods it did not measure (an added column such
+    as `multitask_lora`, scored on the same draws), so a rerun does not drop them."""
+    if stored is None:
+        return part
+    measured = {row["method"] for row in part["rows"]}
+    kept = [row for row in stored["rows"] if row["method"] not in measured]
+    extra = {key: stored[key] for key in ("multitask",) if key in stored and kept}
+    return {**part, **extra, "rows": part["rows"] + kept}
+
+
 def part_rows(part: Part, rows: list[dict]) -> list[dict]:
     """`compare_methods` rows as a part stores them: the family added, `dataset` renamed `target`."""
     return [{**row, "family": part.family, "target": row.pop("dataset")} for row in rows]
@@ -399,6 +413,9 @@ def run_part(args, budget: Budget, part: Part) -> dict:
         # `hf_meta` chooses its adapter strength on each draw's labelled examples (the default); `hf_meta_full` is
         # the same adapter always at full strength (what hf_meta did before the strength existed)
         adapters = {"hf_meta": meta, "hf_meta_full": FitWith(meta, adapter_strength=1.0), "fresh_lora": fresh}
+        if args.unlabelled and part.family == "intent":  # the user's unlabelled utterances: the training split's
+            pool = load_collection(part.name, args.data_dir)["train"]["text"]  # texts (`fit` drops the shots)
+            adapters["hf_meta_unlabelled"] = FitWith(meta, unlabeled_texts=pool)
     meta_seconds = time.time() - start
     tasks = limit_test_set(part.tasks(), args.test_examples)
     if args.score_only:
@@ -548,6 +565,12 @@ def main(argv=None) -> None:
         "and as many sentences as meta-training sees, adapted like hf_meta) to the stored parts run; nothing else "
         "is re-measured.",
     )
+    parser.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="Intent parts also score `hf_meta_unlabelled`: hf_meta fitted with the target's training texts, labels "
+        "thrown away, as `unlabeled_texts` (self-training at its default settings).",
+    )
     parser.add_argument("--progress", action="store_true", help="Show the Trainer's progress bars.")
     parser.add_argument(
         "--resummarize", action="store_true", help="Measure nothing: recompute the tables of the stored parts."
@@ -573,9 +596,10 @@ def main(argv=None) -> None:
             done.update(run_heldout_classes(args, budget))
         for part in parts(args, budget):
             key = f"{part.family}/{part.name}"
-            done[key] = (
-                run_multitask(args, budget, part, done.get(key)) if args.multitask else run_part(args, budget, part)
-            )
+            if args.multitask:
+                done[key] = run_multitask(args, budget, part, done.get(key))
+            else:
+                done[key] = with_other_columns(run_part(args, budget, part), done.get(key))
 
     rows = [row for part in done.values() for row in part["rows"]]
     reference = "hf_meta" if any(row["method"] == "hf_meta" for row in rows) else "fresh_lora"

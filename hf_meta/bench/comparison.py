@@ -219,7 +219,7 @@ def paired_summary(
     method: str,
     keys: Sequence[str] = ("family", "target", "shots"),
     draw_key: str = "seed",
-    variants: Sequence[str] = ("hf_meta_full",),
+    variants: Sequence[str] = ("hf_meta_full", "hf_meta_unlabelled"),
 ) -> list[dict]:
     """Per group of `keys` and method: mean accuracy and 95% CI over draws, and the paired difference to `method`.
 
@@ -227,7 +227,8 @@ def paired_summary(
     labelled examples) over the draws both have. The `method` row carries the same against the *best* baseline of
     its group (highest mean among those scored on every draw `method` was), named in `versus`, and `verdict`:
     `win` or `loss` when the paired 95% CI excludes zero, else `tie`. `variants` (other settings of `method`, e.g.
-    its full adapter strength) get the paired difference too but are never the best baseline.
+    its full adapter strength, or its fit with unlabelled texts) get the paired difference too but are never the
+    best baseline.
     """
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
