@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers.utils import logging
 
 from . import multi_label, out_of_scope, serving
-from .adaptation import adapt, fitted_head
+from .adaptation import adapt
 from .adaptation_config import AdaptationConfig
 from .adapter_checks import check_peft_model, check_tokenizer, position_limit
 from .adapter_strength import StrengthChoice, choose_strength, strength_folds
@@ -30,7 +30,7 @@ from .metrics import accuracy
 from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adapter
 from .multi_label import MultiLabelHead
 from .out_of_scope import OutOfScopeDetector
-from .self_training import SelfTrainingConfig, as_self_training_config, select_confident, unlabelled_pool
+from .self_training_rounds import self_train
 from .validation import check_classes, check_texts, non_finite
 
 logger = logging.get_logger(__name__)
@@ -255,7 +255,7 @@ class FewShotClassifier(ClassifierHubMixin):
                 "calibrate": calibrate,
             }
             fit_kwargs = {"label_descriptions": label_descriptions, **scope_kwargs, **overrides}  # the same each refit
-            return self._self_train(texts, labels, unlabeled_texts, self_training, fit_kwargs)
+            return self_train(self, texts, labels, unlabeled_texts, self_training, fit_kwargs)
         zero_shot = texts is None
         if zero_shot:  # the class names (or descriptions) are the examples
             texts, labels, overrides = zero_shot_examples(labels, label_descriptions, scope.label, overrides)
@@ -346,107 +346,6 @@ class FewShotClassifier(ClassifierHubMixin):
             logger.info(choice.summary())
         logger.info(f"Adapted to {len(classes)} classes from {len(texts)} examples; support loss {losses}")
         return self
-
-    def _self_train(
-        self,
-        texts: Sequence[str],
-        labels: Sequence,
-        unlabeled_texts: Sequence[str] | None,
-        self_training: SelfTrainingConfig | dict[str, Any] | None,
-        fit_kwargs: dict[str, Any],
-    ) -> FewShotClassifier:
-        """`fit` on `texts`/`labels`, then rounds of pseudo-labelling `unlabeled_texts` (the texts chosen by
-        [`select_confident`]) and fitting again from the meta-initialised weights; see `hf_meta/self_training.py`.
-        `pseudo_labeled_` holds the `(text, label)` pairs added, `shots_` counts the labelled examples only."""
-        if unlabeled_texts is None:
-            raise ValueError(
-                f"`self_training` ({self_training!r}) was given without `unlabeled_texts`; pass the unlabelled pool "
-                "as `unlabeled_texts=` or drop `self_training`."
-            )
-        if isinstance(unlabeled_texts, str):
-            raise TypeError("`unlabeled_texts` must be a list of strings, got a single string; wrap it in a list.")
-        config = as_self_training_config(self_training)
-        # Generators are read once here: every round reads the texts again.
-        texts, labels = (v if isinstance(v, str) else list(v) for v in (texts, labels))
-        pool = unlabelled_pool(unlabeled_texts, texts)
-        texts, labels = list(texts), list(labels)
-        # Only the last fit is served: the fits that pick pseudo-labels skip the temperature (the selection ranks
-        # their raw probabilities), the cross-validation that would fit it on every growing training set.
-        self.fit(texts, labels, **{**fit_kwargs, "calibrate": False})
-        # The refits keep the adapter strength the labelled examples chose: cross-validated on pseudo-labels, each
-        # strength would be scored by its agreement with the first fit's own predictions.
-        chosen_strength = (self.adapter_strength_, self.cv_accuracy_, self.strength_scores_)
-        refit_kwargs = dict(fit_kwargs)
-        if self.adapter_strength_ is not None:
-            refit_kwargs.setdefault("adapter_strength", self.adapter_strength_)
-        # Without inner steps every refit at that strength leaves the encoder where it is: the pool is embedded once.
-        pool_embeddings = self.embed(pool, adapted=True) if self.adaptation_config.inner_steps == 0 else None
-        # ... and the heads that pick pseudo-labels are fitted on embeddings at hand, as that refit would fit them.
-        head_of = None
-        if pool_embeddings is not None and self.adaptation_config.support_augmentation == "none":
-            if fit_kwargs.get("out_of_scope_label") is None:
-                head_of = self._head_fitter(texts, labels, fit_kwargs.get("label_descriptions"), pool_embeddings)
-        remaining = np.arange(len(pool))
-        added_texts: list[str] = []
-        added_labels: list = []
-        added_rows: list[int] = []
-        for round_ in range(config.rounds):
-            if pool_embeddings is None:
-                if round_:  # the pseudo-labels so far, for this round's choice
-                    self.fit(texts + added_texts, labels + added_labels, **{**refit_kwargs, "calibrate": False})
-                probabilities = self.predict_proba([pool[i] for i in remaining])
-            elif head_of is not None:
-                probabilities = head_of(added_rows, added_labels, remaining)
-            else:
-                if round_:
-                    self.fit(texts + added_texts, labels + added_labels, **{**refit_kwargs, "calibrate": False})
-                probabilities = self.proba_from_embeddings(pool_embeddings[remaining])
-            chosen = select_confident(probabilities, config.per_class, config.threshold)
-            if not chosen:
-                logger.info(
-                    f"Self-training round {round_ + 1}: no text above `threshold` {config.threshold}; stopping."
-                )
-                break
-            added_rows += [int(remaining[row]) for row, _ in chosen]
-            added_texts += [pool[remaining[row]] for row, _ in chosen]
-            added_labels += [self.classes_[c] for _, c in chosen]
-            remaining = np.delete(remaining, [row for row, _ in chosen])
-            logger.info(f"Self-training round {round_ + 1}: {len(added_texts)} pseudo-labelled texts in all.")
-            if not len(remaining):
-                break
-        self.fit(texts + added_texts, labels + added_labels, **refit_kwargs)  # the one served
-        if "adapter_strength" not in fit_kwargs:  # the setting the user gave (or the adapter's) is what is saved
-            strength = self.meta_config.adapter_strength
-            self.adaptation_config = dataclasses.replace(self.adaptation_config, adapter_strength=strength)
-        self.adapter_strength_, self.cv_accuracy_, self.strength_scores_ = chosen_strength
-        self.shots_ = [sum(1 for label in labels if label == c) for c in self.classes_]
-        self.pseudo_labeled_ = list(zip(added_texts, added_labels))
-        return self
-
-    def _head_fitter(
-        self, texts: list[str], labels: list, descriptions: Mapping[Any, str] | None, pool_embeddings: np.ndarray
-    ) -> Callable[[list[int], list, np.ndarray], np.ndarray]:
-        """For self-training without inner steps, after the first fit: `(pool rows, their labels, rows to score) ->
-        probabilities` of the head that a refit on the labelled texts plus those pool rows would fit, from the
-        embeddings at the fitted weights (no encoder pass; the refit's own embeddings differ by float rounding)."""
-        config, classes = self.adaptation_config, self.classes_
-        index = {label: i for i, label in enumerate(classes)}
-        labelled = torch.as_tensor(self.embed(texts, adapted=True), device=self.device)
-        phrases = name_phrases(classes, check_descriptions(classes, descriptions), config.use_label_names)
-        names = None
-        if phrases and config.label_name_weight > 0:
-            names = torch.as_tensor(self.embed(phrases, adapted=True), device=self.device)
-        pool = torch.as_tensor(pool_embeddings, device=self.device)
-
-        def probabilities(rows: list[int], row_labels: list, scored: np.ndarray) -> np.ndarray:
-            embeddings = torch.cat([labelled, pool[torch.as_tensor(rows, dtype=torch.long, device=self.device)]])
-            targets = torch.tensor([index[label] for label in labels + row_labels], device=self.device)
-            with torch.no_grad():
-                head = fitted_head(embeddings, targets, len(classes), config, names)
-                logits = head_logits(pool[torch.as_tensor(scored, device=self.device)], head, config.logit_scale)
-            return logits.softmax(-1).cpu().numpy()
-
-        return probabilities
 
     def _choose_strength(
         self,

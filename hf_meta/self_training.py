@@ -8,7 +8,8 @@ is never revised, and texts already labelled are never pseudo-labelled.
 
 This module is the selection alone, pure functions of texts and probabilities: [`unlabelled_pool`] (the texts that
 may be pseudo-labelled) and [`select_confident`] (which of them join, with which class).
-[`FewShotClassifier.fit`] runs the rounds when given `unlabeled_texts=`; it is opt-in.
+[`FewShotClassifier.fit`] runs the rounds (`hf_meta/self_training_rounds.py`) when given `unlabeled_texts=`; it is
+opt-in.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ LAYERS = {
         "export",
     },
     "hub and folder I/O": {"classifier_hub"},
-    "trainer and classifier": {"classifier", "meta_trainer"},
+    "trainer and classifier": {"classifier", "self_training_rounds", "meta_trainer"},
     "public names": {"__init__"},
     "harness": {
         "bench",

@@ -23,7 +23,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.json"
 README = ROOT / "README.md"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 # The README's summary: the methods a user weighs against each other (the full table has every baseline).
-SUMMARY_METHODS = ("hf_meta", "hf_meta_full", "fresh_lora", "multitask_lora", "frozen_lr_names", "setfit")
+SUMMARY_METHODS = (
+    "hf_meta", "hf_meta_unlabelled", "hf_meta_full", "fresh_lora", "multitask_lora", "frozen_lr_names", "setfit"
+)  # fmt: skip
 BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
 FAMILIES = {
@@ -54,8 +56,9 @@ def render_summary(results: dict) -> str:
             "method; the last columns are `hf_meta` (adapter strength chosen at `fit`, the default) minus the best "
             "baseline of the row (every baseline, see the full tables), paired per draw: a **win** or a **loss** "
             "only when its CI excludes zero. `hf_meta_full` is the same adapter at full strength; `multitask_lora` "
-            "the same LoRA trained on the same sources by plain supervised learning (`–`: not run yet). SetFit: "
-            "first draw only.",
+            "the same LoRA trained on the same sources by plain supervised learning (`–`: not run yet); "
+            "`hf_meta_unlabelled` is `hf_meta` given the target's training texts without their labels "
+            "(`unlabeled_texts`, self-training), not a baseline. SetFit: first draw only.",
             "",
             paired_table(rows, markdown=True),
         ]
@@ -77,7 +80,9 @@ def render(results: dict) -> str:
         "baseline now that hf_meta uses names; SetFit ran on the first draw only (its full-encoder training does "
         "not fit the CPU budget for 77-150-way intent). `hf_meta` chooses its adapter strength on each draw's "
         'labelled examples by cross-validation (the default, `adapter_strength="auto"`); `hf_meta_full` is the '
-        "same adapter at full strength.",
+        "same adapter at full strength; `hf_meta_unlabelled` is `hf_meta` also given the target's training texts "
+        "without their labels (`fit(..., unlabeled_texts=...)`, self-training at its defaults), a variant of "
+        "hf_meta rather than a baseline.",
     ]
     for family in dict.fromkeys(row["family"] for row in rows):
         family_rows = [row for row in rows if row["family"] == family]
