@@ -1,6 +1,6 @@
 """How should `fit` use a pool of unlabelled in-domain texts? Self-training schedules compared on validation texts
-(HWU64's and CLINC150's validation splits; BANKING77, which has none, on 1,500 training texts kept out of its pool),
-never on a test set.
+(HWU64's validation split, CLINC150's with `--targets clinc150`; BANKING77, which has none, on 1,500 training texts
+kept out of its pool), never on a test set.
 
 The user story: a few labelled texts per intent and the rest of the collection's training texts without labels.
 Every schedule starts from the same fit (fresh adapter, `inner_steps=0`, class names on: the encoder never moves,
@@ -89,7 +89,8 @@ def split_texts(target: str, args) -> dict:
 
 
 def draw_shots(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """`shots` pool rows per class, by a seeded generator (as `hf_meta.bench.comparison.sample_shots` draws)."""
+    """`shots` pool rows per class, by a seeded generator: `hf_meta.bench.comparison.sample_shots`'s draw, as row
+    indices (the rounds index the pool's embeddings) rather than texts."""
     rng = np.random.default_rng(seed)
     return np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False) for c in np.unique(labels)])
 
