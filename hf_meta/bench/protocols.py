@@ -23,6 +23,9 @@ SENTIMENT_TARGETS = ("sst2", "sst5")
 TOPIC_SOURCES = ("huffpost", "20newsgroups", "reuters")
 # Collections cut from the same sentences: a target in one group keeps the whole group out of its sources.
 SAME_SENTENCES = (("sst2", "sst5", "sst5_polarity"),)
+# Collections that are another collection relabelled (SST-5 without neutral is SST-2's task on SST-2's sentences):
+# `all` leaves them out, since they would give their original's sentences a second share of the episodes.
+RELABELLED_VIEWS = ("sst5_polarity",)
 
 logger = logging.get_logger(__name__)
 
@@ -206,8 +209,9 @@ def hold_out_sources(sources: Sequence[str], share: float, seed: int = 0) -> tup
 
 def broad_sources(target: str, data_dir: str | os.PathLike, sources: Sequence[str] = ("all",)) -> list[str]:
     """The collections of a broad meta-training pool for `target`: `["all"]` is every single-label collection the
-    data folder holds, of every family; any list is taken as given. Never the target, nor a collection cut from
-    the same sentences (`SAME_SENTENCES`); the texts they still share go with `broad_pools`.
+    data folder holds, of every family, but the relabelled views of another (`RELABELLED_VIEWS`); any list is taken
+    as given. Never the target, nor a collection cut from the same sentences (`SAME_SENTENCES`); the texts they
+    still share go with `broad_pools`.
 
     Example:
         ```python
@@ -226,7 +230,7 @@ def broad_sources(target: str, data_dir: str | os.PathLike, sources: Sequence[st
         return list(sources)
     chosen = []
     for name in list_collections():
-        if name in excluded or name in MULTI_LABEL_COLLECTIONS:
+        if name in excluded or name in MULTI_LABEL_COLLECTIONS or name in RELABELLED_VIEWS:
             continue
         try:
             load_collection(name, data_dir)

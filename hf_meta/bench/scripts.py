@@ -50,7 +50,7 @@ class ScriptArguments:
         default_factory=lambda: ["clinc150", "hwu64"],
         metadata={
             "help": "Meta-training collections; in recipes/fewshot_universal.py, `all` is every single-label "
-            "collection of the data folder but the target's."
+            "collection of the data folder but the target's and the relabelled views of another."
         },
     )
     pool_temperature: float = field(
