@@ -1,15 +1,15 @@
 """One adapter for any task: meta-train a LoRA init on every collection but the target's, then adapt to the target.
 
-The pool is every single-label collection the data folder holds (`--sources all`, the default; any list works)
-but the relabelled views of another (SST-5 without neutral), of every family (intent, sentiment, topic, question
-type, subjectivity, the tweet tasks, product reviews), never the target's collection nor one cut from the same
-sentences, and with every text of the target (any split) removed from every source. Each collection keeps its own class names. Episodes are shared among the collections in
-proportion to their size to the power `1 / --pool_temperature` (default 2: the square root, so a 100k-text
-collection does not crowd out a 600-text one); episodes are capped at each collection's class count (a 2-class
-collection gives 2-way episodes). A share of the source *collections* (`--validation_share`, at least one) is held
-out of meta-training: a new domain, as the target is. Their episodes are evaluated every `--eval_steps` meta-steps,
-the best step is the adapter kept, and they then choose the adaptation settings saved with it. At `fit`, each task
-chooses how much of the adapter to use on its own labels (`adapter_strength="auto"`).
+The pool is every single-label collection the data folder holds (`--sources all`, the default; any list works) but the
+relabelled views of another (SST-5 without neutral), of every family (intent, sentiment, topic, question type,
+subjectivity, the tweet tasks, product reviews), never the target's collection nor one cut from the same sentences, and
+with every text of the target (any split) removed from every source. Each collection keeps its own class names.
+Episodes are shared among the collections in proportion to their size to the power `1 / --pool_temperature` (default 2:
+the square root, so a 100k-text collection does not crowd out a 600-text one); episodes are capped at each collection's
+class count (a 2-class collection gives 2-way episodes). A share of the source *collections* (`--validation_share`, at
+least one) is held out of meta-training: a new domain, as the target is. Their episodes are evaluated every
+`--eval_steps` meta-steps, the best step is the adapter kept, and they then choose the adaptation settings saved with
+it. At `fit`, each task chooses how much of the adapter to use on its own labels (`adapter_strength="auto"`).
 
 The target (default BANKING77; any intent collection, `sst2` or `ag_news`) is scored as the family's recipe scores
 it, beside frozen encoder + logistic regression (with and without class names), frozen prototypes and a fresh LoRA
