@@ -27,6 +27,7 @@ from .inner_loop import is_multi_hot, task_accuracy, task_loss
 from .io_utils import atomic_directory, last_complete_checkpoint
 from .label_names import names_are_usable
 from .learned_inner_loop import LearnedInnerLoop
+from .lora_delta import relative_lora_delta
 from .meta_batch import (
     batch_meta_gradient,
     batch_query_logits,
@@ -212,7 +213,11 @@ class MetaTrainer(Trainer):
             self._query_accuracy += torch.tensor([sum(accuracies), len(accuracies)], dtype=torch.float64)
         params = [*meta.values(), *extra.values()]
         surrogate = sum((param * grad).sum() for param, grad in zip(params, gradients))
-        return outcome.loss.to(surrogate) + surrogate - surrogate.detach()
+        loss = outcome.loss.to(surrogate) + surrogate - surrogate.detach()
+        if self.args.lora_delta_penalty:
+            # Differentiated here, not averaged: every process holds the same weights, so the same gradient.
+            loss = loss + self.args.lora_delta_penalty * relative_lora_delta(self.model).to(loss)
+        return loss
 
     def _average_across_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """One all-reduce of the flattened tensors: every process gets the mean."""
@@ -235,6 +240,8 @@ class MetaTrainer(Trainer):
                 # Query accuracy at the adapted weights over every process's episodes since the last log.
                 logs["query_accuracy"] = round(float(totals[0] / totals[1]), 4)
             self._query_accuracy.zero_()
+            with torch.no_grad():  # how far the adapter has moved the pretrained weights (the same on every process)
+                logs["lora_delta"] = float(f"{relative_lora_delta(self.model).item():.4g}")
         super().log(logs, start_time)
 
     # ---- Evaluation -----------------------------------------------------------------------------------------

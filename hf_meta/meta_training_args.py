@@ -52,6 +52,14 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
             "(stored in the datasets cache) instead of once per episode."
         },
     )
+    lora_delta_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a penalty on the size of the LoRA update relative to the pretrained weights "
+            "(`hf_meta.lora_delta.relative_lora_delta`), added to the meta-loss: keeps a broadly meta-trained "
+            "adapter near the pretrained geometry. 0 turns it off."
+        },
+    )
 
     # Changed defaults of TrainingArguments.
     per_device_train_batch_size: int = field(
@@ -77,6 +85,11 @@ class MetaTrainingArguments(TrainingArguments, AdaptationConfig):
         size = self.per_device_train_batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"`per_device_train_batch_size` must be a positive int (episodes), got {size!r}.")
+        penalty = self.lora_delta_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not 0 <= penalty < float("inf"):
+            raise ValueError(
+                f"`lora_delta_penalty` must be a finite number >= 0, got {penalty!r}; 0 turns the penalty off."
+            )
         if self.per_device_eval_batch_size != 1:
             raise ValueError(
                 f"`per_device_eval_batch_size` must be 1 (one evaluation episode per batch), got "

@@ -39,6 +39,7 @@ LAYERS = {
         "inner_loop",
         "head_solver",
         "modeling",
+        "lora_delta",
         "learned_inner_loop",
         "adapter_checks",
         "frozen_states",
