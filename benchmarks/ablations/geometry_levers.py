@@ -53,6 +53,20 @@ EPISODE_SHAPE = dict(n_way=(10, 20), k_shot=(1, 5), num_query=3)  # the universa
 EVAL_SHAPE = dict(n_way=10, k_shot=5, num_query=10)  # capped at each held-out collection's class count
 
 
+def held_out_domains(root, train_episodes: int, eval_episodes: int):
+    """`(sources, held_out, training episodes, evaluation episodes)`: BANKING77's universal pool split by
+    `hold_out_sources` (seed 0), the meta-training episodes shared by size^(1/2) among the sources, and the
+    evaluation episodes shared evenly among the held-out collections."""
+    sources, held_out = hold_out_sources(broad_sources(TARGET, root), HELD_OUT_SHARE, seed=0)
+    pools = broad_pools(sources, TARGET, root)
+    shares = episode_shares([len(pool) for pool in pools], 2.0)
+    training = shared_episodes(pools, train_episodes, shares, seed=0, **EPISODE_SHAPE)
+    held_out_pools = broad_pools(held_out, TARGET, root)
+    even = [1 / len(held_out_pools)] * len(held_out_pools)
+    evaluation = shared_episodes(held_out_pools, eval_episodes, even, seed=1, **EVAL_SHAPE)
+    return sources, held_out, training, evaluation
+
+
 def lever_settings(args) -> dict[str, dict]:
     """Lever name -> the `MetaTrainingArguments` it changes from the baseline."""
     levers = {"baseline": {}, "lr_half": {"learning_rate": args.learning_rate / 2}}
@@ -122,15 +136,8 @@ def main(argv=None) -> None:
     transformers.utils.logging.set_verbosity_error()  # tokenizers warn of every review longer than 512 tokens
     root = data_dir(args)
 
-    sources, held_out = hold_out_sources(broad_sources(TARGET, root), HELD_OUT_SHARE, seed=0)
+    sources, held_out, train_episodes, eval_episodes = held_out_domains(root, args.meta_steps * 4, args.eval_episodes)
     print(f"meta-training on {len(sources)} collections; scored on the held-out {held_out}")
-    pools = broad_pools(sources, TARGET, root)
-    shares = episode_shares([len(pool) for pool in pools], 2.0)
-    train_episodes = shared_episodes(pools, args.meta_steps * 4, shares, seed=0, **EPISODE_SHAPE)
-    held_out_pools = broad_pools(held_out, TARGET, root)
-    eval_episodes = shared_episodes(
-        held_out_pools, args.eval_episodes, [1 / len(held_out_pools)] * len(held_out_pools), seed=1, **EVAL_SHAPE
-    )
 
     scores: dict[str, dict[str, list[float]]] = {}
     facts: dict[str, dict] = {}
