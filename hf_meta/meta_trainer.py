@@ -188,7 +188,8 @@ class MetaTrainer(Trainer):
         The Trainer's `training_step` then divides it by the accumulation steps and calls `accelerator.backward`,
         so gradient accumulation, loss scaling in mixed precision, clipping and the optimizer are the Trainer's.
         The meta-gradient is averaged over processes here, once per micro-batch: the inner loop calls the base model
-        functionally, never through the DDP wrapper, so DDP's own gradient hooks are never armed.
+        functionally, never through the DDP wrapper, so DDP's own gradient hooks are never armed. With
+        `lora_delta_penalty`, the penalty (`hf_meta.lora_delta`) is added to the value and to the gradient.
         """
         if return_outputs:
             raise ValueError("`MetaTrainer.compute_loss` has no model outputs to return; episodes are adapted.")
