@@ -5,7 +5,8 @@ validation tasks only: a target the adapter transfers to, and one it does not.
   pool, up to 10-way, 5 shots, scored on their query texts), with the adapter meta-trained on the rest (its
   `baseline`); there full strength beat `auto`.
 - `banking77`: the protocol's intent adapter for BANKING77 (meta-trained on CLINC150 + HWU64; `--intent_adapter`,
-  written by `python benchmarks/accuracy/accuracy.py --families intent --targets banking77`), full-way, 1 and 5
+  written by `python benchmarks/accuracy/accuracy.py --families intent --targets banking77`; add `--score_only none
+  --output outputs/scratch.json` to meta-train it without scoring the protocol), full-way, 1 and 5
   shots drawn (seeds 100-104, the protocol's test draws are 0-4) from the training split less 1,500 texts, which
   are the validation texts scored; there full strength costs.
 
