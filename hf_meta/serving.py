@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from .adaptation import predict_logits
 from .inner_loop import HEAD, head_logits
-from .modeling import meta_parameters, sentence_embeddings
+from .modeling import length_partition, meta_parameters, sentence_embeddings
 from .validation import is_int
 
 if TYPE_CHECKING:
@@ -30,16 +30,16 @@ Batch = dict[str, torch.Tensor]
 
 
 def length_sorted_chunks(batch: Batch, batch_size: int) -> Iterator[tuple[torch.Tensor, Batch]]:
-    """The rows of a padded `batch` in chunks of `batch_size` similar-length rows, each cut to its longest row.
+    """The rows of a padded `batch` in chunks of at most `batch_size` similar-length rows, each cut to its longest row.
 
     Yields `(rows, chunk)`: the indices of the chunk's rows in `batch` and its `input_ids` / `attention_mask`.
-    Sorting first means a chunk of short texts is not padded to the length of one long text elsewhere in the batch.
+    The rows are sorted and cut by [`hf_meta.modeling.length_partition`], so a chunk of short texts is not padded
+    to the length of one long text elsewhere in the batch.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
     mask = batch["attention_mask"]
-    order = torch.argsort(mask.sum(1), stable=True)
-    for rows in order.split(batch_size):
+    for rows in length_partition(mask.sum(1), batch_size):
         columns = mask[rows].any(0).nonzero()
         width = int(columns.max()) + 1 if len(columns) else mask.shape[1]  # trailing all-padding columns dropped
         yield rows, {"input_ids": batch["input_ids"][rows, :width], "attention_mask": mask[rows, :width]}
