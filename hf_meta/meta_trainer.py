@@ -40,7 +40,7 @@ from .metrics import accuracy
 from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
 from .selection import check_sweepable, grid_combinations
-from .validation import non_finite
+from .validation import check_int, non_finite
 
 logger = logging.get_logger(__name__)
 
@@ -148,6 +148,7 @@ class MetaTrainer(Trainer):
         # Episodes carry no `labels` key; the loss is divided by the accumulation steps by `training_step`.
         self.model_accepts_loss_kwargs = False
         self._query_accuracy = torch.zeros(2, dtype=torch.float64)  # (sum of accuracies, episodes) since last log
+        self.multitask: dict[str, Any] | None = None  # set by `train_multitask`: how the adapter was trained
 
     def _collator_with_frozen_states(self, tokenizer) -> EpisodeCollator:
         """An episode collator that reads token ids and frozen-layer states computed once per sentence."""
@@ -244,6 +245,75 @@ class MetaTrainer(Trainer):
             with torch.no_grad():  # how far the adapter has moved the pretrained weights (the same on every process)
                 logs["lora_delta"] = float(f"{relative_lora_delta(self.model).item():.4g}")
         super().log(logs, start_time)
+
+    def train_multitask(
+        self,
+        pools: list[datasets.Dataset],
+        num_sentences: int,
+        *,
+        batch_size: int = 64,
+        shares: list[float] | None = None,
+    ) -> dict[str, Any]:
+        """Train the LoRA initialisation by supervised multitask transfer instead of meta-learning.
+
+        Ordinary cross-entropy over each pool's own classes, a batch of `batch_size` texts from one pool per step
+        (see [`hf_meta.multitask.train_multitask_lora`]), with this trainer's LoRA, pooling, head, learning rate
+        and seed. Where the source collections resemble the target it transfers as well as meta-learning or better,
+        at about the same cost (see the project's results); the adapter then adapts exactly like a meta-learned
+        one, so `evaluate`, `select_adaptation`, `save_model`, `create_model_card` and `push_to_hub` work as after
+        `train`, and the card says how the adapter was trained.
+
+        Args:
+            pools: labelled source collections (`text`, and `label` a `ClassLabel` carrying the class names).
+            num_sentences: labelled sentences to see in all, e.g. as many as the episodes of a meta-training run
+                hold; rounded up to whole batches.
+            batch_size: texts per step, all from one pool.
+            shares: probability of each pool per batch (default: equal).
+
+        Returns:
+            `{"sentences": ..., "collections": ..., "batch_size": ..., "learning_rate": ...}`, also written into
+            the model card.
+
+        Example:
+            ```python
+            >>> trainer = MetaTrainer(model, args, eval_dataset=validation_episodes, processing_class=tokenizer)
+            >>> trainer.train_multitask([clinc["train"], hwu["train"]], num_sentences=50_000)
+            >>> trainer.evaluate()["eval_accuracy"]       # on the held-out episodes, as after `train()`
+            >>> trainer.save_model()
+            ```
+        """
+        from .multitask import train_multitask_lora  # a plain Trainer of its own, built only when asked for
+
+        if self.args.world_size > 1:
+            raise ValueError(
+                f"`train_multitask` runs in one process, and this run has {self.args.world_size}; launch it with "
+                "one process (e.g. `recipes/accelerate_configs/cpu.yaml`), or meta-train with `train()`."
+            )
+        num_sentences = check_int(num_sentences, "num_sentences", minimum=1)
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        steps = -(-num_sentences // batch_size)
+        train_multitask_lora(
+            self.model,
+            self.processing_class,
+            pools,
+            num_sentences,
+            self.adaptation_config,
+            batch_size=batch_size,
+            learning_rate=self.args.learning_rate,
+            shares=shares,
+            output_dir=os.path.join(self.args.output_dir, "multitask"),
+            seed=self.args.seed,
+            disable_tqdm=self.args.disable_tqdm,
+            max_length=self.max_length,
+        )
+        self.multitask = {
+            "sentences": steps * batch_size,
+            "collections": len(pools),
+            "batch_size": batch_size,
+            "learning_rate": self.args.learning_rate,
+        }
+        _check_finite_weights(meta_parameters(self.model), "after multitask training")
+        return dict(self.multitask)
 
     # ---- Evaluation -----------------------------------------------------------------------------------------
 
@@ -466,7 +536,7 @@ class MetaTrainer(Trainer):
                 {
                     "dataset": "evaluation episodes",
                     "shots": "episodic",
-                    "method": f"hf_meta_{self.args.algorithm}",
+                    "method": f"hf_meta_{'multitask' if self.multitask is not None else self.args.algorithm}",
                     "accuracy": last_eval["eval_accuracy"],
                     "ci95": last_eval.get("eval_accuracy_ci95"),
                 }
@@ -476,19 +546,26 @@ class MetaTrainer(Trainer):
                 f"`plot_file` {plot_file!r} is not a file in `output_dir` {self.args.output_dir!r}."
             )
         max_steps = self.state.max_steps or self.args.max_steps
+        training = (
+            f"{max_steps} meta-steps of {self.args.gradient_accumulation_steps * self.args.world_size} "
+            f"episodes, outer learning rate {self.args.learning_rate}"
+        )
+        if self.multitask is not None:
+            training = (
+                f"{self.multitask['sentences']} labelled sentences of {self.multitask['collections']} collections, "
+                f"{self.multitask['batch_size']} texts of one collection per step, cross-entropy over that "
+                f"collection's classes, learning rate {self.multitask['learning_rate']}"
+            )
         card = render_model_card(
             adaptation_config=self.saved_adaptation_config(),
             learned_inner_loop=self.inner_loop.summary() if self.inner_loop is not None else None,
-            algorithm=self.args.algorithm,
+            algorithm="multitask" if self.multitask is not None else self.args.algorithm,
             collections=[datasets] if isinstance(datasets, str) else list(datasets or []),
             results=results,
             results_description=results_description,
             repo_id=self.hub_model_id if getattr(self, "hub_model_id", None) else self.args.hub_model_id,
             model_name=model_name,
-            training=(
-                f"{max_steps} meta-steps of {self.args.gradient_accumulation_steps * self.args.world_size} "
-                f"episodes, outer learning rate {self.args.learning_rate}"
-            ),
+            training=training,
             plot_file=plot_file,
             extra_tags=[tags] if isinstance(tags, str) else list(tags or []),
         )

@@ -14,8 +14,12 @@ from .adaptation_config import AdaptationConfig
 
 TEMPLATE_NAME = "hf_meta_adapter.md"
 CLASSIFIER_TEMPLATE_NAME = "hf_meta_classifier.md"
-ALGORITHM_NAMES = {"fomaml": "first-order MAML", "reptile": "Reptile"}
-TAGS = ["hf_meta", "few-shot", "meta-learning", "lora", "peft", "text-classification"]
+ALGORITHM_NAMES = {
+    "fomaml": "first-order MAML",
+    "reptile": "Reptile",
+    "multitask": "supervised multitask transfer",  # `MetaTrainer.train_multitask`: no meta-learning
+}
+TAGS = ["hf_meta", "few-shot", "lora", "peft", "text-classification"]
 
 
 def template_path(name: str = TEMPLATE_NAME) -> str:
@@ -51,7 +55,8 @@ def render_model_card(
             f"The card needs the base model's Hub id, got {base_model!r}; pass `base_model=` to "
             "`MetaTrainingArguments`."
         )
-    tags = list(dict.fromkeys([*TAGS, algorithm, *(["maml"] if algorithm == "fomaml" else []), *extra_tags]))
+    method_tags = {"fomaml": ["meta-learning", "maml"], "reptile": ["meta-learning"]}.get(algorithm, [])
+    tags = list(dict.fromkeys([*TAGS, *method_tags, algorithm, *extra_tags]))
     card_data = ModelCardData(
         base_model=base_model,
         library_name="peft",
@@ -67,6 +72,7 @@ def render_model_card(
         base_model=base_model,
         repo_id=repo_id or "path/to/adapter",
         algorithm_name=ALGORITHM_NAMES.get(algorithm, algorithm),
+        meta_learned=algorithm != "multitask",
         collections=list(collections),
         training=training,
         adaptation={k: v for k, v in adaptation_config.to_dict().items() if k != "base_model"},

@@ -1,16 +1,19 @@
-"""`multitask_lora`, the protocol's supervised-transfer baseline: trains the LoRA only, learns the sources' classes,
-draws batches of one source, refuses bad input."""
+"""Supervised multitask transfer (`multitask_lora` in the protocol, `MetaTrainer.train_multitask` for users): trains
+the LoRA only, learns the sources' classes, draws batches of one source, saves and describes what it trained,
+refuses bad input."""
 
 import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import WORDS, tiny_encoder, top_layer_lora
+import yaml
+from conftest import WORDS, tiny_encoder, tiny_trainer, top_layer_lora
 
+from hf_meta import FewShotClassifier, build_episodes
 from hf_meta.adaptation_config import AdaptationConfig
-from hf_meta.bench.multitask import _SourceBatches, train_multitask_lora
 from hf_meta.inner_loop import class_means
 from hf_meta.modeling import FunctionalEncoder, meta_parameters
+from hf_meta.multitask import _SourceBatches, train_multitask_lora
 
 
 def _pool(words: list[str], start: int, size: int = 60) -> datasets.Dataset:
@@ -89,3 +92,40 @@ def test_bad_settings_are_refused_before_training(tokenizer, pools, kwargs, mess
 def test_no_pool_is_refused(tokenizer):
     with pytest.raises(ValueError, match="pools"):
         train_multitask_lora(top_layer_lora(tiny_encoder(), layers=[1]), tokenizer, [], 64, AdaptationConfig())
+
+
+def test_trainer_trains_by_multitask_then_evaluates_saves_and_describes_it(tmp_path, tokenizer, pools):
+    model = top_layer_lora(tiny_encoder(vocab_size=tokenizer.vocab_size), layers=[0, 1])
+    held_out = _pool(WORDS, 1000, 60)  # new texts of the sources' classes, as validation episodes
+    episodes = build_episodes(held_out, n_way=3, k_shot=2, num_query=3, num_episodes=4, seed=0)
+    trainer = tiny_trainer(
+        tmp_path / "out", tokenizer, model=model, eval_dataset=episodes, learning_rate=1e-2, base_model="org/tiny"
+    )
+    before = {n: p.detach().clone() for n, p in meta_parameters(trainer.model).items()}
+    summary = trainer.train_multitask(pools, num_sentences=500, batch_size=16)
+
+    assert summary == {"sentences": 512, "collections": 2, "batch_size": 16, "learning_rate": 1e-2}
+    assert any(not torch.equal(p, before[n]) for n, p in meta_parameters(trainer.model).items())
+    assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1  # episodes adapt from the trained adapter
+    trainer.save_model()
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert "supervised multitask transfer" in card and "512 labelled sentences of 2 collections" in card
+    assert "meta-learned" not in card and "meta-learning" not in meta["tags"] and "multitask" in meta["tags"]
+    base = tmp_path / "base"
+    tiny_encoder(vocab_size=tokenizer.vocab_size).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    loaded = FewShotClassifier.from_pretrained(tmp_path / "out", base_model=str(base))
+    for name, param in meta_parameters(trainer.model).items():
+        torch.testing.assert_close(loaded.meta_weights[name], param.detach())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"num_sentences": 0}, "num_sentences"), ({"batch_size": 0}, "batch_size")]
+)
+def test_trainer_refuses_bad_multitask_settings_before_training(tmp_path, tokenizer, pools, kwargs, message):
+    trainer = tiny_trainer(tmp_path, tokenizer, model=top_layer_lora(tiny_encoder(), layers=[1]))
+    with pytest.raises(ValueError, match=message):
+        trainer.train_multitask(pools, **{"num_sentences": 64, **kwargs})
+    assert trainer.multitask is None

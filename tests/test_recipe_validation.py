@@ -118,11 +118,25 @@ def test_script_arguments_refuse_bad_validation_settings(field, value, message):
         ScriptArguments(**{field: value})
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"objective": "maml"}, "`objective` must be one of \\['meta', 'multitask'\\], got 'maml'"),
+        ({"objective": "multitask", "smlmt_ratio": 0.25, "unlabeled_sources": ["banking77"]}, "SMLMT episodes"),
+        ({"objective": "multitask", "multitask_sentences": 0}, "`multitask_sentences` must be a positive int"),
+    ],
+)
+def test_script_arguments_refuse_bad_objective_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ScriptArguments(**settings)
+
+
 def test_the_recipe_yaml_carries_the_default_grid(monkeypatch):
     config = Path(__file__).resolve().parents[1] / "recipes" / "fewshot_intent.yaml"
     monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", str(config)])
     script_args, _ = parse_script_arguments()
     assert script_args.validation_share == 0.2
+    assert script_args.objective == "multitask" and script_args.multitask_sentences == 54_600
     assert script_args.adaptation_grid_values() == {
         "head_init": ["zero", "prototypes"],
         "head_l2": [0.1, 0.03, 0.3],

@@ -27,8 +27,10 @@ def run_recipe(name: str, output_dir: Path, data_dir: Path, *extra: str) -> dict
     return json.loads((output_dir / "results.json").read_text())
 
 
-def check_outputs(output_dir: Path, results: dict, shots: set[int], combinations: int) -> None:
-    methods = {"frozen_lr", "frozen_lr_names", "frozen_proto", "fresh_lora", "hf_meta_fomaml"}
+def check_outputs(
+    output_dir: Path, results: dict, shots: set[int], combinations: int, method: str = "hf_meta_fomaml"
+) -> None:
+    methods = {"frozen_lr", "frozen_lr_names", "frozen_proto", "fresh_lora", method}
     assert all(row["ci95"] is not None for row in results["summary"])  # binomial CI of one draw at least
     assert {(row["shots"], row["method"]) for row in results["summary"]} == {(s, m) for s in shots for m in methods}
     assert all(0 < row["accuracy"] <= 1 for row in results["summary"])
@@ -44,11 +46,21 @@ def check_outputs(output_dir: Path, results: dict, shots: set[int], combinations
 
 @pytest.mark.slow
 def test_intent_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
-    results = run_recipe(
-        "fewshot_intent.py", tmp_path, data_dir, "--plot_shots", "1", "--eval_steps", "1", "--save_steps", "1"
-    )
-    check_outputs(tmp_path, results, {1, 5}, combinations=12)
+    results = run_recipe("fewshot_intent.py", tmp_path, data_dir, "--plot_shots", "1", "--multitask_sentences", "256")
+    check_outputs(tmp_path, results, {1, 5}, combinations=12, method="hf_meta_multitask")
     assert (tmp_path / "accuracy_vs_shots.png").is_file()
+    card = (tmp_path / "README.md").read_text()
+    assert "supervised multitask transfer" in card and "256 labelled sentences of 2 collections" in card
+
+
+@pytest.mark.slow
+def test_intent_recipe_meta_trains_with_objective_meta(tmp_path, data_dir, minilm_path):
+    results = run_recipe(
+        "fewshot_intent.py", tmp_path, data_dir, "--objective", "meta", "--plot_shots", "1", "--eval_steps", "1",
+        "--save_steps", "1",
+    )  # fmt: skip
+    check_outputs(tmp_path, results, {1, 5}, combinations=12)
+    assert "first-order MAML" in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -81,7 +81,6 @@ from transformers import set_seed
 from hf_meta import FewShotClassifier, MetaTrainer, MetaTrainingArguments, build_episodes, load_collection
 from hf_meta.bench.baselines import SETFIT_MISSING, SetFitBaseline, setfit_available
 from hf_meta.bench.comparison import FewShotTask, FitWith, compare_methods, paired_summary, paired_table
-from hf_meta.bench.multitask import train_multitask_lora
 from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
     SENTIMENT_SOURCES,
@@ -102,6 +101,7 @@ from hf_meta.bench.protocols import (
 )
 from hf_meta.bench.scripts import DEFAULT_MODEL, load_encoder, lora_config
 from hf_meta.modeling import with_lora
+from hf_meta.multitask import train_multitask_lora
 
 RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
@@ -340,7 +340,7 @@ def meta_train(
 def multitask_classifier(args, budget: Budget, part: Part, steps: int, seed: int = 0) -> tuple[FewShotClassifier, int]:
     """`multitask_lora`: the part's fresh adapter trained by supervised cross-entropy over each source collection's
     classes on as many labelled sentences as the support and query sets of its `steps` meta-steps hold, then
-    adapted like `hf_meta` (see `hf_meta.bench.multitask`). Returns the classifier and that sentence count."""
+    adapted like `hf_meta` (see `hf_meta.multitask`). Returns the classifier and that sentence count."""
     episodes = part.episodes(num_episodes=steps * 4, seed=seed)
     sentences = sum(len(row["support_text"]) + len(row["query_text"]) for row in episodes)
     set_seed(seed)

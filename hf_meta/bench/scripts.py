@@ -23,6 +23,7 @@ from ..selection import check_grid
 logger = logging.get_logger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+OBJECTIVES = ("meta", "multitask")  # `--objective`: `MetaTrainer.train` or `MetaTrainer.train_multitask`
 # Short names the recipes and benchmarks take for `--model_name_or_path` / `--model`.
 MODEL_ALIASES = {"minilm": DEFAULT_MODEL, "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 
@@ -70,6 +71,21 @@ class ScriptArguments:
     smlmt_ratio: float = field(
         default=0.0, metadata={"help": "Share of the meta-training episodes that are SMLMT episodes (0: none)."}
     )
+    objective: str = field(
+        default="meta",
+        metadata={
+            "help": "How the LoRA initialisation learns from the sources: `meta` (episodic meta-training, "
+            "`MetaTrainer.train`) or `multitask` (supervised cross-entropy over each source's classes, "
+            "`MetaTrainer.train_multitask`; one process)."
+        },
+    )
+    multitask_sentences: int = field(
+        default=54_600,
+        metadata={
+            "help": "Labelled sentences `--objective multitask` trains on; the default is what 150 meta-steps of 4 "
+            "default intent episodes hold, the amount benchmarks/accuracy/accuracy.py compares at."
+        },
+    )
     shots: int = field(default=5, metadata={"help": "Labelled examples per class for the headline rows."})
     plot_shots: list[int] = field(default_factory=list, metadata={"help": "More shot counts, for the plot."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Shot-sampling seeds (draws)."})
@@ -110,6 +126,15 @@ class ScriptArguments:
                 f"`smlmt_ratio` is {self.smlmt_ratio} but no `unlabeled_sources` are given; add e.g. "
                 "`--unlabeled_sources banking77`."
             )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {list(OBJECTIVES)}, got {self.objective!r}.")
+        if self.objective == "multitask" and self.smlmt_ratio > 0:
+            raise ValueError(
+                f"`smlmt_ratio` is {self.smlmt_ratio}, but SMLMT episodes are meta-training tasks and `--objective "
+                "multitask` trains on the labelled sources only; pass `--objective meta` or `--smlmt_ratio 0`."
+            )
+        if isinstance(self.multitask_sentences, bool) or self.multitask_sentences < 1:
+            raise ValueError(f"`multitask_sentences` must be a positive int, got {self.multitask_sentences}.")
         if not self.pool_temperature > 0:
             raise ValueError(f"`pool_temperature` must be > 0, got {self.pool_temperature}; 2 is the default.")
         if self.target in self.sources:

@@ -1,11 +1,12 @@
-"""`multitask_lora`: the same LoRA trained on the same source collections by ordinary supervised learning.
+"""Supervised multitask transfer: a LoRA initialisation trained on source collections by ordinary cross-entropy.
 
-The fair test of meta-learning: if a LoRA trained with plain cross-entropy on the source collections' own classes
-transfers as well as the meta-learned one, the gain is the extra labelled data, not the meta-learning. Everything
-but the training objective is shared with meta-training: the encoder and its LoRA placement, the pooling and
-normalisation, the cosine head and its scale (one head per source collection, over all of its classes), the outer
-learning rate, dropout off, and the number of labelled sentences seen. The result adapts to a target exactly like
-a meta-learned adapter (`FewShotClassifier.fit`, adapter strength included).
+The alternative to meta-learning, and its fair test: if a LoRA trained with plain cross-entropy on the source
+collections' own classes transfers as well as the meta-learned one, the gain is the labelled source data, not the
+meta-learning. Everything but the training objective is shared with meta-training: the encoder and its LoRA
+placement, the pooling and normalisation, the cosine head and its scale (one head per source collection, over all
+of its classes), the learning rate, dropout off. The result adapts to a target exactly like a meta-learned adapter
+(`FewShotClassifier.fit`, adapter strength included). [`MetaTrainer.train_multitask`] runs it inside a trainer, so
+that evaluation on episodes, the choice of adaptation settings, saving and the model card work as after `train`.
 
     >>> model = train_multitask_lora(peft_model, tokenizer, pools, num_sentences=50_000, config=config)
     >>> classifier = FewShotClassifier(model, tokenizer, config)
@@ -22,11 +23,11 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import Trainer, TrainingArguments
 
-from ..adaptation_config import AdaptationConfig
-from ..inner_loop import head_logits
-from ..label_names import label_phrase
-from ..modeling import FunctionalEncoder, meta_parameters
-from ..validation import check_int
+from .adaptation_config import AdaptationConfig
+from .inner_loop import head_logits
+from .label_names import label_phrase
+from .modeling import FunctionalEncoder, meta_parameters
+from .validation import check_int
 
 
 class MultitaskModel(torch.nn.Module):
@@ -109,6 +110,8 @@ def train_multitask_lora(
     shares: Sequence[float] | None = None,
     output_dir: str = "outputs/multitask_lora",
     seed: int = 0,
+    disable_tqdm: bool = True,
+    max_length: int | None = None,
 ) -> PeftModel:
     """Train `model`'s LoRA weights (in place) by supervised cross-entropy over the classes of each pool.
 
@@ -124,6 +127,8 @@ def train_multitask_lora(
         shares: probability of each pool per batch (default: equal, as `mixed_episodes` draws episodes).
         output_dir: the Trainer's output folder (nothing is saved there).
         seed: the batches' and the Trainer's seed.
+        disable_tqdm: hide the Trainer's progress bar.
+        max_length: tokens per text at most (default: the tokenizer's limit).
 
     Returns:
         `model`, trained.
@@ -140,7 +145,7 @@ def train_multitask_lora(
 
     def collate(rows: list[dict]) -> dict:
         (row,) = rows  # one batch of one source per step
-        batch = tokenizer(row["texts"], padding=True, truncation=True, return_tensors="pt")
+        batch = tokenizer(row["texts"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {
             "input_ids": batch["input_ids"],
             "attention_mask": batch["attention_mask"],
@@ -158,7 +163,7 @@ def train_multitask_lora(
         report_to="none",
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
+        disable_tqdm=disable_tqdm,
         seed=seed,
     )
     trainer = Trainer(
