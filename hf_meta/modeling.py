@@ -42,7 +42,7 @@ VERIFIED_MARKER = ".hf_meta_verified.json"  # written into a cached model folder
 
 # The price of one more encoder call in padded tokens, for `length_partition`: a call's fixed work (kernel launches,
 # the Python of every layer) against the padding that cutting a chunk there would save. Chosen with
-# benchmarks/speed/meta_step_speed.py; a lower price buys little (see its results file).
+# benchmarks/speed/length_chunks.py on the intent recipe's meta-steps (its results file has the numbers).
 CHUNK_COST_TOKENS = 64
 
 
