@@ -126,7 +126,7 @@ def main() -> None:
             validation_pools,
             script_args.validation_episodes,
             n_way=min(max(script_args.n_way), *(len(class_names_of(pool)) for pool in validation_pools)),
-            k_shot=script_args.shots,
+            k_shot=script_args.scored_shots(),  # every shot count the target is scored at
             num_query=script_args.num_query,
             seed=training_args.seed + 1,
         )

@@ -94,7 +94,7 @@ def main() -> None:
             validation_sources,
             data_dir,
             script_args.validation_episodes,
-            k_shot=script_args.shots,
+            k_shot=script_args.scored_shots(),  # every shot count the target is scored at
             num_query=script_args.num_query,
             seed=training_args.seed + 1,
         )

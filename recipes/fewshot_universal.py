@@ -110,7 +110,7 @@ def main() -> None:
             script_args.validation_episodes,
             [1 / len(validation_pools)] * len(validation_pools),
             n_way=max(script_args.n_way),
-            k_shot=script_args.shots,
+            k_shot=script_args.scored_shots(),  # every shot count the target is scored at
             num_query=script_args.num_query,
             seed=training_args.seed + 1,
         )

@@ -195,3 +195,9 @@ def test_the_trained_adapter_is_saved_before_a_failing_selection(tmp_path, toy_d
     with pytest.raises(ValueError):
         choose_adaptation(trainer, validation, {"inner_steps": [0, -3]})
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_validation_episodes_span_every_scored_shot_count():
+    assert ScriptArguments(shots=5, plot_shots=[1, 2, 10]).scored_shots() == (1, 10)
+    assert ScriptArguments(shots=8).scored_shots() == 8
+    assert ScriptArguments(shots=5, plot_shots=[5]).scored_shots() == 5

@@ -155,6 +155,13 @@ class ScriptArguments:
         """`adaptation_grid` as `MetaTrainer.select_adaptation` takes it: setting name -> typed candidate values."""
         return parse_adaptation_grid(self.adaptation_grid)
 
+    def scored_shots(self) -> int | tuple[int, int]:
+        """The shot counts the target is scored at (`shots` and `plot_shots`), as `build_episodes` takes `k_shot`:
+        validation episodes drawn over all of them choose settings for every one, where episodes at `shots` alone
+        can choose a setting that costs the fewest shots dearly (class names as examples matter most there)."""
+        counts = [self.shots, *self.plot_shots]
+        return counts[0] if len(set(counts)) == 1 else (min(counts), max(counts))
+
     def episode_range(self, name: str) -> int | tuple[int, int]:
         """`n_way` or `k_shot` as `build_episodes` takes it: an int, or an inclusive `(low, high)` range."""
         values = getattr(self, name)
