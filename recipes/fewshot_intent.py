@@ -77,6 +77,7 @@ from hf_meta.episodes import class_names_of
 
 def main() -> None:
     script_args, training_args = parse_script_arguments(
+        objectives=("meta", "multitask"),
         target="banking77",
         sources=["clinc150", "hwu64"],
         # Chosen by the leave-the-target-out protocol (benchmarks/accuracy/accuracy.py --multitask): on intent
@@ -142,7 +143,7 @@ def main() -> None:
             exclude=[*tasks[0].test_texts, *episode_texts(validation_episodes)],  # nor the validation texts
             **shape,
         )
-        require_validation(training_args, validation_episodes)
+    require_validation(training_args, validation_episodes)
 
     # Train the initialisation: by multitask transfer, or by meta-training validated on the held-out domains
     model, tokenizer = load_encoder(script_args.model_name_or_path)

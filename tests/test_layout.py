@@ -210,7 +210,7 @@ def test_recipe_yaml_parses_into_script_and_training_arguments(monkeypatch):
 
     config = Path(__file__).resolve().parents[1] / "recipes" / "fewshot_intent.yaml"
     monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", str(config)])
-    script_args, training_args = parse_script_arguments()
+    script_args, training_args = parse_script_arguments(objectives=("meta", "multitask"))
     assert script_args.target == "banking77" and script_args.episode_range("n_way") == (10, 20)
     assert training_args.max_steps == 400 and training_args.adaptation_config().inner_steps == 0
     assert script_args.lora_top_layers == 3

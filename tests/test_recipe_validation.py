@@ -134,7 +134,7 @@ def test_script_arguments_refuse_bad_objective_settings(settings, message):
 def test_the_recipe_yaml_carries_the_default_grid(monkeypatch):
     config = Path(__file__).resolve().parents[1] / "recipes" / "fewshot_intent.yaml"
     monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", str(config)])
-    script_args, _ = parse_script_arguments()
+    script_args, _ = parse_script_arguments(objectives=("meta", "multitask"))
     assert script_args.validation_share == 0.2
     assert script_args.objective == "multitask" and script_args.multitask_sentences == 54_600
     assert script_args.adaptation_grid_values() == {
@@ -201,3 +201,14 @@ def test_validation_episodes_span_every_scored_shot_count():
     assert ScriptArguments(shots=5, plot_shots=[1, 2, 10]).scored_shots() == (1, 10)
     assert ScriptArguments(shots=8).scored_shots() == 8
     assert ScriptArguments(shots=5, plot_shots=[5]).scored_shots() == 5
+
+
+def test_a_recipe_refuses_an_objective_it_does_not_implement(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["fewshot_sentiment.py", "--objective", "multitask", "--output_dir", "out"])
+    with pytest.raises(
+        ValueError, match="`objective` is 'multitask', but fewshot_sentiment.py implements \\['meta'\\]"
+    ):
+        parse_script_arguments()
+    monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", "--objective", "multitask", "--output_dir", "out"])
+    script_args, _ = parse_script_arguments(objectives=("meta", "multitask"))
+    assert script_args.objective == "multitask"

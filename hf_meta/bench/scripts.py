@@ -253,15 +253,22 @@ def require_validation(training_args: MetaTrainingArguments, validation_episodes
         )
 
 
-def parse_script_arguments(**defaults) -> tuple[ScriptArguments, MetaTrainingArguments]:
+def parse_script_arguments(
+    objectives: tuple[str, ...] = ("meta",), **defaults
+) -> tuple[ScriptArguments, MetaTrainingArguments]:
     """`(ScriptArguments, MetaTrainingArguments)` from the command line or a single `.yaml` argument; `defaults`
-    are the recipe's own defaults for either dataclass."""
+    are the recipe's own defaults for either dataclass, `objectives` the values of `--objective` it implements."""
     parser = HfArgumentParser((ScriptArguments, MetaTrainingArguments))
     parser.set_defaults(**defaults)
     if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
         script_args, training_args = parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
     else:
         script_args, training_args = parser.parse_args_into_dataclasses()
+    if script_args.objective not in objectives:
+        raise ValueError(
+            f"`objective` is {script_args.objective!r}, but {os.path.basename(sys.argv[0])} implements "
+            f"{list(objectives)}; `multitask` is the intent recipe's (recipes/fewshot_intent.py)."
+        )
     # A short name becomes the Hub id before anything reads it: the reload and the card name the Hub model.
     script_args.model_name_or_path = prepare_model(script_args.model_name_or_path)
     check_grid(  # every value and combination of the grid, before meta-training rather than after it
