@@ -69,6 +69,7 @@ from hf_meta.bench.scripts import (
     parse_script_arguments,
     report,
     require_validation,
+    train_initialisation,
     validation_during_training,
 )
 from hf_meta.data import resolve_data_dir
@@ -131,9 +132,8 @@ def main() -> None:
             num_query=script_args.num_query,
             seed=training_args.seed + 1,
         )
-    multitask = script_args.objective == "multitask"
     train_episodes = None
-    if not multitask:
+    if script_args.objective == "meta":
         train_episodes = with_smlmt(
             lambda n: mixed_episodes(pools, n, **shape),
             meta_training_episodes(training_args),
@@ -158,12 +158,7 @@ def main() -> None:
     # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
     initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
     fresh = FewShotClassifier(trainer.model, tokenizer, initial)
-    if multitask:
-        trainer.train_multitask(pools, script_args.multitask_sentences)
-        training = f"by supervised multitask transfer on {trainer.multitask['sentences']} labelled sentences"
-    else:
-        trainer.train()
-        training = f"by meta-training ({training_args.algorithm}) for {training_args.max_steps} meta-steps"
+    method, training = train_initialisation(trainer, script_args, pools)
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()
     trainer.accelerator.wait_for_everyone()
@@ -173,7 +168,7 @@ def main() -> None:
     # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
     meta.to(trainer.model.device)  # where meta-training ran, as the fresh adapter is
-    methods = {f"hf_meta_{'multitask' if multitask else training_args.algorithm}": meta, "fresh_lora": fresh}
+    methods = {method: meta, "fresh_lora": fresh}
     rows = compare_methods(tasks, methods, frozen=fresh)
     description = (
         f"Full-way few-shot intent detection on {script_args.target}: every intent, the published K-shot training "

@@ -465,8 +465,8 @@ def test_recipes_run_on_mpnet_and_name_its_hub_id(recipe, pieces, data_dir, tmp_
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # this checkout
     path = mpnet_path()
     output = tmp_path / "out"
-    extra = ["--seeds", "0"]
-    if recipe == "fewshot_intent.py":  # meta-training, as the sentiment recipe does (two meta-steps)
+    extra = ["--objective", "meta", "--seeds", "0"]  # two meta-steps
+    if recipe == "fewshot_intent.py":
         extra = ["--objective", "meta", "--eval_steps", "1", "--save_steps", "1"]
     results = run_recipe(recipe, output, data_dir, "--model_name_or_path", path, "--lora_top_layers", "1", *extra)
     assert {row["method"] for row in results["summary"]} >= {"fresh_lora", "frozen_lr", "hf_meta_fomaml"}

@@ -204,9 +204,9 @@ def test_validation_episodes_span_every_scored_shot_count():
 
 
 def test_a_recipe_refuses_an_objective_it_does_not_implement(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["fewshot_sentiment.py", "--objective", "multitask", "--output_dir", "out"])
+    monkeypatch.setattr(sys, "argv", ["fewshot_universal.py", "--objective", "multitask", "--output_dir", "out"])
     with pytest.raises(
-        ValueError, match="`objective` is 'multitask', but fewshot_sentiment.py implements \\['meta'\\]"
+        ValueError, match="`objective` is 'multitask', but fewshot_universal.py implements \\['meta'\\]"
     ):
         parse_script_arguments()
     monkeypatch.setattr(sys, "argv", ["fewshot_intent.py", "--objective", "multitask", "--output_dir", "out"])

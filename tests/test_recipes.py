@@ -65,8 +65,8 @@ def test_intent_recipe_meta_trains_with_objective_meta(tmp_path, data_dir, minil
 
 @pytest.mark.slow
 def test_sentiment_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
-    results = run_recipe("fewshot_sentiment.py", tmp_path, data_dir, "--seeds", "0")
-    check_outputs(tmp_path, results, {8}, combinations=4)
+    results = run_recipe("fewshot_sentiment.py", tmp_path, data_dir, "--seeds", "0", "--multitask_sentences", "64")
+    check_outputs(tmp_path, results, {8}, combinations=4, method="hf_meta_multitask")
 
 
 @pytest.mark.slow

@@ -228,6 +228,19 @@ def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str,
     return result
 
 
+def train_initialisation(trainer: MetaTrainer, script_args: ScriptArguments, pools: list) -> tuple[str, str]:
+    """Train the trainer's LoRA initialisation by `script_args.objective`: `trainer.train()` (meta-training), or
+    `trainer.train_multitask(pools, script_args.multitask_sentences)`. Returns the method's name in the results
+    (`hf_meta_<algorithm>` or `hf_meta_multitask`) and how it was trained, for the results' description."""
+    if script_args.objective == "multitask":
+        trainer.train_multitask(pools, script_args.multitask_sentences)
+        sentences = trainer.multitask["sentences"]
+        return "hf_meta_multitask", f"by supervised multitask transfer on {sentences} labelled sentences"
+    trainer.train()
+    algorithm = trainer.args.algorithm
+    return f"hf_meta_{algorithm}", f"by meta-training ({algorithm}) for {trainer.args.max_steps} meta-steps"
+
+
 def validation_during_training(every: int) -> dict:
     """Recipe defaults that evaluate the validation episodes every `every` meta-steps through the Trainer and keep
     the best step as the saved adapter (`load_best_model_at_end` on the episodes' query `accuracy`)."""
@@ -267,7 +280,7 @@ def parse_script_arguments(
     if script_args.objective not in objectives:
         raise ValueError(
             f"`objective` is {script_args.objective!r}, but {os.path.basename(sys.argv[0])} implements "
-            f"{list(objectives)}; `multitask` is the intent recipe's (recipes/fewshot_intent.py)."
+            f"{list(objectives)}; the intent and sentiment recipes implement `multitask`."
         )
     # A short name becomes the Hub id before anything reads it: the reload and the card name the Hub model.
     script_args.model_name_or_path = prepare_model(script_args.model_name_or_path)
