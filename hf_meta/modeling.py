@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import warnings
 from collections.abc import Iterator
@@ -310,25 +311,33 @@ def length_partition(lengths: torch.Tensor, max_rows: int, chunk_cost: int = CHU
     if max_rows < 1:
         raise ValueError(f"`max_rows` must be at least 1, got {max_rows}.")
     order = torch.argsort(lengths.cpu(), stable=True)  # a few hundred lengths: the search runs on the host
-    sorted_lengths = lengths.cpu()[order].to(torch.float64).numpy()
+    bounds = _cheapest_cuts(tuple(lengths.cpu()[order].tolist()), max_rows, chunk_cost)
+    order = order.to(lengths.device)
+    return [order[a:b] for a, b in bounds]
+
+
+@functools.lru_cache(maxsize=1024)
+def _cheapest_cuts(sorted_lengths: tuple[int, ...], max_rows: int, chunk_cost: int) -> tuple[tuple[int, int], ...]:
+    """`(start, end)` of each chunk of `length_partition` over lengths sorted ascending. Cached: every inner step,
+    the frozen-layer cache and `num_chunks` cut the same batch again."""
     n = len(sorted_lengths)
     if n == 0:
-        return [order.to(lengths.device)]
+        return ((0, 0),)
+    lengths = np.asarray(sorted_lengths, dtype=np.float64)
     # best[j]: the lowest cost of the first j sorted rows; start[j]: where the last chunk of that cut begins.
     best = np.zeros(n + 1)
     start = np.zeros(n + 1, dtype=np.int64)
     for j in range(1, n + 1):
         first = max(0, j - max_rows)
         begins = np.arange(first, j)
-        costs = best[first:j] + (j - begins) * sorted_lengths[j - 1] + chunk_cost
+        costs = best[first:j] + (j - begins) * lengths[j - 1] + chunk_cost
         k = int(np.argmin(costs))  # the first minimum: the longest last chunk among equal costs
         best[j], start[j] = costs[k], first + k
     bounds, j = [], n
     while j > 0:
         bounds.append((int(start[j]), j))
         j = int(start[j])
-    order = order.to(lengths.device)
-    return [order[a:b] for a, b in reversed(bounds)]
+    return tuple(reversed(bounds))
 
 
 class FunctionalEncoder:
