@@ -30,6 +30,7 @@ from .metrics import accuracy
 from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adapter
 from .multi_label import MultiLabelHead
 from .out_of_scope import OutOfScopeDetector
+from .precision import MixedPrecision, check_mixed_precision
 from .self_training_rounds import self_train
 from .validation import check_classes, check_texts, non_finite
 
@@ -53,6 +54,10 @@ class FewShotClassifier(ClassifierHubMixin):
         batch_size: texts per forward pass in `fit`, `predict` and `embed`; in `fit` also the texts whose autograd
             graph an inner step holds at once (see `fit`'s memory note).
         inner_loop: meta-learned step sizes, required when `adaptation_config.learn_inner_learning_rates`.
+        mixed_precision: `"bf16"` (or `"fp16"` on a GPU) runs every encoder pass of `fit`, `predict`, `embed` and a
+            frozen copy under `torch.autocast`; the embeddings, the head and the probabilities stay float32 (see
+            [`hf_meta.precision`]). A setting of this process, not of the adapter: it is not saved, and can be
+            changed at any time (`clf.mixed_precision = "bf16"`).
 
     Example:
         ```python
@@ -71,6 +76,7 @@ class FewShotClassifier(ClassifierHubMixin):
         adaptation_config: AdaptationConfig,
         batch_size: int = 64,
         inner_loop: LearnedInnerLoop | None = None,
+        mixed_precision: MixedPrecision = "no",
     ):
         check_peft_model(model, batch_size)
         check_tokenizer(tokenizer, model)
@@ -81,6 +87,8 @@ class FewShotClassifier(ClassifierHubMixin):
         # settings of the current fit (with its overrides), used by `predict` and written by `save_pretrained`.
         self.meta_config = adaptation_config
         self.adaptation_config = adaptation_config
+        # The value only: the device is checked at each encoder pass (a classifier loads on the CPU, then `to`).
+        self._mixed_precision = check_mixed_precision(mixed_precision)
         self.encoder = self._encoder_for(adaptation_config)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
         # Meta-learned step sizes (`learn_inner_learning_rates`), read by `from_pretrained` when the adapter has them.
@@ -118,6 +126,18 @@ class FewShotClassifier(ClassifierHubMixin):
     def device(self) -> torch.device:
         """Where the encoder, the adapter and every `fit` / `predict` computation live."""
         return next(self.model.parameters()).device
+
+    @property
+    def mixed_precision(self) -> MixedPrecision:
+        """`"no"`, `"bf16"` or `"fp16"`: the autocast of the encoder passes (see the class docstring)."""
+        return self._mixed_precision
+
+    @mixed_precision.setter
+    def mixed_precision(self, value: MixedPrecision) -> None:
+        self._mixed_precision = check_mixed_precision(value)
+        self.encoder.mixed_precision = value
+        if self._serving is not None:  # a frozen copy follows too
+            self._serving[0].mixed_precision = value
 
     def to(self, device: str | torch.device) -> FewShotClassifier:
         """Move the encoder, the meta-initialised adapter and any fitted weights to `device` (e.g. `"cuda"`).
@@ -426,7 +446,13 @@ class FewShotClassifier(ClassifierHubMixin):
             config.normalize_embeddings,
         ):
             return current
-        return FunctionalEncoder(self.model, config.pooling, config.normalize_embeddings, chunk_size=self.batch_size)
+        return FunctionalEncoder(
+            self.model,
+            config.pooling,
+            config.normalize_embeddings,
+            chunk_size=self.batch_size,
+            mixed_precision=self.mixed_precision,
+        )
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, columns in the order of `classes_`; every row sums to 1 (multi-label: one

@@ -53,6 +53,7 @@ from .modeling import (
 )
 from .multi_label import MultiLabelHead
 from .out_of_scope import PROTOTYPES_KEY, load_detector
+from .precision import MixedPrecision, check_mixed_precision
 from .validation import non_finite
 
 if TYPE_CHECKING:
@@ -77,7 +78,11 @@ class ClassifierHubMixin:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_repo_id: str | os.PathLike, base_model: str | None = None, **hub_kwargs: Any
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        base_model: str | None = None,
+        mixed_precision: MixedPrecision = "no",
+        **hub_kwargs: Any,
     ) -> FewShotClassifier:
         """Load a meta-initialised adapter (local folder or Hub repo), an adapted classifier, or a plain encoder.
 
@@ -86,6 +91,7 @@ class ClassifierHubMixin:
                 a Hub repo id holding one, or a plain transformers encoder (then a fresh LoRA adapter is used).
             base_model: load the base encoder from here instead of the one named in `adapter_config.json`; for a
                 plain encoder folder, its Hub id (written to saved adapters and cards instead of the local path).
+            mixed_precision: `"bf16"` / `"fp16"`: the encoder passes under autocast (the class's argument).
             hub_kwargs: passed to `huggingface_hub.snapshot_download` (`revision`, `token`, ...).
 
         Only safetensors weights are read and remote code is never run: folders whose configs carry `auto_map` are
@@ -99,10 +105,12 @@ class ClassifierHubMixin:
             >>> clf = FewShotClassifier.from_pretrained("out", base_model="path/to/local/copy/of/the/encoder")
             ```
         """
+        check_mixed_precision(mixed_precision)  # before any download or load
         folder = _local_folder(str(path_or_repo_id), hub_kwargs)
         if not (folder / "adapter_config.json").is_file():
             hub_id = base_model or (str(path_or_repo_id) if folder != Path(str(path_or_repo_id)) else None)
-            return cls._from_base_model(str(folder) if folder.exists() else str(path_or_repo_id), hub_id)
+            name = str(folder) if folder.exists() else str(path_or_repo_id)
+            return cls._from_base_model(name, hub_id, mixed_precision=mixed_precision)
         refuse_remote_code(folder)
         refuse_escaping_symlinks(folder)
         weights_file = folder / "adapter_model.safetensors"
@@ -133,14 +141,16 @@ class ClassifierHubMixin:
         if adaptation_config.learn_inner_learning_rates:
             inner_loop = LearnedInnerLoop.from_pretrained(folder)
             inner_loop.check_fits(list(meta_parameters(model)), str(folder / INNER_LOOP_FILE))
-        classifier = cls(model, tokenizer, adaptation_config, inner_loop=inner_loop)
+        classifier = cls(model, tokenizer, adaptation_config, inner_loop=inner_loop, mixed_precision=mixed_precision)
         if (folder / HEAD_FILE).is_file():
             classifier._load_head(folder)
         verify_saved_folder(folder)  # after the checks above: an interrupted save, or files of two saves mixed
         return classifier
 
     @classmethod
-    def _from_base_model(cls, name_or_path: str, hub_id: str | None = None) -> FewShotClassifier:
+    def _from_base_model(
+        cls, name_or_path: str, hub_id: str | None = None, mixed_precision: MixedPrecision = "no"
+    ) -> FewShotClassifier:
         """A fresh (not meta-learned) LoRA adapter on a plain encoder: the "fresh LoRA" baseline."""
         path = resolve_model_path(name_or_path)
         if os.path.isdir(path):
@@ -151,7 +161,7 @@ class ClassifierHubMixin:
         if hub_id is None and not os.path.isdir(name_or_path):
             hub_id = name_or_path
         config = AdaptationConfig(base_model=hub_id_of(model, hub_id))
-        return cls(model, load_tokenizer(None, path), config)
+        return cls(model, load_tokenizer(None, path), config, mixed_precision=mixed_precision)
 
     # ---- Saving ---------------------------------------------------------------------------------------------
 

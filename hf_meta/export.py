@@ -183,7 +183,7 @@ def export_onnx(
             f"exporter and onnx {onnx.__version__} write), got {opset!r}; pass one in that range or leave the default."
         )
 
-    model = ServingModel.from_classifier(classifier).to("cpu")
+    model = ServingModel.from_classifier(classifier, mixed_precision="no").to("cpu")  # the graph is float32
     outputs = [OUTPUT_NAME]
     detector = classifier.out_of_scope_
     if detector is not None:  # the rule and its threshold go into the graph

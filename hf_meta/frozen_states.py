@@ -205,10 +205,13 @@ def _remove_dead_temporary_files(folder: Path) -> None:
 
 def _fingerprint(encoder: FunctionalEncoder, texts: list[str], max_length: int, input_ids: list[np.ndarray]) -> str:
     """Names the cache file by everything that determines its content: the sentences and their token ids (so the
-    tokenizer's files and settings), `max_length`, the frozen depth, the model config, and every frozen weight and
-    buffer (frozen LoRA weights included; only the trainable LoRA weights, which the states never see, are left out).
+    tokenizer's files and settings), `max_length`, the frozen depth, the encoder's mixed precision, the model config,
+    and every frozen weight and buffer (frozen LoRA weights included; only the trainable LoRA weights, which the
+    states never see, are left out).
     """
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{max_length}|{encoder.frozen_depth}|".encode())
+    if encoder.mixed_precision != "no":  # states computed under autocast differ; float32 keeps its old file names
+        digest.update(f"mixed_precision={encoder.mixed_precision}|".encode())
     for text, ids in zip(texts, input_ids):
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
         digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"\1")

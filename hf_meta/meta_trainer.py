@@ -39,6 +39,7 @@ from .meta_training_args import MetaTrainingArguments
 from .metrics import accuracy
 from .model_card import render_model_card
 from .modeling import FunctionalEncoder, hub_id_of, meta_parameters, with_lora
+from .precision import MixedPrecision
 from .selection import check_sweepable, grid_combinations
 from .validation import check_int, non_finite
 
@@ -129,7 +130,12 @@ class MetaTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        self.encoder = FunctionalEncoder(self.model, args.pooling, args.normalize_embeddings)
+        # The Trainer's `bf16` / `fp16` flags: accelerate autocasts the model's forward once `train()` prepares it;
+        # the encoder autocasts its own passes too, so the frozen-state cache, `train_multitask` and an evaluation
+        # before any `train()` run in the same precision.
+        self.encoder = FunctionalEncoder(
+            self.model, args.pooling, args.normalize_embeddings, mixed_precision=self.mixed_precision
+        )
         if args.precompute_frozen_states and self.encoder.frozen_depth > 0:
             if data_collator is not None:
                 raise ValueError(
@@ -167,6 +173,11 @@ class MetaTrainer(Trainer):
         return EpisodeCollator(tokenizer, self.adaptation_config, max_length=self.max_length, frozen_states=states)
 
     # ---- Training -------------------------------------------------------------------------------------------
+
+    @property
+    def mixed_precision(self) -> MixedPrecision:
+        """`"bf16"` / `"fp16"` under the Trainer's `bf16=True` / `fp16=True`, else `"no"`."""
+        return "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "no"
 
     def create_optimizer(self, *args, **kwargs):
         """The Trainer's optimizer over the LoRA weights, plus the learned inner loop's parameters (no decay)."""
@@ -305,6 +316,7 @@ class MetaTrainer(Trainer):
             seed=self.args.seed,
             disable_tqdm=self.args.disable_tqdm,
             max_length=self.max_length,
+            mixed_precision=self.mixed_precision,
         )
         self.multitask = {
             "sentences": steps * batch_size,

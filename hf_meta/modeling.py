@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from .choices import Pooling, check_choice
 from .inner_loop import Weights
+from .precision import MixedPrecision, check_mixed_precision, encoder_autocast
 
 logger = logging.get_logger(__name__)
 
@@ -355,14 +356,24 @@ class FunctionalEncoder:
         pooling: `"mean"` (masked mean of the last hidden states; what sentence encoders are trained with) or
             `"cls"` (the first token's hidden state).
         normalize: L2-normalise the embeddings (the head is then a cosine classifier).
+        mixed_precision: `"bf16"` / `"fp16"` run the encoder's layers under `torch.autocast` (see
+            [`hf_meta.precision`]); the pooled embeddings are float32 either way.
     """
 
-    def __init__(self, model: PeftModel, pooling: Pooling = "mean", normalize: bool = True, chunk_size: int = 64):
+    def __init__(
+        self,
+        model: PeftModel,
+        pooling: Pooling = "mean",
+        normalize: bool = True,
+        chunk_size: int = 64,
+        mixed_precision: MixedPrecision = "no",
+    ):
         check_choice("pooling", pooling, Pooling)
         self.model = model
         self.pooling = pooling
         self.normalize = normalize
         self.chunk_size = chunk_size
+        self.mixed_precision = check_mixed_precision(mixed_precision)
         self.layers = transformer_layers(model)
         self.frozen_depth = self._frozen_depth()
         self._layer_returns_tuple: bool | None = None
@@ -403,7 +414,8 @@ class FunctionalEncoder:
 
         handle = self.layers[self.frozen_depth - 1].register_forward_hook(stop)
         try:
-            self.model(**chunk)
+            with self.autocast(chunk["input_ids"].device):
+                self.model(**chunk)
         except _StopForward as stopped:
             self._layer_returns_tuple = isinstance(stopped.output, tuple)
             return stopped.output
@@ -499,18 +511,26 @@ class FunctionalEncoder:
     def _embed(self, weights: Weights, batch: dict[str, torch.Tensor], cached: torch.Tensor | None) -> torch.Tensor:
         attention_mask = batch["attention_mask"]
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": attention_mask}
-        if cached is None:
-            outputs = functional_call(self.model, weights, args=(), kwargs=kwargs, strict=False)
-        else:
-            originals = [self.layers[i] for i in range(self.frozen_depth)]
-            try:
-                for i in range(self.frozen_depth):
-                    self.layers[i] = _Replay(cached)
+        with self.autocast(attention_mask.device):
+            if cached is None:
                 outputs = functional_call(self.model, weights, args=(), kwargs=kwargs, strict=False)
-            finally:
-                for i, layer in enumerate(originals):
-                    self.layers[i] = layer
-        return sentence_embeddings(outputs[0], attention_mask, self.pooling, self.normalize)
+            else:
+                originals = [self.layers[i] for i in range(self.frozen_depth)]
+                try:
+                    for i in range(self.frozen_depth):
+                        self.layers[i] = _Replay(cached)
+                    outputs = functional_call(self.model, weights, args=(), kwargs=kwargs, strict=False)
+                finally:
+                    for i, layer in enumerate(originals):
+                        self.layers[i] = layer
+        hidden = outputs[0]
+        if self.mixed_precision != "no":  # the head and everything after it see float32, whatever the last layer did
+            hidden = hidden.float()
+        return sentence_embeddings(hidden, attention_mask, self.pooling, self.normalize)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The autocast context of the encoder's layers on `device` (a null context without mixed precision)."""
+        return encoder_autocast(self.mixed_precision, device)
 
 
 def sentence_embeddings(

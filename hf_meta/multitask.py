@@ -27,6 +27,7 @@ from .adaptation_config import AdaptationConfig
 from .inner_loop import head_logits
 from .label_names import label_phrase
 from .modeling import FunctionalEncoder, meta_parameters
+from .precision import MixedPrecision
 from .validation import check_int
 
 
@@ -34,11 +35,19 @@ class MultitaskModel(torch.nn.Module):
     """The LoRA-wrapped encoder and one cosine head per source collection; `forward` returns the cross-entropy
     of a batch drawn from one source over that source's classes (the Trainer's loss)."""
 
-    def __init__(self, model: PeftModel, heads: Sequence[torch.Tensor], config: AdaptationConfig):
+    def __init__(
+        self,
+        model: PeftModel,
+        heads: Sequence[torch.Tensor],
+        config: AdaptationConfig,
+        mixed_precision: MixedPrecision = "no",
+    ):
         super().__init__()
         self.model = model
         self.heads = torch.nn.ParameterList([torch.nn.Parameter(h) for h in heads])
-        self.encoder = FunctionalEncoder(model, config.pooling, config.normalize_embeddings)
+        self.encoder = FunctionalEncoder(
+            model, config.pooling, config.normalize_embeddings, mixed_precision=mixed_precision
+        )
         self.logit_scale = config.logit_scale
         self.lora = meta_parameters(model)  # the live LoRA parameters, looked up once
 
@@ -82,10 +91,16 @@ class _SourceBatches(torch.utils.data.Dataset):
         }
 
 
-def initial_heads(model: PeftModel, tokenizer, pools: Sequence[datasets.Dataset], config: AdaptationConfig):
+def initial_heads(
+    model: PeftModel,
+    tokenizer,
+    pools: Sequence[datasets.Dataset],
+    config: AdaptationConfig,
+    mixed_precision: MixedPrecision = "no",
+):
     """One head per source: each class's name embedded by the encoder as it is (the class name is an example of its
     class, as in `fit`), normalised, with a zero bias column when the config's head has a bias."""
-    encoder = FunctionalEncoder(model, config.pooling, normalize=True)
+    encoder = FunctionalEncoder(model, config.pooling, normalize=True, mixed_precision=mixed_precision)
     heads = []
     for pool in pools:
         names = [label_phrase(name) for name in pool.features["label"].names]
@@ -112,6 +127,7 @@ def train_multitask_lora(
     seed: int = 0,
     disable_tqdm: bool = True,
     max_length: int | None = None,
+    mixed_precision: MixedPrecision = "no",
 ) -> PeftModel:
     """Train `model`'s LoRA weights (in place) by supervised cross-entropy over the classes of each pool.
 
@@ -129,6 +145,8 @@ def train_multitask_lora(
         seed: the batches' and the Trainer's seed.
         disable_tqdm: hide the Trainer's progress bar.
         max_length: tokens per text at most (default: the tokenizer's limit).
+        mixed_precision: `"bf16"` / `"fp16"`: the encoder passes under autocast, the heads and the loss in
+            float32 (see [`hf_meta.precision`]).
 
     Returns:
         `model`, trained.
@@ -141,7 +159,8 @@ def train_multitask_lora(
     if shares.shape != (len(pools),) or (shares < 0).any() or not np.isclose(shares.sum(), 1.0):
         raise ValueError(f"`shares` must be {len(pools)} non-negative numbers summing to 1, got {shares.tolist()}.")
     steps = -(-num_sentences // batch_size)
-    wrapped = MultitaskModel(model, initial_heads(model, tokenizer, pools, config), config)
+    heads = initial_heads(model, tokenizer, pools, config, mixed_precision)
+    wrapped = MultitaskModel(model, heads, config, mixed_precision)
 
     def collate(rows: list[dict]) -> dict:
         (row,) = rows  # one batch of one source per step

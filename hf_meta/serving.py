@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from .adaptation import predict_logits
 from .inner_loop import HEAD, head_logits
 from .modeling import length_partition, meta_parameters, sentence_embeddings
+from .precision import MixedPrecision, check_mixed_precision, encoder_autocast
 from .validation import is_int
 
 if TYPE_CHECKING:
@@ -77,8 +78,9 @@ class ServingModel(torch.nn.Module):
 
     `encoder` (LoRA merged), masked-mean or first-token pooling, L2 normalisation when the classifier uses it, then
     the head of [`hf_meta.inner_loop.head_logits`]: `scale * e @ W.T + b` and a softmax (with `multi_label`, one
-    sigmoid per class). Built by
-    [`ServingModel.from_classifier`]; exported to ONNX by [`hf_meta.export.export_onnx`].
+    sigmoid per class). With `mixed_precision` (`"bf16"`, `"fp16"`) the encoder alone runs under autocast; the
+    head and the probabilities stay float32. Built by [`ServingModel.from_classifier`]; exported to ONNX by
+    [`hf_meta.export.export_onnx`] (always in float32).
 
     Example:
         ```python
@@ -96,6 +98,7 @@ class ServingModel(torch.nn.Module):
         pooling: str = "mean",
         normalize: bool = True,
         multi_label: bool = False,
+        mixed_precision: MixedPrecision = "no",
     ):
         super().__init__()
         hidden = encoder.config.hidden_size
@@ -113,10 +116,14 @@ class ServingModel(torch.nn.Module):
         self.pooling = pooling
         self.normalize = normalize
         self.multi_label = multi_label  # one sigmoid per class (one-vs-rest) instead of the softmax
+        self.mixed_precision = check_mixed_precision(mixed_precision)
 
     @classmethod
-    def from_classifier(cls, classifier: FewShotClassifier) -> ServingModel:
-        """The serving model of a fitted classifier: its adapted LoRA merged into a copy of its encoder."""
+    def from_classifier(
+        cls, classifier: FewShotClassifier, mixed_precision: MixedPrecision | None = None
+    ) -> ServingModel:
+        """The serving model of a fitted classifier: its adapted LoRA merged into a copy of its encoder, run in the
+        classifier's `mixed_precision` unless `mixed_precision` is given (the ONNX export passes `"no"`)."""
         check_fitted(classifier, "build a serving model")
         lora = {name: w for name, w in classifier.weights.items() if name != HEAD}
         config = classifier.adaptation_config
@@ -127,11 +134,13 @@ class ServingModel(torch.nn.Module):
             config.pooling,
             config.normalize_embeddings,
             multi_label=is_multi_label(classifier),
+            mixed_precision=classifier.mixed_precision if mixed_precision is None else mixed_precision,
         ).eval()
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        return sentence_embeddings(hidden, attention_mask, self.pooling, self.normalize)
+        with encoder_autocast(self.mixed_precision, input_ids.device):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return sentence_embeddings(hidden.float(), attention_mask, self.pooling, self.normalize)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.embed(input_ids, attention_mask) @ self.weight.T + self.bias

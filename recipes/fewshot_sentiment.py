@@ -147,7 +147,8 @@ def main() -> None:
     )
     # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
     initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
-    fresh = FewShotClassifier(trainer.model, tokenizer, initial)
+    # Both adapt and predict in the Trainer's precision (`--bf16`: the encoder passes under bf16 autocast).
+    fresh = FewShotClassifier(trainer.model, tokenizer, initial, mixed_precision=trainer.mixed_precision)
     pools = sentiment_pools(sources, data_dir) if script_args.objective == "multitask" else []
     method, training = train_initialisation(trainer, script_args, pools)
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
@@ -159,6 +160,7 @@ def main() -> None:
     # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
     meta.to(trainer.model.device)  # where meta-training ran, as the fresh adapter is
+    meta.mixed_precision = trainer.mixed_precision
     methods = {method: meta, "fresh_lora": fresh}
     rows = compare_methods(tasks, methods, frozen=fresh)
     description = (

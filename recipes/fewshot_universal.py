@@ -139,7 +139,8 @@ def main() -> None:
     )
     # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
     initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
-    fresh = FewShotClassifier(trainer.model, tokenizer, initial)
+    # Both adapt and predict in the Trainer's precision (`--bf16`: the encoder passes under bf16 autocast).
+    fresh = FewShotClassifier(trainer.model, tokenizer, initial, mixed_precision=trainer.mixed_precision)
     trainer.train()
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()
@@ -150,6 +151,7 @@ def main() -> None:
     # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
     meta.to(trainer.model.device)
+    meta.mixed_precision = trainer.mixed_precision
     rows = compare_methods(tasks, {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}, frozen=fresh)
     mixture = ", ".join(f"{name} {100 * share:.1f}%" for name, share in zip(sources, shares))
     held_out = f"; validation on {', '.join(validation_sources)}" if validation_episodes is not None else ""

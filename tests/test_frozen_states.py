@@ -83,6 +83,9 @@ def test_states_are_reused_from_the_cache_and_cover_only_known_texts(tokenizer, 
     monkeypatch.undo()
     FrozenStates.build(encoder, tokenizer, WORDS, max_length=8, cache_dir=tmp_path)  # other settings: other file
     assert len(list(tmp_path.glob("*.arrow"))) == 2
+    encoder.mixed_precision = "bf16"  # states computed under autocast never stand in for float32 ones
+    FrozenStates.build(encoder, tokenizer, WORDS, max_length=8, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.arrow"))) == 3
     assert not list(tmp_path.glob(".*tmp"))
 
 

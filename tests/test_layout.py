@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_meta"
 LAYERS = {
     "foundations": {
         "choices",
+        "precision",
         "validation",
         "io_utils",
         "checkpoint_checks",

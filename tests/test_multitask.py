@@ -129,3 +129,22 @@ def test_trainer_refuses_bad_multitask_settings_before_training(tmp_path, tokeni
     with pytest.raises(ValueError, match=message):
         trainer.train_multitask(pools, **{"num_sentences": 64, **kwargs})
     assert trainer.multitask is None
+
+
+@pytest.mark.skipif(not torch.amp.autocast_mode.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+def test_the_trainers_bf16_flag_reaches_multitask_training_and_the_evaluation_after_it(tmp_path, tokenizer, pools):
+    """`train_multitask` never runs `train()`, so accelerate never wraps the model's forward: the encoder's own
+    autocast is what puts its passes in bf16, for training and for the evaluation after it."""
+    model = top_layer_lora(tiny_encoder(vocab_size=tokenizer.vocab_size), layers=[0, 1])
+    episodes = build_episodes(_pool(WORDS, 1000, 60), n_way=3, k_shot=2, num_query=3, num_episodes=2, seed=0)
+    trainer = tiny_trainer(tmp_path, tokenizer, model=model, eval_dataset=episodes, bf16=True, use_cpu=True)
+    assert trainer.mixed_precision == "bf16"
+    seen = set()
+    layer = trainer.model.get_base_model().encoder.layer[1].intermediate.dense
+    layer.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+    trainer.train_multitask(pools, num_sentences=32, batch_size=16)
+    assert seen == {torch.bfloat16}
+    seen.clear()
+    assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1
+    assert seen == {torch.bfloat16}
+    assert {p.dtype for p in meta_parameters(trainer.model).values()} == {torch.float32}  # the master weights

@@ -17,7 +17,10 @@ families where it fits the budget. `--multitask` adds `multitask_lora` to stored
 same sources by supervised cross-entropy over each collection's classes (as many labelled sentences as the support
 and query sets of the meta-training episodes), adapted exactly like `hf_meta`: is it the meta-learning, or the data?
 `--unlabelled` adds `hf_meta_unlabelled` to the intent parts it runs: `hf_meta` given the target's training texts,
-without their labels, as `unlabeled_texts` (self-training), the utterances an intent system's user nearly always has.
+without their labels, as `unlabeled_texts` (self-training), the utterances an intent system's user nearly always has;
+with `--multitask`, `multitask_lora_unlabelled`, the same from the multitask adapter (the intent recipe's default).
+A `--multitask` run replaces the stored rows it measures (method, target, shots, draw) and keeps the others, so
+`--shots 5` adds or redoes one shot count.
 
 Each row reports mean ± 95% CI over draws and hf_meta minus the best baseline, paired per draw, ± its 95% CI: a
 `win` only when that CI excludes zero.
@@ -41,6 +44,7 @@ split 1, saturated for this backbone).
     python benchmarks/accuracy/accuracy.py --quick --output outputs/accuracy.json   # smoke run (minutes)
     python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --multitask  # + multitask_lora
     python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --unlabelled  # + hf_meta_unlabelled
+    python benchmarks/accuracy/accuracy.py --families intent --targets banking77 --multitask --unlabelled --shots 5
     python benchmarks/accuracy/accuracy.py --families universal --targets banking77 ag_news \
         --output benchmarks/accuracy/results/accuracy_universal.json   # one adapter from every other collection
     python benchmarks/accuracy/accuracy.py --families intent --targets clinc150 --shots 5 --num_out_of_scope 3 \\
@@ -371,12 +375,26 @@ def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict
     classifier, sentences = multitask_classifier(args, budget, part, steps)
     train_seconds = time.time() - start
     tasks = limit_test_set(part.tasks(), args.test_examples)
-    rows = part_rows(part, compare_methods(tasks, {"multitask_lora": classifier}))
+    if args.score_only:
+        tasks = [task for task in tasks if task.dataset in args.score_only]
+    adapters = {"multitask_lora": classifier}
+    if args.unlabelled and part.family == "intent":  # as `hf_meta_unlabelled`, from the multitask adapter
+        pool = load_collection(part.name, args.data_dir)["train"]["text"]
+        adapters["multitask_lora_unlabelled"] = FitWith(classifier, unlabeled_texts=pool)
+    rows = part_rows(part, compare_methods(tasks, adapters))
     print(f"budget: {part.family}/{part.name}: multitask training {train_seconds:.0f} s on {sentences} sentences")
-    kept = [row for row in stored["rows"] if row["method"] != "multitask_lora"]
+    # Rows of the same method, target, shots and draw are replaced; the rest (other shot counts) are kept.
+    measured = {_row_key(row) for row in rows}
+    kept = [row for row in stored["rows"] if _row_key(row) not in measured]
     multitask = {"sentences": sentences, "training_seconds": round(train_seconds, 1), "command": _command(),
                  "evaluation_seconds": round(time.time() - start - train_seconds, 1)}  # fmt: skip
+    if any(row["method"] == "multitask_lora" for row in kept):  # a partial rerun: the first run's record stays
+        return {**stored, "rows": kept + rows, "multitask_rerun": multitask}
     return {**stored, "rows": kept + rows, "multitask": multitask}
+
+
+def _row_key(row: dict) -> tuple:
+    return row["method"], row["target"], row["shots"], row["seed"]
 
 
 def with_other_columns(part: dict, stored: dict | None) -> dict:

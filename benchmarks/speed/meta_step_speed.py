@@ -7,8 +7,8 @@ HWU64 with a fifth of their domains held out), on the same episodes in the same 
     accumulated          one episode per micro-batch, 4 accumulation steps, each head fitted by 100 L-BFGS iterations
     batched              4 episodes per micro-batch: one support pass, one query pass and one backward per meta-step
     batched, Newton      the same, each head fitted by Newton-CG to its tolerance (`head_solver="newton"`)
-    batched, Newton, bf16   the same under the Trainer's `bf16=True` (not in the default arms: on a CPU without bf16
-                         units it measures the emulation, not what a GPU gains)
+    batched, Newton, bf16   the same under the Trainer's `bf16=True` (not in the default arms: it pays only where the
+                         hardware multiplies in bf16, and on a CPU without bf16 units it measures torch's emulation)
 
 Each arm meta-trains from the same initial adapter and is then scored on the same validation episodes of the held-out
 domains (never a target's test set), with its own head solver; the accuracy differences to the first arm are paired
@@ -69,6 +69,7 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
         inner_steps=0,
         head_solver=solver,
         bf16=bf16,
+        use_cpu=bf16 and not torch.cuda.is_available(),  # transformers refuses bf16 on CPU without it
         report_to="none",
         disable_tqdm=True,
         logging_steps=10_000,

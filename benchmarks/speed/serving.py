@@ -7,6 +7,9 @@ predicts BANKING77's 3,080 test sentences in its own fresh process (so its peak 
   functional encoder's length-sorted chunks, `torch.no_grad`);
 - `torch predict`: `predict_proba` now (length-sorted chunks under `torch.inference_mode`);
 - `torch predict, frozen`: after `clf.freeze()` (the LoRA delta merged into a serving copy of the encoder);
+- `torch predict, bf16` / `torch predict, frozen, bf16`: the same with `mixed_precision="bf16"` (the encoder under
+  bf16 autocast; head and probabilities float32). Fast where the CPU multiplies in bf16 (AVX-512 BF16, AMX), slower
+  than float32 where it does not (`--no_bf16` leaves them out);
 - `onnxruntime fp32` / `onnxruntime int8`: the `export_onnx` folder run with onnxruntime and `tokenizers` only
   (the worker imports neither torch nor hf_meta), sorted batches of the same size;
 - `setfit` (if installed): SetFit on the same backbone and shots (`--setfit_iterations` pairs per example, saved
@@ -40,11 +43,13 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
 THREADS = 2
-TORCH_PATHS = ("torch_main", "torch", "torch_frozen")
+TORCH_PATHS = ("torch_main", "torch", "torch_frozen", "torch_bf16", "torch_frozen_bf16")
 LABELS = {
     "torch_main": "torch (main's predict)",
     "torch": "torch predict",
     "torch_frozen": "torch predict, frozen",
+    "torch_bf16": "torch predict, bf16",
+    "torch_frozen_bf16": "torch predict, frozen, bf16",
     "onnx_fp32": "onnxruntime fp32",
     "onnx_int8": "onnxruntime int8",
     "setfit": "setfit predict",
@@ -83,8 +88,8 @@ def _torch_worker(path: str, folder: str, texts: list[str], repeats: int):
     from hf_meta import FewShotClassifier
     from hf_meta.adaptation import predict_logits
 
-    clf = FewShotClassifier.from_pretrained(folder)
-    if path == "torch_frozen":
+    clf = FewShotClassifier.from_pretrained(folder, mixed_precision="bf16" if path.endswith("bf16") else "no")
+    if path.startswith("torch_frozen"):
         clf.freeze()
     if path == "torch_main":
 
@@ -173,6 +178,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="Timed passes over the test set per path.")
     parser.add_argument("--test_examples", type=int, default=None, help="Predict only the first N test sentences.")
     parser.add_argument("--setfit_iterations", type=int, default=1, help="SetFit pairs per example (0: no SetFit).")
+    parser.add_argument("--no_bf16", action="store_true", help="Leave out the bf16 paths (a CPU without bf16 units).")
     args = parse(parser, argv, quick=dict(repeats=1, test_examples=300, setfit_iterations=0))
     torch.set_num_threads(THREADS)
     (task,) = intent_tasks("banking77", [5], data_dir(args))
@@ -181,14 +187,15 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     clf = FewShotClassifier.from_pretrained(args.model).fit(task.train_texts, task.train_labels)
     fit_seconds = time.perf_counter() - start
-    paths = [*TORCH_PATHS, "onnx_fp32", "onnx_int8"]
+    torch_paths = [path for path in TORCH_PATHS if not (args.no_bf16 and path.endswith("bf16"))]
+    paths = [*torch_paths, "onnx_fp32", "onnx_int8"]
     with tempfile.TemporaryDirectory(prefix="hf_meta_serving_") as scratch:
         scratch = Path(scratch)
         clf.save_pretrained(scratch / "classifier")
         start = time.perf_counter()
         clf.export_onnx(scratch / "onnx", quantize="int8")
         export_seconds = time.perf_counter() - start
-        folders = {path: scratch / "classifier" for path in TORCH_PATHS}
+        folders = {path: scratch / "classifier" for path in torch_paths}
         folders.update(onnx_fp32=scratch / "onnx", onnx_int8=scratch / "onnx")
         setfit_note = None
         if args.setfit_iterations > 0 and setfit_available():
@@ -231,6 +238,16 @@ def main(argv=None) -> None:
         "torch_speedup_vs_main": speed[LABELS["torch"]] / speed[LABELS["torch_main"]],
         "torch_frozen_speedup_vs_main": speed[LABELS["torch_frozen"]] / speed[LABELS["torch_main"]],
         "onnx_fp32_speedup_vs_main": speed[LABELS["onnx_fp32"]] / speed[LABELS["torch_main"]],
+        **(
+            {}
+            if args.no_bf16
+            else {
+                "torch_bf16_speedup_vs_main": speed[LABELS["torch_bf16"]] / speed[LABELS["torch_main"]],
+                "torch_frozen_bf16_speedup_vs_main": speed[LABELS["torch_frozen_bf16"]] / speed[LABELS["torch_main"]],
+                "bf16_accuracy_loss_points": 100 * (accuracy[LABELS["torch"]] - accuracy[LABELS["torch_frozen_bf16"]]),
+                "bf16_argmax_agreement": rows[paths.index("torch_frozen_bf16")]["argmax_agreement_with_torch"],
+            }
+        ),
         "int8_speedup_vs_fp32": speed[LABELS["onnx_int8"]] / speed[LABELS["onnx_fp32"]],
         "int8_accuracy_loss_points": 100 * (accuracy[LABELS["onnx_fp32"]] - accuracy[LABELS["onnx_int8"]]),
         "onnx_fp32_max_probability_gap": rows[paths.index("onnx_fp32")]["max_probability_gap_to_torch"],

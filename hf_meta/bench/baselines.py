@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from threadpoolctl import threadpool_limits
 
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 
@@ -28,12 +29,14 @@ def logistic_regression(
         model = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="accuracy", max_iter=2000, random_state=seed)
     else:
         model = LogisticRegression(max_iter=2000, random_state=seed)
-    with warnings.catch_warnings():  # scikit-learn 1.9 announces API changes that do not affect this use
-        warnings.simplefilter("ignore", FutureWarning)
+    # One thread for BLAS and scikit-learn's OpenMP: the products are small, and their threads competing with
+    # torch's OpenMP threads (which keep spinning after every torch call) made the fit 5-7x slower on 2 cores.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9 announces API changes irrelevant here
         # 1 shot: as many classes as examples, which scikit-learn takes for a sign of a regression target.
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         model.fit(train_embeddings, labels)
-    return model.predict(test_embeddings)
+        return model.predict(test_embeddings)
 
 
 def nearest_prototype(train_embeddings: np.ndarray, train_labels: Sequence, test_embeddings: np.ndarray) -> np.ndarray:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import torch
 from transformers.utils.logging import tqdm
 
 from ..classifier import FewShotClassifier
+from ..inner_loop import HEAD
 from ..label_names import label_phrase, names_are_usable
 from ..metrics import accuracy, mean_ci95
 from .baselines import logistic_regression, nearest_prototype
@@ -77,14 +80,13 @@ def compare_methods(
     Returns:
         One row per task and method: `dataset`, `shots`, `seed`, `method`, `accuracy`, `seconds` (fit + predict).
     """
-    rows, test_embeddings, adapted_embeddings = [], {}, {}
+    rows, test_embeddings = [], {}  # one cache for every method: see `_test_embeddings`
     progress = tqdm(total=len(tasks) * (len(adapters) + (frozen is not None)), desc="few-shot evaluation")
     for task in tasks:
         if frozen is not None:
             start = time.perf_counter()
-            if task.dataset not in test_embeddings:
-                test_embeddings[task.dataset] = frozen.embed(task.test_texts)
-            test = test_embeddings[task.dataset]
+            lora = {name: w for name, w in frozen.meta_weights.items() if name != HEAD}
+            test = _test_embeddings(frozen, task, lora, test_embeddings, adapted=False)
             train = frozen.embed(task.train_texts)
             for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
                 scores = accuracy(predict(train, task.train_labels, test), task.test_labels)
@@ -116,7 +118,7 @@ def compare_methods(
         for method, classifier in adapters.items():
             start = time.perf_counter()
             classifier.fit(task.train_texts, task.train_labels)
-            predictions = _predict(classifier, task, adapted_embeddings.setdefault(method, {}))
+            predictions = _predict(classifier, task, test_embeddings)
             scores = accuracy(predictions, task.test_labels)
             extra = {"ci95_examples": scores["accuracy_ci95"]}
             if getattr(classifier, "adapter_strength_", None) is not None:  # what `adapter_strength="auto"` chose
@@ -129,16 +131,43 @@ def compare_methods(
 
 def _predict(classifier, task: FewShotTask, cache: dict) -> list:
     """`classifier.predict(task.test_texts)`; for a `FewShotClassifier` whose fit leaves the encoder at the scaled
-    meta-weights (`inner_steps=0`), the test embeddings are computed once per strength and reused by every draw."""
+    meta-weights (`inner_steps=0`), the test embeddings come from `cache` (see [`_test_embeddings`])."""
     if isinstance(classifier, FitWith):
         classifier = classifier.classifier
     if not isinstance(classifier, FewShotClassifier) or classifier.adaptation_config.inner_steps != 0:
         return classifier.predict(task.test_texts)
-    key = (task.dataset, len(task.test_texts), classifier.adapter_strength_)
-    if key not in cache:
-        cache[key] = classifier.embed(task.test_texts, adapted=True)
-    probabilities = classifier.proba_from_embeddings(cache[key])
+    lora = {name: w for name, w in classifier.weights.items() if name != HEAD}
+    probabilities = classifier.proba_from_embeddings(_test_embeddings(classifier, task, lora, cache, adapted=True))
     return [classifier.classes_[i] for i in probabilities.argmax(-1)]
+
+
+def _test_embeddings(
+    classifier: FewShotClassifier, task: FewShotTask, lora: dict[str, torch.Tensor], cache: dict, adapted: bool
+) -> np.ndarray:
+    """The embeddings of `task.test_texts` by `classifier`'s encoder at `lora`, computed once per encoder.
+
+    The key is what the embeddings depend on: the base model (the object), the LoRA values (by content, so every
+    draw and shot count whose fit chose the same adapter strength shares them, and a fresh adapter shares the
+    frozen baselines' embeddings: both are the pretrained encoder), the tokenisation, pooling and precision.
+    """
+    config = classifier.adaptation_config
+    digest = hashlib.sha1()
+    for name in sorted(lora):
+        digest.update(name.encode())
+        digest.update(lora[name].detach().float().cpu().numpy().tobytes())
+    key = (
+        task.dataset,
+        len(task.test_texts),
+        id(classifier.model),
+        digest.hexdigest(),
+        config.max_length,
+        config.pooling,
+        config.normalize_embeddings,
+        classifier.mixed_precision,
+    )
+    if key not in cache:
+        cache[key] = classifier.embed(task.test_texts, adapted=adapted)
+    return cache[key]
 
 
 class FitWith:
@@ -219,7 +248,7 @@ def paired_summary(
     method: str,
     keys: Sequence[str] = ("family", "target", "shots"),
     draw_key: str = "seed",
-    variants: Sequence[str] = ("hf_meta_full", "hf_meta_unlabelled"),
+    variants: Sequence[str] = ("hf_meta_full", "hf_meta_unlabelled", "multitask_lora_unlabelled"),
 ) -> list[dict]:
     """Per group of `keys` and method: mean accuracy and 95% CI over draws, and the paired difference to `method`.
 
@@ -227,8 +256,9 @@ def paired_summary(
     labelled examples) over the draws both have. The `method` row carries the same against the *best* baseline of
     its group (highest mean among those scored on every draw `method` was), named in `versus`, and `verdict`:
     `win` or `loss` when the paired 95% CI excludes zero, else `tie`. `variants` (other settings of `method`, e.g.
-    its full adapter strength, or its fit with unlabelled texts) get the paired difference too but are never the
-    best baseline.
+    its full adapter strength, or its fit with unlabelled texts, and a baseline's fit with unlabelled texts) get the
+    paired difference too but are never the best baseline: `method` without the unlabelled texts is not weighed
+    against a fit that had them.
     """
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
