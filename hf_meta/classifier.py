@@ -30,7 +30,7 @@ from .metrics import accuracy
 from .modeling import FunctionalEncoder, has_delta, meta_parameters, scaled_adapter
 from .multi_label import MultiLabelHead
 from .out_of_scope import OutOfScopeDetector
-from .precision import MixedPrecision, check_mixed_precision
+from .precision import MixedPrecision, bf16_is_emulated, check_mixed_precision
 from .self_training_rounds import self_train
 from .validation import check_classes, check_texts, non_finite
 
@@ -121,6 +121,7 @@ class FewShotClassifier(ClassifierHubMixin):
         self.position_limit = position_limit(model)
         self._warned: set[str] = set()  # warnings given once per classifier
         self._serving = None  # `freeze`: (merged serving copy, the weights and settings it was built from)
+        self._warn_if_emulated()
 
     @property
     def device(self) -> torch.device:
@@ -138,6 +139,14 @@ class FewShotClassifier(ClassifierHubMixin):
         self.encoder.mixed_precision = value
         if self._serving is not None:  # a frozen copy follows too
             self._serving[0].mixed_precision = value
+        self._warn_if_emulated()
+
+    def _warn_if_emulated(self) -> None:
+        if self._mixed_precision == "bf16" and bf16_is_emulated(self.device):
+            logger.warning(
+                "`mixed_precision='bf16'` on a CPU without AVX-512 BF16 or AMX units: torch emulates bf16 there, "
+                "slower than float32. Use `mixed_precision='no'` on this machine."
+            )
 
     def to(self, device: str | torch.device) -> FewShotClassifier:
         """Move the encoder, the meta-initialised adapter and any fitted weights to `device` (e.g. `"cuda"`).

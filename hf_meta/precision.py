@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import platform
 from typing import Literal
 
 import torch
@@ -45,6 +46,16 @@ def check_mixed_precision(
     if not torch.amp.autocast_mode.is_autocast_available(device_type):
         raise ValueError(f"`{name}={value!r}`: torch has no autocast for device type {device_type!r}; use 'no'.")
     return value
+
+
+def bf16_is_emulated(device: torch.device | str) -> bool:
+    """Whether bf16 on `device` would run in torch's emulation: an x86 CPU without AVX-512 BF16 or AMX units
+    (there it is slower than float32). Other devices and architectures are not judged (`False`)."""
+    if torch.device(device).type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [probe for probe in probes if probe is not None]
+    return bool(probes) and not any(probe() for probe in probes)
 
 
 def encoder_autocast(mixed_precision: MixedPrecision, device: torch.device) -> contextlib.AbstractContextManager:

@@ -10,6 +10,8 @@ class count (a 2-class collection gives 2-way episodes). A share of the source *
 least one) is held out of meta-training: a new domain, as the target is. Their episodes are evaluated every
 `--eval_steps` meta-steps, the best step is the adapter kept, and they then choose the adaptation settings saved with
 it. At `fit`, each task chooses how much of the adapter to use on its own labels (`adapter_strength="auto"`).
+`--objective multitask` trains the same LoRA on the same pool, with the same shares, by supervised cross-entropy
+over each collection's classes (`MetaTrainer.train_multitask`, `--multitask_sentences` labelled sentences).
 
 The target (default BANKING77; any intent collection, `sst2` or `ag_news`) is scored as the family's recipe scores
 it, beside frozen encoder + logistic regression (with and without class names), frozen prototypes and a fresh LoRA
@@ -53,6 +55,7 @@ from hf_meta.bench.scripts import (
     parse_script_arguments,
     report,
     require_validation,
+    train_initialisation,
     validation_during_training,
 )
 from hf_meta.data import resolve_data_dir
@@ -71,6 +74,7 @@ def target_tasks(target: str, shots: list[int], data_dir: str, seed: int):
 
 def main() -> None:
     script_args, training_args = parse_script_arguments(
+        objectives=("meta", "multitask"),
         target="banking77",
         sources=["all"],
         shots=5,
@@ -82,6 +86,8 @@ def main() -> None:
         per_device_train_batch_size=4,
         gradient_accumulation_steps=1,
         adaptation_grid=["head_init=zero,prototypes", "head_l2=0.1,0.03,0.3", "use_label_names=true,false"],
+        # `--objective multitask` trains the same LoRA on the same pool and shares by supervised cross-entropy.
+        objective="meta",
         output_dir="outputs/fewshot_universal",
         max_steps=400,
         logging_steps=25,
@@ -116,15 +122,17 @@ def main() -> None:
         )
     pools = broad_pools(sources, script_args.target, data_dir)
     shares = episode_shares([len(pool) for pool in pools], script_args.pool_temperature)
-    train_episodes = shared_episodes(
-        pools,
-        meta_training_episodes(training_args),
-        shares,
-        n_way=script_args.episode_range("n_way"),
-        k_shot=script_args.episode_range("k_shot"),
-        num_query=script_args.num_query,
-        seed=training_args.seed,
-    )
+    train_episodes = None
+    if script_args.objective == "meta":
+        train_episodes = shared_episodes(
+            pools,
+            meta_training_episodes(training_args),
+            shares,
+            n_way=script_args.episode_range("n_way"),
+            k_shot=script_args.episode_range("k_shot"),
+            num_query=script_args.num_query,
+            seed=training_args.seed,
+        )
 
     # Meta-train, validating on the held-out collections
     require_validation(training_args, validation_episodes)
@@ -141,7 +149,7 @@ def main() -> None:
     initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
     # Both adapt and predict in the Trainer's precision (`--bf16`: the encoder passes under bf16 autocast).
     fresh = FewShotClassifier(trainer.model, tokenizer, initial, mixed_precision=trainer.mixed_precision)
-    trainer.train()
+    method, training = train_initialisation(trainer, script_args, pools, shares=list(shares))
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()
     trainer.accelerator.wait_for_everyone()
@@ -152,13 +160,13 @@ def main() -> None:
     meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
     meta.to(trainer.model.device)
     meta.mixed_precision = trainer.mixed_precision
-    rows = compare_methods(tasks, {f"hf_meta_{training_args.algorithm}": meta, "fresh_lora": fresh}, frozen=fresh)
+    rows = compare_methods(tasks, {method: meta, "fresh_lora": fresh}, frozen=fresh)
     mixture = ", ".join(f"{name} {100 * share:.1f}%" for name, share in zip(sources, shares))
     held_out = f"; validation on {', '.join(validation_sources)}" if validation_episodes is not None else ""
     description = (
-        f"{script_args.target} left out: meta-trained for {training_args.max_steps} meta-steps on {len(sources)} "
-        f"collections of every family, none the target's, every text of the target removed{held_out}. Episode "
-        f"shares (size^(1/{script_args.pool_temperature:g}), normalised): {mixture}. Baselines use the same encoder "
+        f"{script_args.target} left out: the LoRA initialisation trained {training} on {len(sources)} "
+        f"collections of every family, none the target's, every text of the target removed{held_out}. Shares "
+        f"(size^(1/{script_args.pool_temperature:g}), normalised): {mixture}. Baselines use the same encoder "
         "and the same shots."
     )
     summary, plot_file = report(

@@ -122,3 +122,27 @@ def test_from_pretrained_passes_the_setting_through(tokenizer, tmp_path):
     fresh.fit(TEXTS, LABELS).save_pretrained(tmp_path / "saved")
     loaded = FewShotClassifier.from_pretrained(tmp_path / "saved", base_model=str(base))
     assert loaded.mixed_precision == "no"  # a setting of the process, never saved with the adapter
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_named_in_a_warning(tokenizer, monkeypatch, caplog):
+    import platform
+
+    import transformers
+
+    from hf_meta.precision import bf16_is_emulated
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert bf16_is_emulated("cpu") and not bf16_is_emulated("meta")
+    transformers.utils.logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING", logger="hf_meta"):
+            clf = classifier(tokenizer)
+            assert not caplog.records
+            clf.mixed_precision = "bf16"
+    finally:
+        transformers.utils.logging.disable_propagation()
+    assert any("torch emulates bf16 there" in record.getMessage() for record in caplog.records)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert not bf16_is_emulated("cpu")

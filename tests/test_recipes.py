@@ -77,4 +77,15 @@ def test_universal_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
     )  # fmt: skip
     check_outputs(tmp_path, results, {1, 5}, combinations=12)
     card = (tmp_path / "README.md").read_text()
-    assert "banking77 left out" in card and "Episode shares" in card and "clinc150" in card
+    assert "banking77 left out" in card and "Shares (size^(1/2)" in card and "clinc150" in card
+
+
+@pytest.mark.slow
+def test_universal_recipe_trains_by_multitask_transfer_with_objective_multitask(tmp_path, data_dir, minilm_path):
+    results = run_recipe(
+        "fewshot_universal.py", tmp_path, data_dir, "--objective", "multitask", "--multitask_sentences", "128",
+        "--plot_shots", "1", "--validation_episodes", "6",
+    )  # fmt: skip
+    check_outputs(tmp_path, results, {1, 5}, combinations=12, method="hf_meta_multitask")
+    card = (tmp_path / "README.md").read_text()
+    assert "supervised multitask transfer" in card and "banking77 left out" in card

@@ -93,6 +93,7 @@ from hf_meta.bench.protocols import (
     broad_episodes,
     broad_pools,
     broad_sources,
+    episode_shares,
     intent_draw_tasks,
     intent_episodes,
     intent_pools,
@@ -349,15 +350,23 @@ def multitask_classifier(args, budget: Budget, part: Part, steps: int, seed: int
     sentences = sum(len(row["support_text"]) + len(row["query_text"]) for row in episodes)
     set_seed(seed)
     fresh = fresh_classifier(args, budget, part)
+    pools, shares, max_length = part.pools(), None, None
+    if part.family == "universal":
+        # As its episodes are drawn: pools shared by size^(1/temperature), texts cut at the training max_length
+        # (the pool's reviews and newsgroup posts would otherwise cost most of the run).
+        shares = episode_shares([len(pool) for pool in pools], FAMILY_SETTINGS["universal"]["temperature"])
+        max_length = fresh.meta_config.max_length
     model = train_multitask_lora(
         fresh.model,
         fresh.tokenizer,
-        part.pools(),
+        pools,
         sentences,
         fresh.meta_config,
         learning_rate=MetaTrainingArguments.learning_rate,
+        shares=shares,
         output_dir=output_folder(args, part) + "_multitask",
         seed=seed,
+        max_length=max_length,
     )
     return FewShotClassifier(model, fresh.tokenizer, fresh.meta_config), sentences
 

@@ -82,7 +82,8 @@ def render(results: dict) -> str:
         'labelled examples by cross-validation (the default, `adapter_strength="auto"`); `hf_meta_full` is the '
         "same adapter at full strength; `hf_meta_unlabelled` is `hf_meta` also given the target's training texts "
         "without their labels (`fit(..., unlabeled_texts=...)`, self-training at its defaults), a variant of "
-        "hf_meta rather than a baseline.",
+        "hf_meta rather than a baseline; `multitask_lora_unlabelled` the same from the multitask adapter, never the "
+        "best baseline either (hf_meta without the texts is not weighed against a fit that had them).",
     ]
     for family in dict.fromkeys(row["family"] for row in rows):
         family_rows = [row for row in rows if row["family"] == family]

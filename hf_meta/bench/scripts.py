@@ -228,12 +228,15 @@ def choose_adaptation(trainer: MetaTrainer, validation_episodes, grid: dict[str,
     return result
 
 
-def train_initialisation(trainer: MetaTrainer, script_args: ScriptArguments, pools: list) -> tuple[str, str]:
+def train_initialisation(
+    trainer: MetaTrainer, script_args: ScriptArguments, pools: list, shares: list[float] | None = None
+) -> tuple[str, str]:
     """Train the trainer's LoRA initialisation by `script_args.objective`: `trainer.train()` (meta-training), or
-    `trainer.train_multitask(pools, script_args.multitask_sentences)`. Returns the method's name in the results
-    (`hf_meta_<algorithm>` or `hf_meta_multitask`) and how it was trained, for the results' description."""
+    `trainer.train_multitask(pools, script_args.multitask_sentences, shares=shares)`. Returns the method's name in
+    the results (`hf_meta_<algorithm>` or `hf_meta_multitask`) and how it was trained, for the results'
+    description."""
     if script_args.objective == "multitask":
-        trainer.train_multitask(pools, script_args.multitask_sentences)
+        trainer.train_multitask(pools, script_args.multitask_sentences, shares=shares)
         sentences = trainer.multitask["sentences"]
         return "hf_meta_multitask", f"by supervised multitask transfer on {sentences} labelled sentences"
     trainer.train()
@@ -280,7 +283,7 @@ def parse_script_arguments(
     if script_args.objective not in objectives:
         raise ValueError(
             f"`objective` is {script_args.objective!r}, but {os.path.basename(sys.argv[0])} implements "
-            f"{list(objectives)}; the intent and sentiment recipes implement `multitask`."
+            f"{list(objectives)}."
         )
     # A short name becomes the Hub id before anything reads it: the reload and the card name the Hub model.
     script_args.model_name_or_path = prepare_model(script_args.model_name_or_path)
