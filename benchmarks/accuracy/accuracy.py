@@ -399,6 +399,7 @@ def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict
                  "evaluation_seconds": round(time.time() - start - train_seconds, 1)}  # fmt: skip
     if any(row["method"] == "multitask_lora" for row in kept):  # a partial rerun: the first run's record stays
         return {**stored, "rows": kept + rows, "multitask_rerun": multitask}
+    stored = {key: value for key, value in stored.items() if key != "multitask_rerun"}  # all of it measured again
     return {**stored, "rows": kept + rows, "multitask": multitask}
 
 

@@ -148,7 +148,7 @@ def _test_embeddings(
 
     The key is what the embeddings depend on: the base model (the object), the LoRA values (by content, so every
     draw and shot count whose fit chose the same adapter strength shares them, and a fresh adapter shares the
-    frozen baselines' embeddings: both are the pretrained encoder), the tokenisation, pooling and precision.
+    frozen baselines' embeddings: both are the pretrained encoder), the tokenisation, pooling, precision and chunks.
     """
     config = classifier.adaptation_config
     digest = hashlib.sha1()
@@ -164,6 +164,7 @@ def _test_embeddings(
         config.pooling,
         config.normalize_embeddings,
         classifier.mixed_precision,
+        classifier.batch_size,  # the length chunks, so the embeddings are the ones `predict` computes, bit for bit
     )
     if key not in cache:
         cache[key] = classifier.embed(task.test_texts, adapted=adapted)
