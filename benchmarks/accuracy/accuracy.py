@@ -350,7 +350,7 @@ def multitask_classifier(args, budget: Budget, part: Part, steps: int, seed: int
     sentences = sum(len(row["support_text"]) + len(row["query_text"]) for row in episodes)
     set_seed(seed)
     fresh = fresh_classifier(args, budget, part)
-    pools, shares, max_length = part.pools(), None, None
+    pools, shares, max_length = part.pools(), None, args.multitask_max_length
     if part.family == "universal":
         # As its episodes are drawn: pools shared by size^(1/temperature), texts cut at the training max_length
         # (the pool's reviews and newsgroup posts would otherwise cost most of the run).
@@ -592,6 +592,14 @@ def main(argv=None) -> None:
         help="Add the `multitask_lora` column (the same LoRA trained by supervised cross-entropy on the same sources "
         "and as many sentences as meta-training sees, adapted like hf_meta) to the stored parts run; nothing else "
         "is re-measured.",
+    )
+    parser.add_argument(
+        "--multitask_max_length",
+        type=int,
+        default=None,
+        help="Cut `multitask_lora`'s training texts at this many tokens (meta-training cuts at the training "
+        "`max_length`, 64; default: the tokenizer's limit, as the stored parts were measured; the universal parts "
+        "always cut at the training `max_length`).",
     )
     parser.add_argument(
         "--unlabelled",
