@@ -87,9 +87,8 @@ class FewShotClassifier(ClassifierHubMixin):
         # settings of the current fit (with its overrides), used by `predict` and written by `save_pretrained`.
         self.meta_config = adaptation_config
         self.adaptation_config = adaptation_config
-        # The value only: the device is checked at each encoder pass (a classifier loads on the CPU, then `to`).
-        self._mixed_precision = check_mixed_precision(mixed_precision)
-        self.encoder = self._encoder_for(adaptation_config)
+        # The encoder owns `mixed_precision`; its device is checked at each pass (a classifier loads on the CPU).
+        self.encoder = self._encoder_for(adaptation_config, mixed_precision)
         self.meta_weights = {name: p.detach().clone() for name, p in meta_parameters(model).items()}
         # Meta-learned step sizes (`learn_inner_learning_rates`), read by `from_pretrained` when the adapter has them.
         if inner_loop is not None:
@@ -131,18 +130,17 @@ class FewShotClassifier(ClassifierHubMixin):
     @property
     def mixed_precision(self) -> MixedPrecision:
         """`"no"`, `"bf16"` or `"fp16"`: the autocast of the encoder passes (see the class docstring)."""
-        return self._mixed_precision
+        return self.encoder.mixed_precision
 
     @mixed_precision.setter
     def mixed_precision(self, value: MixedPrecision) -> None:
-        self._mixed_precision = check_mixed_precision(value)
-        self.encoder.mixed_precision = value
+        self.encoder.mixed_precision = check_mixed_precision(value)
         if self._serving is not None:  # a frozen copy follows too
             self._serving[0].mixed_precision = value
         self._warn_if_emulated()
 
     def _warn_if_emulated(self) -> None:
-        if self._mixed_precision == "bf16" and bf16_is_emulated(self.device):
+        if self.mixed_precision == "bf16" and bf16_is_emulated(self.device):
             logger.warning(
                 "`mixed_precision='bf16'` on a CPU without AVX-512 BF16 or AMX units: torch emulates bf16 there, "
                 "slower than float32. Use `mixed_precision='no'` on this machine."
@@ -448,7 +446,9 @@ class FewShotClassifier(ClassifierHubMixin):
             )
         return config
 
-    def _encoder_for(self, config: AdaptationConfig) -> FunctionalEncoder:
+    def _encoder_for(self, config: AdaptationConfig, mixed_precision: MixedPrecision = "no") -> FunctionalEncoder:
+        """The encoder for `config`'s pooling: the current one when it matches, else a new one that keeps the current
+        precision (`mixed_precision` is for the first, built in `__init__`)."""
         current = getattr(self, "encoder", None)
         if current is not None and (current.pooling, current.normalize) == (
             config.pooling,
@@ -460,7 +460,7 @@ class FewShotClassifier(ClassifierHubMixin):
             config.pooling,
             config.normalize_embeddings,
             chunk_size=self.batch_size,
-            mixed_precision=self.mixed_precision,
+            mixed_precision=current.mixed_precision if current is not None else mixed_precision,
         )
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

@@ -29,11 +29,9 @@ The data folder is `--data_dir`, else `$HF_META_DATA_DIR`, else `./data` or `../
 directory (the commands above run from the checkout's root).
 """
 
-import dataclasses
-
 from transformers import set_seed
 
-from hf_meta import FewShotClassifier, MetaTrainer
+from hf_meta import MetaTrainer
 from hf_meta.bench.comparison import compare_methods
 from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
@@ -49,12 +47,14 @@ from hf_meta.bench.protocols import (
 from hf_meta.bench.scripts import (
     card_arguments,
     choose_adaptation,
+    fresh_classifier,
     load_encoder,
     lora_config,
     meta_training_episodes,
     parse_script_arguments,
     report,
     require_validation,
+    saved_classifier,
     train_initialisation,
     validation_during_training,
 )
@@ -145,10 +145,7 @@ def main() -> None:
         eval_dataset=validation_episodes,
         processing_class=tokenizer,
     )
-    # The init, before training: nothing is learned yet, so `fit` adapts with the scalar `inner_learning_rate`.
-    initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
-    # Both adapt and predict in the Trainer's precision (`--bf16`: the encoder passes under bf16 autocast).
-    fresh = FewShotClassifier(trainer.model, tokenizer, initial, mixed_precision=trainer.mixed_precision)
+    fresh = fresh_classifier(trainer)  # the init, before training
     method, training = train_initialisation(trainer, script_args, pools, shares=list(shares))
     selection = choose_adaptation(trainer, validation_episodes, script_args.adaptation_grid_values())
     trainer.save_model()
@@ -157,9 +154,7 @@ def main() -> None:
         return
 
     # Compare on the same shots; the meta-learned adapter is reloaded from disk, so the numbers are the artifact's
-    meta = FewShotClassifier.from_pretrained(training_args.output_dir, base_model=script_args.model_name_or_path)
-    meta.to(trainer.model.device)
-    meta.mixed_precision = trainer.mixed_precision
+    meta = saved_classifier(trainer, script_args.model_name_or_path)
     rows = compare_methods(tasks, {method: meta, "fresh_lora": fresh}, frozen=fresh)
     mixture = ", ".join(f"{name} {100 * share:.1f}%" for name, share in zip(sources, shares))
     held_out = f"; validation on {', '.join(validation_sources)}" if validation_episodes is not None else ""

@@ -81,12 +81,12 @@ def compare_methods(
         One row per task and method: `dataset`, `shots`, `seed`, `method`, `accuracy`, `seconds` (fit + predict).
     """
     rows, test_embeddings = [], {}  # one cache for every method: see `_test_embeddings`
+    frozen_lora = {} if frozen is None else {name: w for name, w in frozen.meta_weights.items() if name != HEAD}
     progress = tqdm(total=len(tasks) * (len(adapters) + (frozen is not None)), desc="few-shot evaluation")
     for task in tasks:
         if frozen is not None:
             start = time.perf_counter()
-            lora = {name: w for name, w in frozen.meta_weights.items() if name != HEAD}
-            test = _test_embeddings(frozen, task, lora, test_embeddings, adapted=False)
+            test = _test_embeddings(frozen, task, frozen_lora, test_embeddings, adapted=False)
             train = frozen.embed(task.train_texts)
             for method, predict in (("frozen_lr", logistic_regression), ("frozen_proto", nearest_prototype)):
                 scores = accuracy(predict(train, task.train_labels, test), task.test_labels)

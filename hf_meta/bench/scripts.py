@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from transformers import AutoModel, AutoTokenizer, HfArgumentParser, PreTrainedM
 from transformers.utils import logging
 
 from ..adaptation_config import AdaptationConfig
+from ..classifier import FewShotClassifier
 from ..data import DATA_DIR_ENV_VAR
 from ..io_utils import atomic_write_text
 from ..meta_trainer import MetaTrainer
@@ -242,6 +244,23 @@ def train_initialisation(
     trainer.train()
     algorithm = trainer.args.algorithm
     return f"hf_meta_{algorithm}", f"by meta-training ({algorithm}) for {trainer.args.max_steps} meta-steps"
+
+
+def fresh_classifier(trainer: MetaTrainer) -> FewShotClassifier:
+    """The trainer's adapter before training, as a classifier: the `fresh_lora` baseline. Nothing is learned yet, so
+    `fit` adapts with the scalar `inner_learning_rate`; it adapts and predicts in the Trainer's precision (`--bf16`:
+    the encoder passes under bf16 autocast). Build it before training: it shares the trainer's model."""
+    initial = dataclasses.replace(trainer.adaptation_config, learn_inner_learning_rates=False)
+    return FewShotClassifier(trainer.model, trainer.processing_class, initial, mixed_precision=trainer.mixed_precision)
+
+
+def saved_classifier(trainer: MetaTrainer, base_model: str) -> FewShotClassifier:
+    """The adapter `trainer.save_model()` wrote, reloaded from disk (so the numbers are the artifact's), on the device
+    and in the precision the trainer ran."""
+    classifier = FewShotClassifier.from_pretrained(trainer.args.output_dir, base_model=base_model)
+    classifier.to(trainer.model.device)
+    classifier.mixed_precision = trainer.mixed_precision
+    return classifier
 
 
 def validation_during_training(every: int) -> dict:
