@@ -709,11 +709,13 @@ class FewShotClassifier(ClassifierHubMixin):
         quantize: str | None = None,
         opset: int | None = None,
         overwrite: bool = False,
+        fuse: bool = True,
     ) -> Path:
         """Export the fitted classifier to an ONNX folder runnable with onnxruntime alone (no torch, no hf_meta).
 
         Needs the optional extra: `pip install 'hf_meta[onnx]'`. See [`hf_meta.export.export_onnx`] for the files
-        written and a loader snippet.
+        written, the arguments (`fuse=False` keeps standard ONNX operators, for runtimes other than onnxruntime) and
+        a loader snippet.
 
         Example:
             ```python
@@ -722,7 +724,7 @@ class FewShotClassifier(ClassifierHubMixin):
         """
         from .export import export_onnx
 
-        return export_onnx(self, path, quantize=quantize, opset=opset, overwrite=overwrite)
+        return export_onnx(self, path, quantize=quantize, opset=opset, fuse=fuse, overwrite=overwrite)
 
     def evaluate(
         self,

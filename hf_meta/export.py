@@ -6,11 +6,13 @@ exporter); hf_meta imports it only when an export runs. The folder written holds
 - `model.onnx`: [`hf_meta.serving.ServingModel`] exported with `torch.onnx.export`: the encoder with the adapted
   LoRA merged into its weights, the pooling, the L2 normalisation and the cosine head with its scale and bias, then a
   softmax. Inputs `input_ids` and `attention_mask` (int64, batch x sequence, both dynamic), output `probabilities`
-  (float32, batch x classes, columns in the order of `labels`).
+  (float32, batch x classes, columns in the order of `labels`). By default its attention, layer norms and GELUs are
+  fused into onnxruntime's own operators (hf_meta/onnx_fusion.py), so it runs in onnxruntime only; `fuse=False`
+  keeps standard ONNX operators for other runtimes.
 - `model_quantized.onnx` with `quantize="int8"`: the same graph with its weight matrices quantized to int8 by
   onnxruntime's dynamic quantiser (activations are quantized on the fly; faster on CPU, a little less accurate).
 - the tokenizer files (`tokenizer.json`, ...) and `labels.json`: the labels, the `max_length` texts are cut at,
-  the pad token id, the file names and the opset.
+  the pad token id, the file names, the opset and the fusions applied (`fused`).
 
 The probabilities carry the temperature of `fit(..., calibrate=True)` (it is folded into the head). A classifier
 fitted with an out-of-scope label (hf_meta/out_of_scope.py) exports its rule too: two more outputs,
@@ -63,6 +65,7 @@ import torch
 from transformers.utils import logging
 
 from .io_utils import MANIFEST_NAME, STAGING_PREFIX, atomic_directory, file_digest
+from .onnx_fusion import fuse_for_onnxruntime
 from .out_of_scope import ScopedServingModel
 from .serving import ServingModel, check_fitted
 from .validation import is_int
@@ -138,6 +141,7 @@ def export_onnx(
     *,
     quantize: str | None = None,
     opset: int | None = None,
+    fuse: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Write a fitted classifier to `path` as an ONNX folder that onnxruntime runs alone (see the module docstring).
@@ -147,6 +151,10 @@ def export_onnx(
         path: the folder to write; it must not exist, or be empty, unless `overwrite=True`.
         quantize: `None` (fp32 only) or `"int8"` (also `model_quantized.onnx`, dynamic int8 weights).
         opset: the ONNX opset (default 18, the exporter's own; up to the highest the installed torch and onnx know).
+        fuse: fuse attention, layer norms and GELUs into onnxruntime's operators (faster, and int8 then quantizes
+            the attention projections too); the fused graph runs in onnxruntime only. Where the rewriter cannot
+            fuse an architecture, or its graph misses the tolerance, the standard-ops graph is kept (with a
+            warning), and `labels.json` says which (`fused`).
         overwrite: replace the export files of a non-empty folder (other files in it are kept).
 
     Returns:
@@ -164,6 +172,8 @@ def export_onnx(
         ```
     """
     check_fitted(classifier, "export it")
+    if not isinstance(fuse, bool):
+        raise TypeError(f"`fuse` must be True or False, got {fuse!r}.")
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"`quantize` must be one of {list(QUANTIZE_CHOICES)}, got {quantize!r}.")
     target = Path(path)
@@ -196,14 +206,18 @@ def export_onnx(
         expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     external = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > _EXTERNAL_DATA_BYTES
     with _staged_folder(target) as staging:
-        _export_graph(model, probe, staging / MODEL_FILE, opset, external, outputs)
-        written = onnx.load(str(staging / MODEL_FILE), load_external_data=False)
+        unfused = staging / "unfused" / MODEL_FILE  # the exporter's graph, verified before any fusion
+        unfused.parent.mkdir()
+        _export_graph(model, probe, unfused, opset, external, outputs)
+        written = onnx.load(str(unfused), load_external_data=False)
         got = {entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx")}
         if got != {opset}:
             raise ValueError(
                 f"`opset` {opset} was asked for but the exporter wrote opset {sorted(got)}; use opset {DEFAULT_OPSET}."
             )
-        _verify(ort, staging / MODEL_FILE, probe, expected, outputs)
+        _verify(ort, unfused, probe, expected, outputs)
+        fused = _place_graph(ort, unfused, staging / MODEL_FILE, fuse, (probe, expected, outputs), external)
+        shutil.rmtree(unfused.parent)
         if quantize == "int8":
             _quantize_int8(staging / MODEL_FILE, staging / QUANTIZED_FILE, external)
         classifier.tokenizer.save_pretrained(staging)
@@ -216,6 +230,7 @@ def export_onnx(
             "inputs": list(INPUT_NAMES),
             "output": OUTPUT_NAME,
             "opset": opset,
+            "fused": fused,
             "base_model": classifier.base_model_id(),
         }
         if getattr(classifier, "multi_label_", None) is not None:  # sigmoid outputs: a class reaching its threshold
@@ -332,6 +347,38 @@ def _verify(
                 f"The exported graph disagrees with the torch model on `{name}` (max gap {gap:.2e} > {VERIFY_ATOL}, "
                 f"shapes {got.shape} vs {want.shape}); nothing was written. Please report it with your model type."
             )
+
+
+def _place_graph(
+    ort: Any,
+    unfused: Path,
+    file: Path,
+    fuse: bool,
+    check: tuple[dict[str, torch.Tensor], list[np.ndarray], list[str]],
+    external: bool,
+) -> dict[str, int]:
+    """Put the graph at `file`: the fused one (`fuse`) if it reproduces the torch outputs, else the verified unfused
+    one; return the fusions applied.
+
+    The fusion is an optimisation of a graph already verified: where it fails, that graph stays, with a warning.
+    """
+    if fuse:
+        try:
+            applied = fuse_for_onnxruntime(unfused, file, external_data=f"{file.name}.data" if external else None)
+            _verify(ort, file, *check)
+            return applied
+        except Exception as err:  # the rewriter and onnxruntime raise many types; the unfused graph is correct
+            logger.warning(
+                f"Kept the unfused ONNX graph: fusing it for onnxruntime failed ({type(err).__name__}: {err}). "
+                "It is correct, only slower; pass `fuse=False` to skip the attempt."
+            )
+            for leftover in (file, file.with_name(f"{file.name}.data")):
+                leftover.unlink(missing_ok=True)
+    # Moved with its weights file, whose name the graph references, unchanged.
+    for part in (unfused, unfused.with_name(f"{unfused.name}.data")):
+        if part.exists():
+            part.rename(file.with_name(part.name))
+    return {}
 
 
 def _quantize_int8(source: Path, destination: Path, external: bool) -> None:

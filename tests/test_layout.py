@@ -55,6 +55,7 @@ LAYERS = {
         "multi_label",
         "serving",
         "export",
+        "onnx_fusion",
         "multitask",
     },
     "hub and folder I/O": {"classifier_hub"},

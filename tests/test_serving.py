@@ -190,6 +190,68 @@ def test_export_runs_in_onnxruntime_alone_and_matches_torch(clf, exported, recor
     print(f"int8 argmax agreement with fp32 on {len(texts)} texts: {agreement:.3f}")
 
 
+def _op_types(file):
+    import onnx
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    return {(node.domain or "ai.onnx", node.op_type) for node in graph.node}
+
+
+def test_export_fuses_for_onnxruntime_and_quantizes_the_fused_attention(exported):
+    meta = json.loads((exported / EXPORT_LABELS_FILE).read_text())
+    assert meta["fused"]["attention"] == 2  # one per layer of the tiny encoder
+    ops = _op_types(exported / MODEL_FILE)
+    assert {("com.microsoft", "Attention"), ("com.microsoft", "SkipLayerNormalization")} <= ops
+    # Without the query-key-value sizes attribute dropped, the quantiser would leave `Attention` in float.
+    assert ("com.microsoft", "QAttention") in _op_types(exported / QUANTIZED_FILE)
+
+
+def test_unfused_export_keeps_standard_operators_and_the_same_probabilities(clf, exported, tmp_path):
+    folder = clf.export_onnx(tmp_path / "plain", fuse=False)
+    assert json.loads((folder / EXPORT_LABELS_FILE).read_text())["fused"] == {}
+    assert {domain for domain, _ in _op_types(folder / MODEL_FILE)} == {"ai.onnx"}
+    assert not (folder / "unfused").exists()
+    texts = [t for t in TEST_TEXTS if t]
+    plain, _ = run_loader(folder, "model", texts)
+    fused, _ = run_loader(exported, "model", texts)
+    np.testing.assert_allclose(plain, fused, atol=1e-5)
+    with pytest.raises(TypeError, match="`fuse` must be True or False"):
+        clf.export_onnx(tmp_path / "x", fuse="yes")
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_export_with_external_weights_keeps_them_beside_the_graph(clf, tmp_path, monkeypatch, fuse):
+    import hf_meta.export as export
+
+    monkeypatch.setattr(export, "_EXTERNAL_DATA_BYTES", 0)  # as for a model over protobuf's 2 GiB
+    folder = clf.export_onnx(tmp_path / "onnx", quantize="int8", fuse=fuse)
+    names = {p.name for p in folder.iterdir()}
+    assert {MODEL_FILE, f"{MODEL_FILE}.data", QUANTIZED_FILE} <= names
+    assert not [n for n in names if "fused" in n]  # neither the exporter's graph nor its weights are left over
+    assert (folder / f"{MODEL_FILE}.data").stat().st_size > (folder / MODEL_FILE).stat().st_size
+    texts = [t for t in TEST_TEXTS if t]
+    probabilities, _ = run_loader(folder, "model", texts)
+    np.testing.assert_allclose(probabilities, clf.predict_proba(texts), atol=1e-4)
+    assert run_loader(folder, "quantized_model", texts)[0].shape == probabilities.shape
+
+
+def test_a_failed_fusion_keeps_the_verified_graph_with_a_warning(clf, tmp_path, monkeypatch, caplog):
+    import hf_meta.export as export
+
+    def broken(source, destination, external_data=None):
+        destination.write_bytes(b"not a graph")  # a failure after writing part of its output
+        raise RuntimeError("no pattern for this architecture")
+
+    monkeypatch.setattr(export, "fuse_for_onnxruntime", broken)
+    with caplog.at_level("WARNING", logger="hf_meta.export"):
+        folder = clf.export_onnx(tmp_path / "onnx")
+    assert "Kept the unfused ONNX graph" in caplog.text and "no pattern for this architecture" in caplog.text
+    assert json.loads((folder / EXPORT_LABELS_FILE).read_text())["fused"] == {}
+    assert {domain for domain, _ in _op_types(folder / MODEL_FILE)} == {"ai.onnx"}
+    probabilities, _ = run_loader(folder, "model", ["refund missing"])
+    np.testing.assert_allclose(probabilities, clf.predict_proba(["refund missing"]), atol=1e-4)
+
+
 def test_export_takes_a_single_text_and_matches_the_frozen_path(clf, exported, tokenizer):
     probabilities, _ = run_loader(exported, "model", ["refund"])
     np.testing.assert_allclose(probabilities, clf.predict_proba(["refund"]), atol=1e-4)

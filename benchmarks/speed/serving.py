@@ -12,12 +12,17 @@ predicts BANKING77's 3,080 test sentences in its own fresh process (so its peak 
   than float32 where it does not (`--no_bf16` leaves them out);
 - `onnxruntime fp32` / `onnxruntime int8`: the `export_onnx` folder run with onnxruntime and `tokenizers` only
   (the worker imports neither torch nor hf_meta), sorted batches of the same size;
+- `onnxruntime fp32, unfused` / `onnxruntime int8, unfused`: the same from `export_onnx(..., fuse=False)`, the
+  exporter's standard-ops graph (the export before attention, layer norms and GELUs were fused for onnxruntime);
 - `setfit` (if installed): SetFit on the same backbone and shots (`--setfit_iterations` pairs per example, saved
   and reloaded so that its process only predicts), its own `predict`.
 
 Each path runs one warm-up pass and `--repeats` timed passes (tokenisation included); texts/s is from the fastest
 pass (the 2 cores may be shared with other work: the fastest pass is the least disturbed one), the median is kept
-in the JSON too.
+in the JSON too. The machine's speed drifts by 10-20% over minutes, more than the gap between some paths, so the
+ONNX graphs are also timed together: one process holds the four graphs and runs one pass of each in turn,
+`--rounds` times; each speed ratio is then taken within a round and reported as a mean with a 95% t interval over
+the rounds (`paired_onnx_ratios`).
 
     python benchmarks/speed/serving.py
     python benchmarks/speed/serving.py --quick --output outputs/serving.json   # smoke run: 300 sentences, 1 repeat
@@ -44,6 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results f
 
 THREADS = 2
 TORCH_PATHS = ("torch_main", "torch", "torch_frozen", "torch_bf16", "torch_frozen_bf16")
+ONNX_PATHS = ("onnx_fp32", "onnx_int8", "onnx_fp32_unfused", "onnx_int8_unfused")
 LABELS = {
     "torch_main": "torch (main's predict)",
     "torch": "torch predict",
@@ -52,6 +58,8 @@ LABELS = {
     "torch_frozen_bf16": "torch predict, frozen, bf16",
     "onnx_fp32": "onnxruntime fp32",
     "onnx_int8": "onnxruntime int8",
+    "onnx_fp32_unfused": "onnxruntime fp32, unfused",
+    "onnx_int8_unfused": "onnxruntime int8, unfused",
     "setfit": "setfit predict",
 }
 
@@ -103,7 +111,8 @@ def _torch_worker(path: str, folder: str, texts: list[str], repeats: int):
     return _time_passes(predict, texts, repeats)
 
 
-def _onnx_worker(path: str, folder: str, texts: list[str], repeats: int, batch_size: int = 64):
+def _onnx_predictor(folder: str, model_key: str, batch_size: int = 64):
+    """`predict(texts) -> probabilities` of one exported graph: onnxruntime and `tokenizers` only."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -111,8 +120,7 @@ def _onnx_worker(path: str, folder: str, texts: list[str], repeats: int, batch_s
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
-    model = meta["quantized_model"] if path == "onnx_int8" else meta["model"]
-    session = ort.InferenceSession(str(Path(folder) / model), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(Path(folder) / meta[model_key]), options, providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
     tokenizer.enable_truncation(meta["max_length"])
     tokenizer.no_padding()
@@ -133,7 +141,31 @@ def _onnx_worker(path: str, folder: str, texts: list[str], repeats: int, batch_s
             out[rows] = session.run(["probabilities"], {"input_ids": input_ids, "attention_mask": mask})[0]
         return out
 
+    return predict
+
+
+def _onnx_worker(path: str, folder: str, texts: list[str], repeats: int):
+    predict = _onnx_predictor(folder, "quantized_model" if path.startswith("onnx_int8") else "model")
     return _time_passes(predict, texts, repeats)
+
+
+def _onnx_rounds_worker(folders: str, texts: list[str], repeats: int) -> dict:
+    """Every ONNX path in one process, one pass each in turn, `repeats` rounds: the passes of a round run within
+    seconds of each other, so their ratios are paired against the machine's drifting speed."""
+    folders = json.loads(folders)
+    predictors = {
+        path: _onnx_predictor(folders[path], "quantized_model" if path.startswith("onnx_int8") else "model")
+        for path in ONNX_PATHS
+    }
+    for predict in predictors.values():
+        predict(texts[:256])  # warm-up
+    seconds = {path: [] for path in ONNX_PATHS}
+    for _ in range(repeats):
+        for path, predict in predictors.items():
+            start = time.perf_counter()
+            predict(texts)
+            seconds[path].append(time.perf_counter() - start)
+    return seconds
 
 
 def _setfit_worker(path: str, folder: str, texts: list[str], repeats: int):
@@ -148,7 +180,10 @@ def _setfit_worker(path: str, folder: str, texts: list[str], repeats: int):
 
 def worker(path: str, folder: str, texts_file: str, repeats: int, out_file: str) -> None:
     texts = json.loads(Path(texts_file).read_text())
-    run = {"onnx_fp32": _onnx_worker, "onnx_int8": _onnx_worker, "setfit": _setfit_worker}.get(path, _torch_worker)
+    if path == "onnx_rounds":
+        Path(out_file).write_text(json.dumps(_onnx_rounds_worker(folder, texts, repeats)))
+        return
+    run = _onnx_worker if path.startswith("onnx") else {"setfit": _setfit_worker}.get(path, _torch_worker)
     probabilities, seconds = run(path, folder, texts, repeats)
     np.save(out_file, probabilities.astype(np.float32))
     Path(out_file).with_suffix(".json").write_text(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
@@ -160,6 +195,46 @@ def run_worker(path: str, folder: Path, texts_file: Path, repeats: int, scratch:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(command, check=True, env=env)
     return np.load(out), json.loads(out.with_suffix(".json").read_text())
+
+
+def run_rounds(folders: dict[str, str], texts_file: Path, rounds: int, scratch: Path) -> dict[str, list[float]]:
+    out = scratch / "rounds.json"
+    command = [sys.executable, __file__, "--worker", "onnx_rounds", json.dumps(folders), str(texts_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([*command, str(rounds), str(out)], check=True, env=env)
+    return json.loads(out.read_text())
+
+
+# Speed ratios of the ONNX graphs, each from the passes of the same round (numerator over denominator throughput).
+RATIOS = {
+    "int8_vs_fp32": ("onnx_int8", "onnx_fp32"),
+    "int8_vs_unfused_fp32": ("onnx_int8", "onnx_fp32_unfused"),
+    "unfused_int8_vs_unfused_fp32": ("onnx_int8_unfused", "onnx_fp32_unfused"),
+    "fp32_vs_unfused_fp32": ("onnx_fp32", "onnx_fp32_unfused"),
+    "int8_vs_unfused_int8": ("onnx_int8", "onnx_int8_unfused"),
+}
+
+
+def paired_ratios(seconds: dict[str, list[float]]) -> list[dict]:
+    """Per ratio: the mean of the per-round ratios with a 95% t interval, their median, min and max."""
+    from hf_meta.metrics import mean_ci95
+
+    rows = []
+    for name, (faster, slower) in RATIOS.items():
+        ratios = np.asarray(seconds[slower]) / np.asarray(seconds[faster])  # throughput ratio = time ratio inverted
+        mean, half = mean_ci95(ratios)
+        rows.append(
+            {
+                "ratio": name,
+                "mean": mean,
+                "ci95": half,
+                "median": float(np.median(ratios)),
+                "min": float(ratios.min()),
+                "max": float(ratios.max()),
+                "rounds": len(ratios),
+            }
+        )
+    return rows
 
 
 # ---- Main: fit once, save and export, then one process per path ----------------------------------------------
@@ -178,8 +253,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="Timed passes over the test set per path.")
     parser.add_argument("--test_examples", type=int, default=None, help="Predict only the first N test sentences.")
     parser.add_argument("--setfit_iterations", type=int, default=1, help="SetFit pairs per example (0: no SetFit).")
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="Rounds of the paired ONNX timing (one pass of each graph per round)."
+    )
     parser.add_argument("--no_bf16", action="store_true", help="Leave out the bf16 paths (a CPU without bf16 units).")
-    args = parse(parser, argv, quick=dict(repeats=1, test_examples=300, setfit_iterations=0))
+    args = parse(parser, argv, quick=dict(repeats=1, rounds=2, test_examples=300, setfit_iterations=0))
     torch.set_num_threads(THREADS)
     (task,) = intent_tasks("banking77", [5], data_dir(args))
     texts, gold = list(task.test_texts[: args.test_examples]), list(task.test_labels[: args.test_examples])
@@ -188,15 +266,17 @@ def main(argv=None) -> None:
     clf = FewShotClassifier.from_pretrained(args.model).fit(task.train_texts, task.train_labels)
     fit_seconds = time.perf_counter() - start
     torch_paths = [path for path in TORCH_PATHS if not (args.no_bf16 and path.endswith("bf16"))]
-    paths = [*torch_paths, "onnx_fp32", "onnx_int8"]
+    paths = [*torch_paths, "onnx_fp32", "onnx_int8", "onnx_fp32_unfused", "onnx_int8_unfused"]
     with tempfile.TemporaryDirectory(prefix="hf_meta_serving_") as scratch:
         scratch = Path(scratch)
         clf.save_pretrained(scratch / "classifier")
         start = time.perf_counter()
         clf.export_onnx(scratch / "onnx", quantize="int8")
         export_seconds = time.perf_counter() - start
+        clf.export_onnx(scratch / "onnx_unfused", quantize="int8", fuse=False)
         folders = {path: scratch / "classifier" for path in torch_paths}
         folders.update(onnx_fp32=scratch / "onnx", onnx_int8=scratch / "onnx")
+        folders.update(onnx_fp32_unfused=scratch / "onnx_unfused", onnx_int8_unfused=scratch / "onnx_unfused")
         setfit_note = None
         if args.setfit_iterations > 0 and setfit_available():
             from hf_meta.bench.baselines import SetFitBaseline
@@ -211,6 +291,7 @@ def main(argv=None) -> None:
         texts_file = scratch / "texts.json"
         texts_file.write_text(json.dumps(texts))
         outputs = {path: run_worker(path, folders[path], texts_file, args.repeats, scratch) for path in paths}
+        rounds = run_rounds({path: str(folders[path]) for path in ONNX_PATHS}, texts_file, args.rounds, scratch)
 
     reference = outputs["torch"][0]
     rows = []
@@ -249,6 +330,10 @@ def main(argv=None) -> None:
             }
         ),
         "int8_speedup_vs_fp32": speed[LABELS["onnx_int8"]] / speed[LABELS["onnx_fp32"]],
+        "int8_speedup_vs_unfused_fp32": speed[LABELS["onnx_int8"]] / speed[LABELS["onnx_fp32_unfused"]],
+        "unfused_int8_speedup_vs_unfused_fp32": speed[LABELS["onnx_int8_unfused"]]
+        / speed[LABELS["onnx_fp32_unfused"]],
+        "fused_fp32_speedup_vs_unfused_fp32": speed[LABELS["onnx_fp32"]] / speed[LABELS["onnx_fp32_unfused"]],
         "int8_accuracy_loss_points": 100 * (accuracy[LABELS["onnx_fp32"]] - accuracy[LABELS["onnx_int8"]]),
         "onnx_fp32_max_probability_gap": rows[paths.index("onnx_fp32")]["max_probability_gap_to_torch"],
         "onnx_fp32_same_argmax": rows[paths.index("onnx_fp32")]["argmax_agreement_with_torch"] == 1.0,
@@ -265,6 +350,9 @@ def main(argv=None) -> None:
     ]
     print_table(rows, columns, title=f"BANKING77 test ({len(texts)} sentences), 5-shot fit, {THREADS} threads")
     print("\n" + "  ".join(f"{key}={value:.3f}" for key, value in summary.items() if not isinstance(value, bool)))
+    ratios = paired_ratios(rounds)
+    title = f"ONNX throughput ratios, paired over {args.rounds} rounds in one process"
+    print_table(ratios, list(ratios[0]), title=title)
     write_results(
         args.output,
         description=(
@@ -286,6 +374,8 @@ def main(argv=None) -> None:
         setfit_note=setfit_note,
         summary=summary,
         rows=rows,
+        paired_onnx_ratios=ratios,
+        onnx_round_seconds=rounds,
     )
     print(f"wrote {args.output}")
 
