@@ -46,6 +46,9 @@ class FrozenStates:
 
     def __init__(self, dataset: datasets.Dataset):
         self.dataset = dataset.with_format("torch", columns=["input_ids", "states"])
+        # Rows are gathered as Arrow tables: one contiguous copy of the states, where the torch format builds a
+        # tensor per row from nested lists (the collator's main cost in a meta-step).
+        self._arrow = dataset.with_format("arrow", columns=["input_ids", "states"])
         self.row_of = {text: i for i, text in enumerate(dataset["text"][:])}  # one read, not a query per row
 
     def __len__(self) -> int:
@@ -63,15 +66,17 @@ class FrozenStates:
                 f"{len(missing)} text(s) have no precomputed frozen states, e.g. {missing[0]!r}; build the "
                 "`FrozenStates` from every episode the collator will see."
             )
-        rows = self.dataset[[self.row_of[text] for text in texts]]
-        ids, states = rows["input_ids"], rows["states"]
-        width = max(len(row) for row in ids)
-        input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, ROW_STATES: [s.float() for s in states]}
+        rows = self._arrow[[self.row_of[text] for text in texts]]
+        ids = rows.column("input_ids").combine_chunks()
+        lengths = torch.from_numpy(np.diff(ids.offsets.to_numpy()))
+        states = rows.column("states").combine_chunks()
+        states = getattr(states, "storage", states)  # `Array2D` is an extension type over nested lists
+        values = torch.from_numpy(states.flatten().flatten().to_numpy(zero_copy_only=False, writable=True))
+        attention_mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]
+        input_ids = torch.full(attention_mask.shape, pad_token_id, dtype=torch.long)
+        input_ids[attention_mask] = torch.from_numpy(ids.flatten().to_numpy().astype(np.int64))
+        row_states = list(values.view(int(lengths.sum()), -1).split(lengths.tolist()))
+        return {"input_ids": input_ids, "attention_mask": attention_mask.long(), ROW_STATES: row_states}
 
     @staticmethod
     def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -22,6 +22,7 @@ import platform
 from typing import Literal
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .choices import check_choice
 
@@ -61,9 +62,20 @@ def bf16_is_emulated(device: torch.device | str) -> bool:
 def encoder_autocast(mixed_precision: MixedPrecision, device: torch.device) -> contextlib.AbstractContextManager:
     """`torch.autocast` to the dtype of `mixed_precision` on `device`'s type, or a null context for `"no"`.
 
+    On a CPU with gradients enabled it also selects the math backend of `scaled_dot_product_attention`, whose
+    backward in bf16 is fast where the flash kernel's is not (attention of eager models is unaffected).
+
     Raises the error of [`check_mixed_precision`] where torch has no autocast for that device and dtype.
     """
     if mixed_precision == "no":
         return contextlib.nullcontext()
     check_mixed_precision(mixed_precision, device)
-    return torch.autocast(torch.device(device).type, dtype=DTYPES[mixed_precision])
+    device_type = torch.device(device).type
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device_type, dtype=DTYPES[mixed_precision]))
+    if device_type == "cpu" and torch.is_grad_enabled():
+        # The CPU flash-attention kernel's bf16 backward runs about ten times slower than its float32 one and
+        # undoes what bf16 saves in the matmuls; the math backend's attention (matmuls and a softmax) backpropagates
+        # at bf16 speed. Only passes that may be differentiated switch: the flash forward is the faster one.
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack

@@ -146,3 +146,19 @@ def test_bf16_on_a_cpu_without_bf16_units_is_named_in_a_warning(tokenizer, monke
     assert any("torch emulates bf16 there" in record.getMessage() for record in caplog.records)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert not bf16_is_emulated("cpu")
+
+
+def attention_kernels(grad: bool, mixed_precision: str) -> set[str]:
+    """The aten attention ops one `scaled_dot_product_attention` dispatches to under `encoder_autocast`."""
+    q = torch.randn(2, 4, 6, 8, requires_grad=grad)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.set_grad_enabled(grad), encoder_autocast(mixed_precision, torch.device("cpu")):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    return {event.key for event in prof.key_averages() if "attention" in event.key}
+
+
+def test_differentiable_bf16_passes_on_cpu_avoid_the_slow_flash_attention_backward():
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert flash in attention_kernels(grad=False, mixed_precision="bf16")  # inference keeps the faster kernel
+    assert flash in attention_kernels(grad=True, mixed_precision="no")  # float32 training is left as it is
+    assert flash not in attention_kernels(grad=True, mixed_precision="bf16")  # the math backend instead

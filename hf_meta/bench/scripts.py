@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,8 +359,9 @@ def meta_training_episodes(args: MetaTrainingArguments) -> int:
 
 
 def write_results(path: str | os.PathLike, **content) -> None:
-    """Write a results JSON atomically (the command that produced it is recorded under `command`)."""
-    content = {"command": " ".join(["python", *sys.argv]), **content}
+    """Write a results JSON atomically (the command that produced it is recorded under `command`, quoted so that
+    it runs again as written)."""
+    content = {"command": shlex.join(["python", *sys.argv]), **content}
     atomic_write_text(path, json.dumps(content, indent=2))
 
 
