@@ -22,7 +22,9 @@ Parts (`--parts`):
 - `zero_shot`: BANKING77, CLINC150 and HWU64 test sets: `fit(labels=class_names)` (names only) against the frozen
   embeddings' nearest class name; at 1 shot, `fit` against frozen LR + names.
 - `calibration`: expected calibration error of `predict_proba` on each target's test texts at 1 and 5 shots
-  (CLINC150 also 10), with the fitted temperature and without it (`calibrate=False`: the same head, temperature 1).
+  (CLINC150 also 10), with the fitted temperature and without it (`calibrate=False`: the same head, temperature 1),
+  and `ece_floor_after`: the error that perfectly calibrated probabilities with the same confidences would show
+  on as many texts (simulated), the floor a finite test set puts under the measured one.
 
 Paired differences (hf_meta minus baseline, per draw) come with their 95% CI over the draws.
 
@@ -389,6 +391,21 @@ def zero_shot(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: di
     return {"rows": rows, "summary": summary}
 
 
+def calibrated_ece_floor(probabilities: np.ndarray, simulations: int = 200, seed: int = 0) -> float:
+    """The mean calibration error that perfectly calibrated probabilities would show on this many texts: each
+    prediction is drawn right with its own confidence, `simulations` times. A finite test set puts a floor under
+    the measured error (a few dozen texts per bin leave sampling noise in every bin's accuracy), so a measured
+    error close to it says the probabilities are as calibrated as the test set can tell."""
+    rng = np.random.default_rng(seed)
+    confidence, predicted = probabilities.max(1), probabilities.argmax(1)
+    wrong = (predicted + 1) % probabilities.shape[1]  # any other class: only right or wrong counts
+    errors = [
+        expected_calibration_error(probabilities, np.where(rng.random(len(confidence)) < confidence, predicted, wrong))
+        for _ in range(simulations)
+    ]
+    return float(np.mean(errors))
+
+
 def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: dict) -> dict:
     rows = []
     for target in args.targets:
@@ -414,6 +431,7 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
                         "temperature": temperature,
                         "ece_before": expected_calibration_error(before, label_ids),
                         "ece_after": expected_calibration_error(after, label_ids),
+                        "ece_floor_after": calibrated_ece_floor(after),
                         "accuracy": float((after.argmax(1) == label_ids).mean()),
                     }
                 )
@@ -423,7 +441,7 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
         for shots in sorted({r["shots"] for r in rows if r["target"] == target}):
             mine = [r for r in rows if r["target"] == target and r["shots"] == shots]
             entry = {"target": target, "shots": shots}
-            for key in ("accuracy", "temperature", "ece_before", "ece_after"):
+            for key in ("accuracy", "temperature", "ece_before", "ece_after", "ece_floor_after"):
                 values = [r[key] for r in mine if r[key] is not None]
                 entry[key] = statistics.mean(values) if values else None
             entry["ece_change"], entry["ece_change_ci95"] = mean_ci95([r["ece_after"] - r["ece_before"] for r in mine])
@@ -435,6 +453,7 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
         "temperature",
         "ece_before",
         "ece_after",
+        "ece_floor_after",
         "ece_change",
         "ece_change_ci95",
     ]
