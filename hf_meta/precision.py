@@ -70,12 +70,17 @@ def encoder_autocast(mixed_precision: MixedPrecision, device: torch.device) -> c
     if mixed_precision == "no":
         return contextlib.nullcontext()
     check_mixed_precision(mixed_precision, device)
-    device_type = torch.device(device).type
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast(device_type, dtype=DTYPES[mixed_precision]))
-    if device_type == "cpu" and torch.is_grad_enabled():
-        # The CPU flash-attention kernel's bf16 backward runs about ten times slower than its float32 one and
-        # undoes what bf16 saves in the matmuls; the math backend's attention (matmuls and a softmax) backpropagates
-        # at bf16 speed. Only passes that may be differentiated switch: the flash forward is the faster one.
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-    return stack
+    return _autocast(torch.device(device).type, DTYPES[mixed_precision])
+
+
+@contextlib.contextmanager
+def _autocast(device_type: str, dtype: torch.dtype):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(device_type, dtype=dtype))
+        if device_type == "cpu" and torch.is_grad_enabled():
+            # The CPU flash-attention kernel's bf16 backward runs about ten times slower than its float32 one and
+            # undoes what bf16 saves in the matmuls; the math backend's attention (matmuls and a softmax)
+            # backpropagates at bf16 speed. Only passes that may be differentiated switch: the flash forward is the
+            # faster one.
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield
