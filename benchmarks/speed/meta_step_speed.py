@@ -20,6 +20,10 @@ embeddings of the same episodes), with each head's distance to the optimum (Newt
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output s.json
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --arms "batched, Newton" "batched, Newton, bf16" \
         --head_fit_episodes 0 --output benchmarks/speed/results/meta_step_speed_bf16.json
+    HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 200 --arms "batched, Newton" \
+        "batched, Newton, bf16" --head_fit_episodes 0 --output benchmarks/speed/results/meta_step_speed_bf16_200.json
+
+On a GPU the results also hold each arm's meta-steps per second and the peak GPU memory of its meta-training.
 """
 
 from __future__ import annotations
@@ -82,9 +86,13 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
         train_dataset=train_episodes,
         processing_class=tokenizer,
     )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    # the issue's GPU measure: meta-steps/s and the memory they hold on the device (None on a CPU)
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     # "accumulated" evaluates one episode per encoder call, as evaluation ran before episodes shared their passes
     per_pass = 1 if arm == "accumulated" else EVAL_EPISODES_PER_PASS
     meta_trainer.EVAL_EPISODES_PER_PASS = per_pass
@@ -108,6 +116,8 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
         "train_seconds": round(seconds, 2),
         "train_cpu_seconds": round(cpu_seconds, 2),  # all threads; less sensitive than wall time to other load
         "episodes_per_second": round(episodes / seconds, 3),
+        "meta_steps_per_second": round(args.meta_steps / seconds, 3),
+        "peak_gpu_memory_mb": None if gpu_mb is None else round(gpu_mb, 1),
         "eval_episodes_per_pass": per_pass,
         "eval_seconds": round(eval_seconds, 2),
         "val_accuracy": float(np.mean(per_episode)),
