@@ -12,7 +12,7 @@ held-out domains, paired per episode.
 
     HF_HUB_OFFLINE=1 python benchmarks/speed/recipe_meta_training.py --before d553fde --rounds 2   # about 30 minutes
     HF_HUB_OFFLINE=1 python benchmarks/speed/recipe_meta_training.py --before d553fde --rounds 1 --max_steps 20 \
-        --output /tmp/check.json                                                                   # a quick check
+        --output outputs/recipe_meta_training_check.json                                           # a quick check
 """
 
 from __future__ import annotations

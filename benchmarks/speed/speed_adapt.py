@@ -15,6 +15,8 @@ placement (the cache changes speed only).
     python benchmarks/speed/speed_adapt.py --quick --output outputs/speed.json   # smoke run: 1 shot, 200 sentences
     python benchmarks/speed/speed_adapt.py --model mpnet --placements top3_layers_no_inner_step top3_layers \
         --repeats 1 --test_examples 0     # all-mpnet-base-v2, two placements, no scoring: speed_mpnet.json
+    python benchmarks/speed/speed_adapt.py --model mpnet --placements top3_layers_no_inner_step \
+        --mixed_precision no bf16 --output benchmarks/speed/results/speed_mpnet_bf16.json  # float32 against bf16
 
 Writes the `adapt` part and the two `adapt_seconds_*` keys of `benchmarks/speed/results/speed.json` (other parts kept).
 SetFit's training time on the same shots is `speed_setfit.py`.
@@ -53,6 +55,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--test_examples", type=int, default=None, help="Score only the first N test sentences (0: no scoring)."
     )
+    parser.add_argument(
+        "--mixed_precision",
+        nargs="+",
+        default=["no"],
+        choices=["no", "bf16"],
+        help="`FewShotClassifier(mixed_precision=...)`; several are timed on the same classifier, alternated per "
+        "repeat (results under `<placement>` for float32, `<placement>_bf16` for bf16).",
+    )
     names = [setting[0] for setting in SETTINGS]
     parser.add_argument("--placements", nargs="+", default=names, choices=names, help="Placements to time.")
     args = parse(parser, argv, quick=dict(repeats=1, shots=1, test_examples=200))
@@ -68,11 +78,19 @@ def main(argv=None) -> None:
         clf = FewShotClassifier(model, tokenizer, AdaptationConfig(base_model=args.model, inner_steps=inner_steps))
         if not cache:
             clf.encoder.frozen_depth = 0  # every inner step recomputes the lower layers
-        runs = timed(lambda clf=clf: clf.fit(task.train_texts, task.train_labels), args.repeats)
-        result[placement] = {"seconds": median(runs), "runs": runs}
-        if cache and test_texts:
-            result[placement]["test_accuracy"] = accuracy(clf.predict(test_texts), test_labels)["accuracy"]
-        rows.append({"placement": placement, **result[placement], "runs": len(runs)})
+        runs = {precision: [] for precision in args.mixed_precision}
+        for _ in range(args.repeats):
+            for precision in args.mixed_precision:  # alternated, so drift between runs hits each alike
+                clf.mixed_precision = precision
+                runs[precision] += timed(lambda clf=clf: clf.fit(task.train_texts, task.train_labels), 1)
+        for precision in args.mixed_precision:
+            key = placement if precision == "no" else f"{placement}_{precision}"
+            result[key] = {"seconds": median(runs[precision]), "runs": runs[precision]}
+            if cache and test_texts:  # the last fit of this precision
+                clf.mixed_precision = precision
+                clf.fit(task.train_texts, task.train_labels)
+                result[key]["test_accuracy"] = accuracy(clf.predict(test_texts), test_labels)["accuracy"]
+            rows.append({"placement": key, **result[key], "runs": len(runs[precision])})
     if "top3_layers_no_cache" in result and "top3_layers" in result:
         result["top3_cache_speedup"] = result["top3_layers_no_cache"]["seconds"] / result["top3_layers"]["seconds"]
     if args.test_examples is not None:
