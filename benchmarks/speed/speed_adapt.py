@@ -86,7 +86,7 @@ def main(argv=None) -> None:
         for precision in args.mixed_precision:
             key = placement if precision == "no" else f"{placement}_{precision}"
             result[key] = {"seconds": median(runs[precision]), "runs": runs[precision]}
-            if cache and test_texts:  # the last fit of this precision
+            if cache and test_texts:  # fitted again: the timed fits alternated precisions
                 clf.mixed_precision = precision
                 clf.fit(task.train_texts, task.train_labels)
                 result[key]["test_accuracy"] = accuracy(clf.predict(test_texts), test_labels)["accuracy"]
