@@ -93,6 +93,17 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
 
 
+def code_version(path: str | os.PathLike) -> str:
+    """The commit of the checkout `path` is in, `+changes` when its tracked files differ from it."""
+    import subprocess
+
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *command], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 # ---- Timing and memory --------------------------------------------------------------------------------------
 
 

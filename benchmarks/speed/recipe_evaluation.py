@@ -27,7 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def evaluate(args) -> dict:
-    from _common import data_dir, machine
+    from _common import code_version, data_dir, machine
 
     import hf_meta
     from hf_meta import FewShotClassifier
@@ -46,24 +46,13 @@ def evaluate(args) -> dict:
     rows = compare_methods(tasks, {"hf_meta": meta, "fresh_lora": fresh}, frozen=fresh)
     seconds = time.perf_counter() - start
     return {
-        "hf_meta": _code_version(Path(hf_meta.__file__).resolve().parent),
+        "hf_meta": code_version(Path(hf_meta.__file__).resolve().parent),
         "mixed_precision": args.mixed_precision,
         "adapter": args.adapter,
         "machine": machine(),
         "seconds": seconds,
         "rows": rows,
     }
-
-
-def _code_version(package: Path) -> str:
-    """The commit of the checkout `package` is in, `+changes` when its tree differs from it."""
-    import subprocess
-
-    def git(*command: str) -> str:
-        return subprocess.run(["git", "-C", str(package), *command], capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def merge(files: list[str], output: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import os
 import re
 import statistics
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `_common`
 
-from _common import machine
+from _common import code_version, machine
 
 from hf_meta.bench.scripts import write_results
 from hf_meta.data import resolve_data_dir
@@ -55,10 +56,10 @@ def run_recipe(code_dir: Path, args, output_dir: str, objective_flag: bool, extr
     process = subprocess.Popen(
         command, cwd=code_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    tail: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=20)  # the last lines, for the error below
     try:
         for line in process.stdout:
-            tail = (tail + [line])[-20:]
+            tail.append(line)
             found = TRAIN_LOG.search(line)
             if found:
                 metrics = {key: float(value) for key, value in ast.literal_eval(found.group(0)).items()}
@@ -86,7 +87,6 @@ def main() -> None:
     before = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True, text=True, check=True
     ).stdout.strip()
-    now = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     arms = ["before", "current"] + (["current, bf16"] if args.bf16 else [])
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="recipe_meta_") as work:
@@ -132,7 +132,7 @@ def main() -> None:
         ),
         machine=machine(),
         before=before,
-        current=now.stdout.strip(),
+        current=code_version(ROOT),
         max_steps=args.max_steps,
         episodes_per_meta_step=4,
         median_speedup=statistics.median(a / b for a, b in zip(episodes["current"], episodes["before"])),
