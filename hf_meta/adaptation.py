@@ -21,11 +21,14 @@ from .inner_loop import (
     detached_copy,
     first_order_meta_gradient,
     fit_head,
+    fit_separate_heads,
     head_logits,
     initial_head,
+    is_multi_hot,
     learning_rate_hypergradient,
     name_targets,
     reptile_meta_gradient,
+    resolve_solver,
     sgd_adapt,
     task_accuracy,
     task_loss,
@@ -199,13 +202,7 @@ def fitted_head(
     head = initial_head(embeddings, labels, num_classes, config.head_init, bias=config.head_bias)
     if not config.head_fit_steps:
         return head
-    sample_weight = None
-    if name_embeddings is not None:
-        embeddings = torch.cat([embeddings, name_embeddings])
-        sample_weight = torch.cat(
-            [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
-        ).to(labels.device)
-        labels = torch.cat([labels, name_targets(labels, num_classes)])
+    embeddings, labels, sample_weight = _with_name_examples(embeddings, labels, num_classes, config, name_embeddings)
     # On many-way tasks a few SGD steps leave the prototype head far from the best linear head on the same
     # embeddings; fitting it first (a convex problem) closes that gap before the LoRA steps.
     return fit_head(
@@ -218,6 +215,89 @@ def fitted_head(
         sample_weight=sample_weight,
         head_prior=config.head_prior,
         solver=config.head_solver,
+    )
+
+
+def fitted_heads(
+    embeddings: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    num_classes: list[int],
+    config: AdaptationConfig,
+    name_embeddings: list[torch.Tensor | None] | None = None,
+) -> list[torch.Tensor]:
+    """[`fitted_head`] for several tasks at once (the episodes of a meta-batch), each on its own embeddings and
+    classes: where every head is fitted by Newton-CG, one batched solve of all of them
+    ([`hf_meta.inner_loop.fit_separate_heads`]), which runs each Newton step's kernels once for the batch instead of
+    once per task; otherwise one [`fitted_head`] per task. The heads are the same to the solver's tolerance.
+
+    Example:
+        ```python
+        >>> head_a, head_b = fitted_heads([x_a, x_b], [y_a, y_b], [5, 10], AdaptationConfig(), [names_a, names_b])
+        ```
+    """
+    names = name_embeddings if name_embeddings is not None else [None] * len(embeddings)
+    if not (len(embeddings) == len(labels) == len(num_classes) == len(names)):
+        raise ValueError(
+            f"`fitted_heads` got {len(embeddings)} embeddings, {len(labels)} labels, {len(num_classes)} class "
+            f"counts and {len(names)} name embeddings; give one of each per task."
+        )
+    tasks = list(zip(embeddings, labels, num_classes, names))
+    heads: list[torch.Tensor | None] = [None] * len(tasks)
+    # Tasks with class ids and multi-hot tasks (a micro-batch may mix them) are different losses: one solve each.
+    for multi_hot in (False, True):
+        group = [i for i, (_, y, _, _) in enumerate(tasks) if is_multi_hot(y) == multi_hot]
+        if not group:
+            continue
+        if len(group) == 1 or not all(_fits_by_newton(*tasks[i][:3], config, tasks[i][3]) for i in group):
+            for i in group:
+                heads[i] = fitted_head(*tasks[i][:3], config, tasks[i][3])
+            continue
+        problems = [_with_name_examples(*tasks[i][:3], config, tasks[i][3]) for i in group]
+        priors = [initial_head(*tasks[i][:3], config.head_init, bias=config.head_bias) for i in group]
+        fitted = fit_separate_heads(
+            [x for x, _, _ in problems],
+            [y for _, y, _ in problems],
+            priors,
+            config.logit_scale,
+            config.head_l2,
+            config.head_fit_steps,
+            [w if w is not None else x.new_ones(len(x)) for x, _, w in problems],
+            head_prior=config.head_prior,
+        )
+        for i, head in zip(group, fitted):
+            heads[i] = head
+    return heads
+
+
+def _fits_by_newton(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: AdaptationConfig,
+    name_embeddings: torch.Tensor | None,
+) -> bool:
+    """Whether [`fitted_head`] fits this task's head by Newton-CG (its examples counting the class names)."""
+    examples = len(embeddings) + (0 if name_embeddings is None else len(name_embeddings))
+    return config.head_fit_steps > 0 and resolve_solver(config.head_solver, num_classes, examples) == "newton"
+
+
+def _with_name_examples(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: AdaptationConfig,
+    name_embeddings: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The head fit's examples: the labelled ones, plus each class's name (weight `label_name_weight`) if given."""
+    if name_embeddings is None:
+        return embeddings, labels, None
+    sample_weight = torch.cat(
+        [torch.ones(len(labels)), torch.full((num_classes,), float(config.label_name_weight))]
+    ).to(labels.device)
+    return (
+        torch.cat([embeddings, name_embeddings]),
+        torch.cat([labels, name_targets(labels, num_classes)]),
+        sample_weight,
     )
 
 

@@ -12,7 +12,9 @@ Why it is fast on few-shot problems:
 - In those coordinates the features `U S` are orthogonal, so the Hessian is close to diagonal per class and a
   Jacobi preconditioner makes conjugate gradients converge in a few products.
 - Each Newton step needs only matrix products (Hessian-vector products written out, no autograd), batched over
-  independent problems that share the examples (the folds of a cross-validation).
+  independent problems: problems that share the examples (the folds of a cross-validation), or problems with their
+  own examples and classes (the episodes of a meta-batch), padded to the largest with masks. One batched solve runs
+  the same kernels for every problem at once, so a meta-batch costs one fit's launches on a GPU, not one per episode.
 
 Example:
     ```python
@@ -31,6 +33,9 @@ from .choices import OUT_OF_SCOPE
 TOLERANCE = 1e-8
 # Conjugate-gradient products per Newton step at most; the forcing term usually stops CG long before.
 MAX_CG_STEPS = 100
+# Added to the logits of a padded class: exp() of it is exactly 0 in float64, so it takes no probability, no loss
+# and no gradient (a finite value, unlike -inf, keeps `0 * logit` at 0 for the targets).
+PADDED_CLASS_LOGIT = -1e4
 
 
 def newton_heads(
@@ -44,8 +49,10 @@ def newton_heads(
     max_steps: int = 100,
     tolerance: float = TOLERANCE,
     starts: torch.Tensor | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Independent regularised logistic-regression heads on shared examples, each solved by Newton-CG.
+    """Independent regularised logistic-regression heads, each solved by Newton-CG: on shared examples, or each
+    on its own (`embeddings` with a leading `heads` dimension, as [`pad_problems`] builds them).
 
     Head `f` minimises `c_f * sum_n weights[f, n] * loss_n + l2 * ||W_f - W0_f||^2`, where `W0_f` is
     `priors[f]` without its bias column, `c_f` is 1 (`normalizer="sum"`) or `1 / sum_n weights[f, n]` (`"mean"`),
@@ -55,8 +62,10 @@ def newton_heads(
     mean stays where it starts, since a shift of every bias changes no probability.
 
     Args:
-        embeddings: `examples x hidden`, fixed (no gradient flows through the fit).
-        labels: class ids (`examples`) or multi-hot targets (`examples x classes`).
+        embeddings: `examples x hidden`, shared by every head, or `heads x examples x hidden`, each head's own;
+            fixed (no gradient flows through the fit).
+        labels: class ids (`examples`) or multi-hot targets (`examples x classes`), with a leading `heads`
+            dimension when `embeddings` has one.
         priors: `heads x classes x width` starts and centres, `width` the hidden size (+1 with a bias).
         weights: `heads x examples`, each example's weight in each head's loss (0 leaves it out).
         scale: the cosine head's logit scale `s`.
@@ -67,6 +76,8 @@ def newton_heads(
         starts: heads to start from (`heads x classes x width`, e.g. the fit on every example for the folds of a
             cross-validation); default: the priors. The optimum does not depend on the start, the number of
             steps to reach it does.
+        class_mask: `heads x classes`, `False` for a class a head does not have (padding up to the largest
+            head): it takes no probability and keeps its prior. Class ids and multi-hot targets never name one.
 
     Returns:
         The heads, `heads x classes x width`, in float64 (callers cast back).
@@ -75,26 +86,36 @@ def newton_heads(
     priors = priors.detach().double()
     weights = weights.detach().double()
     count, num_classes, width = priors.shape
-    hidden = X.shape[1]
+    hidden = X.shape[-1]
     has_bias = width == hidden + 1
-    multi = labels.dim() == 2
+    shared = X.dim() == 2
+    multi = labels.dim() == X.dim()
+    if shared:
+        X = X[None]  # 1 x examples x hidden: broadcast over the heads
     if not bool(torch.isfinite(X).all()):  # e.g. a diverged encoder: non-finite in, non-finite out, for the caller
         return torch.full_like(priors, float("nan"))  # to report where it happened (the SVD would only fail)
 
     # Coordinates of the examples' span: W = W0 + B V^T, logits = s X W0^T + s (U S) B^T + b.
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    keep = S > S[0] * 1e-10 if len(S) else S.bool()
-    features, basis = U[:, keep] * S[keep], Vh[keep].T  # examples x rank, hidden x rank
+    keep = S > S[..., :1] * 1e-10
+    if shared:  # drop the directions the examples do not span
+        U, S, Vh = U[..., keep[0]], S[..., keep[0]], Vh[:, keep[0]]
+    else:  # each head's own rank: the directions its examples do not span get zero features and keep the prior
+        S = S * keep
+    features, basis = U * S[..., None, :], Vh.mT  # (heads or 1) x examples x rank, (heads or 1) x hidden x rank
     base = scale * X @ priors[..., :hidden].mT  # heads x examples x classes
     if has_bias:
         base = base + priors[:, None, :, hidden]
+    mask = None if class_mask is None else class_mask.to(device=X.device, dtype=X.dtype)  # heads x classes
+    if mask is not None:
+        base = base + ((1 - mask) * PADDED_CLASS_LOGIT)[:, None, :]
     if multi:
         targets = labels.double()
     else:
         in_scope = labels != OUT_OF_SCOPE
-        targets = torch.where(
-            in_scope[:, None], F.one_hot(labels.clamp_min(0), num_classes).double(), X.new_tensor(1.0 / num_classes)
-        )
+        # an out-of-scope example's target: the uniform distribution over the head's own classes
+        uniform = X.new_tensor(1.0 / num_classes) if mask is None else (mask / mask.sum(1, keepdim=True))[:, None]
+        targets = torch.where(in_scope[..., None], F.one_hot(labels.clamp_min(0), num_classes).double(), uniform)
     norm = weights.sum(1, keepdim=True).clamp_min(1e-12) if normalizer == "mean" else weights.new_ones(count, 1)
     cw = (weights / norm)[..., None]  # heads x examples x 1
     sq_features = features * features
@@ -130,7 +151,7 @@ def newton_heads(
     def dot(aB, ab, bB, bb):
         return (aB * bB).sum((1, 2)) + (ab * bb).sum(1)
 
-    B = X.new_zeros(count, num_classes, features.shape[1])
+    B = X.new_zeros(count, num_classes, features.shape[-1])
     b = X.new_zeros(count, num_classes)
     value, grad_B, grad_b, p = value_gradient(B, b)
     first_norm = dot(grad_B, grad_b, grad_B, grad_b).sqrt()  # at the prior, whatever the start
@@ -169,8 +190,11 @@ def newton_heads(
             beta = rz_next / rz.clamp_min(1e-300)
             rz = rz_next
             d_B, d_b = z_B + beta[:, None, None] * d_B, z_b + beta[:, None] * d_b
-        if has_bias and not multi:
-            step_b = step_b - step_b.mean(1, keepdim=True)  # a common bias shift changes no probability
+        if has_bias and not multi:  # a common bias shift changes no probability
+            if mask is None:
+                step_b = step_b - step_b.mean(1, keepdim=True)
+            else:
+                step_b = (step_b - (step_b * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)) * mask
         # Backtracking (Armijo) line search from the full Newton step, per head
         slope = dot(grad_B, grad_b, step_B, step_b)
         length = torch.ones_like(value)
@@ -188,7 +212,46 @@ def newton_heads(
         value, grad_B, grad_b, p = trial
 
     heads = priors.clone()
-    heads[..., :hidden] = priors[..., :hidden] + B @ basis.T
+    heads[..., :hidden] = priors[..., :hidden] + B @ basis.mT
     if has_bias:
         heads[..., hidden] = priors[..., hidden] + b
     return heads
+
+
+def pad_problems(
+    embeddings: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    priors: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head problems with their own examples and classes as one batch for [`newton_heads`]: every problem padded
+    to the most examples (weight 0, so they count for nothing) and the most classes (masked out).
+
+    Args:
+        embeddings: per problem, `examples_i x hidden`.
+        labels: per problem, class ids (`examples_i`) or multi-hot targets (`examples_i x classes_i`).
+        weights: per problem, one weight per example (`examples_i`).
+        priors: per problem, `classes_i x width`.
+
+    Returns:
+        `embeddings` (`heads x examples x hidden`), `labels`, `weights` (`heads x examples`), `priors`
+        (`heads x classes x width`) and `class_mask` (`heads x classes`, `True` for a problem's own classes).
+
+    Example:
+        ```python
+        >>> X, y, w, W0, mask = pad_problems([x_a, x_b], [y_a, y_b], [w_a, w_b], [W0_a, W0_b])
+        >>> heads = newton_heads(X, y, W0, w, scale=20.0, l2=0.1, normalizer="sum", class_mask=mask)
+        >>> head_b = heads[1, : len(W0_b)]
+        ```
+    """
+    examples = max(len(x) for x in embeddings)
+    classes = max(len(prior) for prior in priors)
+    padded_x = torch.stack([F.pad(x, (0, 0, 0, examples - len(x))) for x in embeddings])
+    if labels[0].dim() == 2:  # multi-hot: a padded class is negative everywhere
+        padded_y = torch.stack([F.pad(y, (0, classes - y.shape[1], 0, examples - len(y))) for y in labels])
+    else:  # class ids: a padded example names class 0 with weight 0
+        padded_y = torch.stack([F.pad(y, (0, examples - len(y))) for y in labels])
+    padded_w = torch.stack([F.pad(w, (0, examples - len(w))) for w in weights])
+    padded_priors = torch.stack([F.pad(prior, (0, 0, 0, classes - len(prior))) for prior in priors])
+    class_mask = torch.stack([torch.arange(classes, device=priors[0].device) < len(prior) for prior in priors])
+    return padded_x, padded_y, padded_w, padded_priors, class_mask

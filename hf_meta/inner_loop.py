@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .adaptation_config import AdaptationConfig
 from .choices import OUT_OF_SCOPE, HeadInit, HeadPrior, HeadSolver, check_choice
-from .head_solver import newton_heads
+from .head_solver import newton_heads, pad_problems
 
 Weights = dict[str, torch.Tensor]
 HEAD = "hf_meta.head"  # the per-task head lives in the fast weights under a name no LoRA parameter can have
@@ -184,6 +184,37 @@ def fit_heads(
     with torch.enable_grad(), _one_cpu_thread(embeddings.device):
         optimizer.step(objective)
     return heads.detach().to(dtype)
+
+
+def fit_separate_heads(
+    embeddings: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    priors: list[torch.Tensor],
+    scale: float,
+    l2: float,
+    steps: int,
+    sample_weights: list[torch.Tensor],
+    head_prior: HeadPrior = AdaptationConfig.head_prior,
+) -> list[torch.Tensor]:
+    """Independent [`fit_head`] problems, each with its own examples and classes (the episodes of a meta-batch),
+    solved together by Newton-CG: padded to the largest problem with masks ([`hf_meta.head_solver.pad_problems`]),
+    so that each Newton step runs its kernels once for every problem. Each problem stops at its own tolerance, so
+    a head is the one [`fit_head`] with `solver="newton"` gives, to that tolerance.
+
+    Returns one head per problem, `classes_i x width` like `priors[i]`.
+
+    Example:
+        ```python
+        >>> head_a, head_b = fit_separate_heads([x_a, x_b], [y_a, y_b], [W0_a, W0_b], 20.0, 0.1, 100, [w_a, w_b])
+        ```
+    """
+    check_choice("head_prior", head_prior, HeadPrior)
+    X, y, weights, padded_priors, class_mask = pad_problems(embeddings, labels, sample_weights, priors)
+    with _one_cpu_thread(X.device):
+        heads = newton_heads(
+            X, y, padded_priors, weights, scale, l2, head_prior, max_steps=steps, class_mask=class_mask
+        )
+    return [head[: len(prior)].to(x.dtype) for head, prior, x in zip(heads, priors, embeddings)]
 
 
 # `head_solver="auto"` fits heads of at most this many classes x examples by Newton-CG, larger ones by L-BFGS: the

@@ -2,10 +2,10 @@
 
 With `inner_steps=0` (the fitted head alone adapts), every episode of a micro-batch starts from the same weights,
 so the episodes need not run one after another: their support sentences and class names are embedded in one
-gradient-free pass (length-sorted chunks, so little padding), each episode's head is fitted on its own embeddings,
-and their query sentences are embedded in one pass whose single backward gives the mean of the episodes'
-query-loss gradients. Evaluation episodes share the same passes ([`batch_query_logits`]). Any other
-configuration (inner LoRA steps, Reptile, a learned inner loop) adapts the episodes one at a time.
+gradient-free pass (length-sorted chunks, so little padding), their heads are fitted in one batched solve, each on
+its own embeddings and classes, and their query sentences are embedded in one pass whose single backward gives the
+mean of the episodes' query-loss gradients. Evaluation episodes share the same passes ([`batch_query_logits`]). Any
+other configuration (inner LoRA steps, Reptile, a learned inner loop) adapts the episodes one at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .adaptation import EpisodeOutcome, episode_meta_gradient, episode_query_logits, fitted_head
+from .adaptation import EpisodeOutcome, episode_meta_gradient, episode_query_logits, fitted_heads
 from .adaptation_config import AdaptationConfig
 from .episode_collator import split_episode
 from .inner_loop import Weights, detached_copy, head_logits, task_accuracy, task_loss
@@ -71,8 +71,7 @@ def batch_query_logits(
     """
     if not shares_encoder_passes(config, inner_loop):
         return [episode_query_logits(encoder, meta_weights, episode, config, inner_loop) for episode in episodes]
-    embedded = episode_embeddings(encoder, meta_weights, episodes, config)
-    return [query_logits_from_embeddings(e, episode, config) for e, episode in zip(embedded, episodes)]
+    return query_logits_from_embeddings(episode_embeddings(encoder, meta_weights, episodes, config), episodes, config)
 
 
 def shares_encoder_passes(config: AdaptationConfig, inner_loop: LearnedInnerLoop | None = None) -> bool:
@@ -104,16 +103,20 @@ def episode_embeddings(
 
 
 def query_logits_from_embeddings(
-    embedded: dict[str, torch.Tensor | None], episode: dict[str, torch.Tensor], config: AdaptationConfig
-) -> torch.Tensor:
-    """The query logits of an episode whose embeddings [`episode_embeddings`] computed: its head fitted on the
-    support embeddings (plus the class names when `config` uses them), as `adapt` fits it with `inner_steps=0`."""
+    embedded: list[dict[str, torch.Tensor | None]], episodes: list[dict[str, torch.Tensor]], config: AdaptationConfig
+) -> list[torch.Tensor]:
+    """The query logits of episodes whose embeddings [`episode_embeddings`] computed: each episode's head fitted on
+    its support embeddings (plus the class names when `config` uses them), as `adapt` fits it with
+    `inner_steps=0`, all heads in one batched fit ([`fitted_heads`])."""
     use_names = config.use_label_names and config.label_name_weight > 0
-    labels = episode["support_labels"]
-    head = fitted_head(
-        embedded["support"], labels, int(episode["num_classes"]), config, embedded["names"] if use_names else None
+    heads = fitted_heads(
+        [e["support"] for e in embedded],
+        [episode["support_labels"] for episode in episodes],
+        [int(episode["num_classes"]) for episode in episodes],
+        config,
+        [e["names"] if use_names else None for e in embedded],
     )
-    return head_logits(embedded["query"], head, config.logit_scale)
+    return [head_logits(e["query"], head, config.logit_scale) for e, head in zip(embedded, heads)]
 
 
 def _check_names(names: list[dict[str, torch.Tensor]], num_classes: list[int]) -> None:
@@ -157,10 +160,9 @@ def _batched_fomaml_without_inner_steps(
     with torch.no_grad():
         support_embeddings = embed_parts(encoder, lora, [*supports, *(rows for rows in names if rows)])
     support_part, name_part = support_embeddings[: len(episodes)], iter(support_embeddings[len(episodes) :])
-    heads = [
-        fitted_head(embeddings, support["labels"], count, config, next(name_part) if rows else None)
-        for support, rows, count, embeddings in zip(supports, names, num_classes, support_part)
-    ]
+    name_embeddings = [next(name_part) if rows else None for rows in names]
+    support_labels = [support["labels"] for support in supports]
+    heads = fitted_heads(support_part, support_labels, num_classes, config, name_embeddings)
 
     with torch.enable_grad():
         query_embeddings = embed_parts(encoder, lora, queries)

@@ -433,10 +433,10 @@ class MetaTrainer(Trainer):
                         for group in _groups(episodes, EVAL_EPISODES_PER_PASS)
                         for embedded in episode_embeddings(self.encoder, meta, group, config)
                     ]
-                logits_per_episode = [
-                    query_logits_from_embeddings(embedded, inputs, config)
-                    for embedded, inputs in zip(embedded_at[strength], episodes)
-                ]
+                embedded, logits_per_episode = embedded_at[strength], []
+                for start in range(0, len(episodes), EVAL_EPISODES_PER_PASS):  # the heads of a group in one fit
+                    group = slice(start, start + EVAL_EPISODES_PER_PASS)
+                    logits_per_episode += query_logits_from_embeddings(embedded[group], episodes[group], config)
             else:
                 logits_per_episode = [
                     episode_query_logits(self.encoder, meta, inputs, config, self.inner_loop) for inputs in episodes

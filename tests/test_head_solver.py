@@ -5,8 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_meta.adaptation import fitted_head, fitted_heads
+from hf_meta.adaptation_config import AdaptationConfig
 from hf_meta.choices import OUT_OF_SCOPE
-from hf_meta.inner_loop import NEWTON_MAX_SIZE, fit_head, fit_heads, head_logits, resolve_solver, task_loss
+from hf_meta.head_solver import newton_heads, pad_problems
+from hf_meta.inner_loop import (
+    NEWTON_MAX_SIZE,
+    fit_head,
+    fit_heads,
+    fit_separate_heads,
+    head_logits,
+    resolve_solver,
+    task_loss,
+)
 
 
 def _task(seed=0, examples=24, classes=4, hidden=16, kind="ids"):
@@ -88,6 +99,60 @@ def test_batched_heads_equal_separate_fits_and_ignore_zero_weight_examples():
         kept = weights[f] > 0
         alone = fit_head(x[kept], labels[kept], priors[f], 20.0, 0.1, 100, head_prior="sum", solver="newton")
         assert torch.allclose(head_logits(x, heads[f], 20.0), head_logits(x, alone, 20.0), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ids", "oos", "multi"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_separate_problems_padded_into_one_solve_equal_their_own_fits(kind, bias):
+    """Episodes of a meta-batch have their own examples and classes: padded with masks into one Newton solve, each
+    head is the one its own fit gives (to the solver's tolerance), with weights and priors of its own."""
+    tasks = [_task(seed=s, examples=e, classes=c, kind=kind) for s, e, c in [(0, 24, 4), (1, 9, 3), (2, 40, 6)]]
+    generator = torch.Generator().manual_seed(3)
+    priors = [0.3 * torch.randn(c, x.shape[1] + bias, generator=generator) for x, _, c in tasks]
+    weights = [torch.rand(len(x), generator=generator) + 0.5 for x, _, _ in tasks]
+    xs, ys = [x for x, _, _ in tasks], [y for _, y, _ in tasks]
+    heads = fit_separate_heads(xs, ys, priors, 20.0, 0.1, 100, weights, head_prior="mean")
+    for x, y, prior, w, head in zip(xs, ys, priors, weights, heads):
+        alone = fit_head(x, y, prior, 20.0, 0.1, 100, sample_weight=w, head_prior="mean", solver="newton")
+        assert head.shape == prior.shape
+        assert torch.allclose(head_logits(x, head, 20.0), head_logits(x, alone, 20.0), atol=1e-5)
+        start = _gradient_norm(x, y, prior, prior, 20.0, 0.1, w.double(), "mean")
+        assert _gradient_norm(x, y, head, prior, 20.0, 0.1, w.double(), "mean") < 1e-6 * start
+
+
+def test_padded_classes_and_examples_take_no_part_in_the_fit():
+    (x_a, y_a, c_a), (x_b, y_b, c_b) = _task(seed=0, examples=20, classes=5), _task(seed=1, examples=6, classes=2)
+    priors = [torch.zeros(c_a, x_a.shape[1] + 1), torch.full((c_b, x_b.shape[1] + 1), 0.25)]
+    weights = [torch.ones(len(x_a)), torch.ones(len(x_b))]
+    X, y, w, W0, mask = pad_problems([x_a, x_b], [y_a, y_b], weights, priors)
+    assert X.shape == (2, 20, x_a.shape[1]) and W0.shape == (2, 5, x_a.shape[1] + 1)
+    assert mask.tolist() == [[True] * 5, [True, True, False, False, False]]
+    assert w[1, 6:].abs().sum() == 0
+    heads = newton_heads(X, y, W0, w, 20.0, 0.1, "sum", class_mask=mask)
+    assert torch.equal(heads[1, 2:], W0[1, 2:].double())  # a padded class keeps its prior
+    assert heads[1, :2, -1].mean().item() == pytest.approx(0.25, abs=1e-6)  # the bias mean over its own classes
+    assert not torch.allclose(heads[1, :2], W0[1, :2].double())
+
+
+def test_fitted_heads_batches_what_newton_fits_and_matches_each_fitted_head():
+    """A micro-batch mixing class ids and multi-hot tasks, with and without names, is fitted kind by kind; a head
+    too large for Newton-CG under `head_solver="auto"` is fitted on its own by L-BFGS, as `fitted_head` does."""
+    config = AdaptationConfig(inner_steps=0)
+    tasks = [_task(seed=0, examples=12, classes=3), _task(seed=1, examples=16, classes=4, kind="multi")]
+    tasks += [_task(seed=2, examples=10, classes=5), _task(seed=3, examples=8, classes=4, kind="multi")]
+    names = [F.normalize(torch.randn(c, x.shape[1], generator=torch.Generator().manual_seed(9)), dim=-1)
+             for x, _, c in tasks]  # fmt: skip
+    names[2] = None
+    args = [x for x, _, _ in tasks], [y for _, y, _ in tasks], [c for _, _, c in tasks], config, names
+    for head, x, y, c, n in zip(fitted_heads(*args), *args[:3], names):
+        expected = fitted_head(x, y, c, config, n)
+        assert torch.allclose(head_logits(x, head, 20.0), head_logits(x, expected, 20.0), atol=1e-5)
+    big = _task(seed=4, examples=NEWTON_MAX_SIZE // 4 + 1, classes=4, hidden=8)
+    small = _task(seed=5, examples=8, classes=4, hidden=8)
+    heads = fitted_heads([big[0], small[0]], [big[1], small[1]], [4, 4], config)
+    assert torch.equal(heads[0], fitted_head(big[0], big[1], 4, config))  # L-BFGS, as alone
+    with pytest.raises(ValueError, match="one of each per task"):
+        fitted_heads([big[0]], [big[1], small[1]], [4, 4], config)
 
 
 def test_an_unknown_solver_is_refused_by_name():

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 import numpy as np
 import torch
 from _common import machine
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import set_seed
 from transformers.utils import logging
 
@@ -125,49 +126,97 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
     }
 
 
+class OperationCount(TorchDispatchMode):
+    """Counts the tensor operations dispatched inside its `with` block (after autograd, as kernels run), and the
+    reads of a tensor's value by Python (`bool(...)`, `.item()`: a host sync on a GPU)."""
+
+    operations = 0
+    host_syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operations += 1
+        self.host_syncs += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
 def head_fit_times(args, episodes) -> dict:
     """CPU milliseconds per head fit (one thread) on the recipe's episodes for each solver, and each head's distance
-    to the optimum (the tolerance every comparison of meta-gradients on real episodes lives with)."""
+    to the optimum (the tolerance every comparison of meta-gradients on real episodes lives with). `newton, per
+    meta-batch` fits the heads of 4 consecutive episodes in one padded solve, as a meta-step does. `ops_per_fit` counts
+    the tensor operations a fit dispatches (one device kernel each on a GPU, whose launches and host syncs bound
+    these small solves there): a count that does not depend on the machine it is measured on."""
     from hf_meta import FewShotClassifier
     from hf_meta.head_solver import newton_heads
+    from hf_meta.inner_loop import fit_separate_heads
     from hf_meta.label_names import label_phrase
 
     clf = FewShotClassifier.from_pretrained(args.model)
     config = clf.adaptation_config
     fit = dict(scale=config.logit_scale, l2=config.head_l2, head_prior=config.head_prior)
-    solvers = ("lbfgs", "newton")
-    seconds, distances, sizes = {s: [] for s in solvers}, {s: [] for s in solvers}, []
+    problems = []  # (embeddings, labels, prior, optimum) per episode
+    for row in episodes.select(range(min(args.head_fit_episodes, len(episodes)))):
+        count = len(row["class_names"])
+        texts = list(row["support_text"]) + [label_phrase(name) for name in row["class_names"]]
+        embeddings = torch.as_tensor(clf.embed(texts), dtype=torch.float32)
+        labels = torch.cat([torch.tensor(row["support_label"]), torch.arange(count)])
+        prior = initial_head(embeddings, labels, count, config.head_init, bias=config.head_bias)
+        optimum = newton_heads(
+            embeddings, labels, prior[None], torch.ones(1, len(labels)), config.logit_scale, config.head_l2,
+            config.head_prior, max_steps=200, tolerance=1e-12,
+        )[0]  # fmt: skip
+        problems.append((embeddings, labels, prior, optimum))
+
+    def distance(head, optimum):
+        head, optimum = head.double().clone(), optimum.clone()
+        head[:, -1] -= head[:, -1].mean()  # a common bias shift changes no probability
+        optimum[:, -1] -= optimum[:, -1].mean()
+        return float((head - optimum).abs().max())
+
+    solvers = ("lbfgs", "newton", "newton, per meta-batch")
+    seconds, distances = {s: [] for s in solvers}, {s: [] for s in solvers}
+    ops, syncs = {s: [] for s in solvers}, {s: [] for s in solvers}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for row in episodes.select(range(min(args.head_fit_episodes, len(episodes)))):
-            count = len(row["class_names"])
-            texts = list(row["support_text"]) + [label_phrase(name) for name in row["class_names"]]
-            embeddings = torch.as_tensor(clf.embed(texts), dtype=torch.float32)
-            labels = torch.cat([torch.tensor(row["support_label"]), torch.arange(count)])
-            prior = initial_head(embeddings, labels, count, config.head_init, bias=config.head_bias)
-            optimum = newton_heads(
-                embeddings, labels, prior[None], torch.ones(1, len(labels)), config.logit_scale, config.head_l2,
-                config.head_prior, max_steps=200, tolerance=1e-12,
-            )[0]  # fmt: skip
-            optimum[:, -1] -= optimum[:, -1].mean()  # a common bias shift changes no probability
-            for solver in solvers:
+        for solver in solvers[:2]:
+            for embeddings, labels, prior, optimum in problems:
                 start = time.process_time()
-                head = fit_head(embeddings, labels, prior, steps=config.head_fit_steps, solver=solver, **fit).double()
+                head = fit_head(embeddings, labels, prior, steps=config.head_fit_steps, solver=solver, **fit)
                 seconds[solver].append(time.process_time() - start)
-                head[:, -1] -= head[:, -1].mean()
-                distances[solver].append(float((head - optimum).abs().max()))
-            sizes.append(len(embeddings))
+                distances[solver].append(distance(head, optimum))
+                with OperationCount() as counted:
+                    fit_head(embeddings, labels, prior, steps=config.head_fit_steps, solver=solver, **fit)
+                ops[solver].append(counted.operations)
+                syncs[solver].append(counted.host_syncs)
+        solver = solvers[2]
+        for first in range(0, len(problems), 4):
+            group = problems[first : first + 4]
+            start = time.process_time()
+            heads = fit_separate_heads(
+                [p[0] for p in group], [p[1] for p in group], [p[2] for p in group], steps=config.head_fit_steps,
+                sample_weights=[torch.ones(len(p[1])) for p in group], **fit,
+            )  # fmt: skip
+            seconds[solver] += [(time.process_time() - start) / len(group)] * len(group)
+            distances[solver] += [distance(head, p[3]) for head, p in zip(heads, group)]
+            with OperationCount() as counted:
+                fit_separate_heads(
+                    [p[0] for p in group], [p[1] for p in group], [p[2] for p in group], steps=config.head_fit_steps,
+                    sample_weights=[torch.ones(len(p[1])) for p in group], **fit,
+                )  # fmt: skip
+            ops[solver] += [counted.operations / len(group)] * len(group)
+            syncs[solver] += [counted.host_syncs / len(group)] * len(group)
     finally:
         torch.set_num_threads(threads)
     return {
         solver: {
             "cpu_ms_per_fit": round(1000 * float(np.mean(seconds[solver])), 1),
+            "ops_per_fit": round(float(np.mean(ops[solver])), 1),
+            "host_syncs_per_fit": round(float(np.mean(syncs[solver])), 1),
             "max_abs_distance_to_optimum": max(distances[solver]),
             "median_abs_distance_to_optimum": float(np.median(distances[solver])),
         }
         for solver in solvers
-    } | {"examples_per_fit": sizes}
+    } | {"examples_per_fit": [len(p[0]) for p in problems]}
 
 
 def main() -> None:
@@ -223,7 +272,8 @@ def main() -> None:
         if solver == "examples_per_fit":
             continue
         print(
-            f"head fit, {solver}: {fits['cpu_ms_per_fit']:.1f} CPU ms per episode (one thread); distance to the "
+            f"head fit, {solver}: {fits['cpu_ms_per_fit']:.1f} CPU ms, {fits['ops_per_fit']:.0f} tensor operations "
+            f"and {fits['host_syncs_per_fit']:.0f} host syncs per episode (one thread); distance to the "
             f"optimum: max {fits['max_abs_distance_to_optimum']:.1e}, "
             f"median {fits['median_abs_distance_to_optimum']:.1e}"
         )
