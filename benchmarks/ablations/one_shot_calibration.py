@@ -8,6 +8,7 @@ on its held-out logits of the same 1-shot fit (names on, fresh adapter, `inner_s
 
 - `folds`: the k-fold cross-validation `fit` uses from 2 shots (`strength_folds`, names standing in);
 - `class_names`: each class's name phrase, scored by the head fitted on the texts alone (`class_name_logits`);
+- `class_names_and_folds`: one temperature on both of the above together (`fit`'s rule);
 - `edited_stand_in`: five folds of classes; a held-out class keeps a span-cutoff copy of its text (half its words
   cut) in training, and the original is scored;
 - `none`: no temperature (`calibrate=False`);
@@ -50,7 +51,7 @@ from hf_meta.label_names import label_phrase
 
 RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results files
 
-RULES = ("folds", "class_names", "edited_stand_in", "none", "oracle")
+RULES = ("folds", "class_names", "class_names_and_folds", "edited_stand_in", "none", "oracle")
 TARGETS = ("banking77", "clinc150", "hwu64")
 SEEDS = (100, 101, 102, 103, 104)
 EDITED_FOLDS = 5
@@ -84,7 +85,11 @@ def temperatures(
     folds = strength_folds(ids.tolist(), config.adapter_strength_folds, names_usable=True)
     cv = cross_validated_logits(support, ids, len(classes), config, names, folds)
     found["folds"] = fit_temperature(cv.logits, cv.labels)
-    found["class_names"] = fit_temperature(*class_name_logits(support, ids, len(classes), config, names))
+    name_logits, name_ids = class_name_logits(support, ids, len(classes), config, names)
+    found["class_names"] = fit_temperature(name_logits, name_ids)
+    found["class_names_and_folds"] = fit_temperature(
+        torch.cat([name_logits, cv.logits]), torch.cat([name_ids, cv.labels])
+    )
     rng = np.random.default_rng(seed)
     held, held_ids = [], []
     for fold in np.array_split(rng.permutation(len(texts)), EDITED_FOLDS):
