@@ -10,19 +10,15 @@ the classes of every text is kept) and every row stays a probability distributio
 cross-validation on the labelled examples, where each fold refits the head on the other examples' embeddings (every
 fold in one batched problem, [`hf_meta.inner_loop.fit_heads`]), so it costs a few head fits and no encoder pass.
 Where some class has a single labelled text and the fit uses class names, a fold cannot hold that text out without
-leaving its class only its name, a weaker classifier than the one fitted, so a temperature fitted on the folds
-alone comes out too soft. The class names, scored by the head fitted on the texts alone ([`class_name_logits`]),
-are held-out predictions of a classifier with every text, and easy ones: a temperature fitted on them alone comes
-out too sharp. There the temperature is fitted on both sets of held-out predictions together
-(`held_out="class_names_and_folds"`), the rule chosen on the validation texts of three intent collections
-(`benchmarks/ablations/one_shot_calibration.py`).
+leaving its class only its name, a weaker classifier than the one fitted; there the held-out predictions are the
+class names instead, scored by the head fitted on the texts alone ([`class_name_logits`]).
 The fitted `T` is folded into the head (`W / T`, `b / T`), so `predict_proba`, a frozen serving copy and an ONNX
 export all give the calibrated probabilities.
 
 Example:
     ```python
     >>> clf.fit(texts, labels)                       # calibrate=True: a temperature is fitted when a fold is possible
-    >>> clf.temperature_, clf.calibration_.cv_ece, clf.calibration_.held_out   # at 1 shot: "class_names_and_folds"
+    >>> clf.temperature_, clf.calibration_.cv_ece, clf.calibration_.held_out   # "folds", or "class_names" at 1 shot
     >>> expected_calibration_error(clf.predict_proba(test_texts), test_label_ids)
     ```
 """
@@ -44,8 +40,7 @@ from .adapter_strength import _fold_logits_head_only
 # sharper probabilities); the bounds keep such a task from ending with probabilities of exactly 0 and 1.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 ECE_BINS = 15
-# what a temperature can be fitted on (`Calibration.held_out`)
-HELD_OUT = ("folds", "class_names", "class_names_and_folds")
+HELD_OUT = ("folds", "class_names")  # what a temperature can be fitted on (`Calibration.held_out`)
 
 
 @dataclass
@@ -120,8 +115,7 @@ def class_name_logits(
     Cross-validation holds each text out once; a class with one text then keeps only its name in that fold, while
     the fitted classifier has both, so the held-out predictions are less sure than the classifier's and the
     temperature fitted on them comes out too soft. Holding the names out instead keeps every class's text in the
-    fold: one head fit on the embeddings at hand, no encoder pass. `fit` fits its temperature on these and the
-    folds' predictions together.
+    fold: one head fit on the embeddings at hand, no encoder pass.
     """
     rows = len(labels)
     held = np.arange(rows, rows + num_classes)
@@ -221,9 +215,8 @@ def temperature_scaled(head: torch.Tensor, temperature: float) -> torch.Tensor:
 @dataclass
 class Calibration:
     """What `fit` found: the temperature folded into the head and the calibration errors of the held-out
-    predictions it was fitted on (`held_out`: `"folds"`, the cross-validated labelled texts; `"class_names"`, the
-    names scored by the head fitted on the texts alone, [`class_name_logits`]; or `"class_names_and_folds"`, both,
-    where some class has a single text)."""
+    predictions it was fitted on (`held_out`: `"folds"`, the cross-validated labelled texts, or `"class_names"`, the
+    names scored by the head fitted on the texts alone; [`class_name_logits`])."""
 
     temperature: float
     cv_ece_before: float

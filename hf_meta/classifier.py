@@ -210,9 +210,9 @@ class FewShotClassifier(ClassifierHubMixin):
         **Calibration.** With `calibrate` (the default) a temperature fitted on cross-validated logits is folded
         into the head, so `predict_proba`'s probabilities mean what they say (`temperature_`, `calibration_`; see
         `hf_meta/calibration.py`); no prediction changes. Where a class has a single labelled text and the class
-        names are used, the temperature is fitted on the folds together with the names, scored by the head fitted
-        on the texts alone (`calibration_.held_out == "class_names_and_folds"`). With one example per class and no
-        usable names there is nothing to hold out, and the probabilities stay as fitted.
+        names are used, the temperature is fitted on the names instead, scored by the head fitted on the texts
+        alone (`calibration_.held_out == "class_names"`). With one example per class and no usable names there is
+        nothing to hold out, and the probabilities stay as fitted.
 
         **Multi-label.** With one list (or tuple, set) of classes per text, or a multi-hot matrix whose columns
         `classes=` names, the head is one-vs-rest: one sigmoid per class, fitted like the single-label head (same

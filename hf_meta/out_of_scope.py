@@ -394,11 +394,10 @@ def calibrate_and_detect(
         at_init = embeddings_at(init_lora)
     support_embeddings, name_embeddings = at_init
     folds = strength_folds(labels.tolist(), config.adapter_strength_folds, name_embeddings is not None)
-    # A class with one labelled text keeps only its name in the fold holding that text out, so the folds alone
-    # give too soft a temperature; the names scored by the text-only head give too sharp a one. The temperature
-    # is then fitted on both sets of held-out predictions together (hf_meta/calibration.py).
+    # A class with one labelled text would keep only its name in the fold holding that text out: the temperature
+    # is then fitted on the class names instead (hf_meta/calibration.py).
     by_names = settings.calibrate and name_embeddings is not None and has_single_text_class(labels, num_classes)
-    needs_folds = settings.calibrate or (settings.label is not None and settings.threshold is None)
+    needs_folds = (settings.calibrate and not by_names) or (settings.label is not None and settings.threshold is None)
     cv = None
     if folds and needs_folds:
         cv = cross_validated_logits(
@@ -407,12 +406,8 @@ def calibrate_and_detect(
     calibration, temperature = None, 1.0
     head = weights[HEAD]
     if by_names:
-        name_logits, name_labels = class_name_logits(support_embeddings, labels, num_classes, config, name_embeddings)
-        if cv is None:
-            calibration = calibrate_logits(name_logits, name_labels, "class_names")
-        else:
-            logits, targets = torch.cat([name_logits, cv.logits]), torch.cat([name_labels, cv.labels])
-            calibration = calibrate_logits(logits, targets, "class_names_and_folds")
+        names_held_out = class_name_logits(support_embeddings, labels, num_classes, config, name_embeddings)
+        calibration = calibrate_logits(*names_held_out, "class_names")
     elif settings.calibrate and cv is not None:
         calibration = calibrate(cv)
     if calibration is not None:

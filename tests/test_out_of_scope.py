@@ -323,36 +323,28 @@ def test_no_fold_means_no_temperature(tokenizer):
     assert clf.out_of_scope_threshold == 0.4 and not clf.out_of_scope_.estimates["chosen"]
 
 
-def test_one_shot_with_names_fits_the_temperature_on_the_names_and_the_folds(tokenizer):
-    """With a single text per class, the held-out predictions are the names, scored by the head fitted on the texts
-    alone (as a fit without names fits it), together with the folds' held-out texts."""
+def test_one_shot_with_names_fits_the_temperature_on_the_names(tokenizer):
+    """With a single text per class, the names are the held-out predictions: scored by the head fitted on the
+    texts alone, as a fit without names fits it."""
     texts, labels = task(shots=1)
     clf = make(tokenizer).fit(texts, labels)
-    assert clf.calibration_.held_out == "class_names_and_folds"
-    assert clf.calibration_.cv_examples == len(NAMES) + len(texts)
+    assert clf.calibration_.held_out == "class_names" and clf.calibration_.cv_examples == len(NAMES)
     without_names = make(tokenizer).fit(texts, labels, use_label_names=False, calibrate=False)
     names = torch.from_numpy(without_names.embed([label_phrase(c) for c in without_names.classes_], adapted=True))
-    name_logits = head_logits(names, without_names.weights[HEAD], without_names.adaptation_config.logit_scale)
-    config, ids = clf.adaptation_config, torch.tensor([clf.classes_.index(y) for y in labels])
-    support = torch.from_numpy(clf.embed(texts, adapted=True))
-    folds = strength_folds(ids.tolist(), config.adapter_strength_folds, names_usable=True)
-    cv = cross_validated_logits(support, ids, len(NAMES), config, names, folds)
-    logits, targets = torch.cat([name_logits.detach(), cv.logits]), torch.cat([torch.arange(len(NAMES)), cv.labels])
-    assert clf.temperature_ == pytest.approx(fit_temperature(logits, targets), rel=1e-3)
-    # the names alone and the folds alone give other temperatures: the rule uses both
-    assert clf.temperature_ != pytest.approx(fit_temperature(name_logits.detach(), torch.arange(len(NAMES))), rel=1e-2)
-    assert clf.temperature_ != pytest.approx(fit_temperature(cv.logits, cv.labels), rel=1e-2)
+    logits = head_logits(names, without_names.weights[HEAD], without_names.adaptation_config.logit_scale)
+    expected = fit_temperature(logits.detach(), torch.arange(len(NAMES)))
+    assert clf.temperature_ == pytest.approx(expected, rel=1e-3)
     raw = make(tokenizer).fit(texts, labels, calibrate=False)
     torch.testing.assert_close(clf.weights[HEAD] * clf.temperature_, raw.weights[HEAD])
     # Two texts of one class do not change the rule while another class still has one.
     mixed = make(tokenizer).fit(texts + [f"{WORDS[0]} example 99"], labels + [NAMES[0]])
-    assert mixed.calibration_.held_out == "class_names_and_folds"
+    assert mixed.calibration_.held_out == "class_names"
     assert make(tokenizer).fit(*task(shots=2)).calibration_.held_out == "folds"
 
 
 def test_one_shot_out_of_scope_threshold_still_comes_from_the_folds(tokenizer):
     clf = make(tokenizer).fit(*task(shots=1), out_of_scope_label="oos")
-    assert clf.calibration_.held_out == "class_names_and_folds"
+    assert clf.calibration_.held_out == "class_names"
     assert clf.out_of_scope_.estimates["chosen"] and clf.out_of_scope_.estimates["cv_examples"] == len(NAMES)
 
 
@@ -360,7 +352,6 @@ def test_calibration_record_reads_files_saved_before_the_class_name_rule():
     old = {"temperature": 0.9, "cv_ece_before": 0.1, "cv_ece": 0.05, "cv_examples": 20}
     assert Calibration.from_dict(old).held_out == "folds"
     assert Calibration.from_dict({**old, "held_out": "class_names"}).held_out == "class_names"
-    assert Calibration.from_dict({**old, "held_out": "class_names_and_folds"}).held_out == "class_names_and_folds"
     assert Calibration.from_dict({**old, "held_out": "the test set"}) is None
 
 
