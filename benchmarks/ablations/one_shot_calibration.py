@@ -8,7 +8,8 @@ on its held-out logits of the same 1-shot fit (names on, fresh adapter, `inner_s
 
 - `folds`: the k-fold cross-validation `fit` uses from 2 shots (`strength_folds`, names standing in);
 - `class_names`: each class's name phrase, scored by the head fitted on the texts alone (`class_name_logits`);
-- `class_names_and_folds`: one temperature on both of the above together (a candidate, not adopted: docs/out_of_scope.md);
+- `class_names_and_folds`: one temperature on both of the above together (a candidate, not adopted; see
+  docs/out_of_scope.md);
 - `edited_stand_in`: five folds of classes; a held-out class keeps a span-cutoff copy of its text (half its words
   cut) in training, and the original is scored;
 - `none`: no temperature (`calibrate=False`);

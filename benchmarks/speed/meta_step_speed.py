@@ -14,7 +14,9 @@ Each arm meta-trains from the same initial adapter and is then scored on the sam
 domains (never a target's test set), with its own head solver; the accuracy differences to the first arm are paired
 per validation episode, and the evaluation is timed (the first arm one episode per encoder call, the others 8, as
 `MetaTrainer.evaluate` runs them). The head fit is timed apart for each solver (CPU time of one thread, on the support
-embeddings of the same episodes), with each head's distance to the optimum (Newton-CG to a 1e-12 relative gradient).
+embeddings of the same episodes), Newton-CG both one episode at a time and 4 episodes in one solve (as a meta-step
+fits them), with the tensor operations and host syncs it dispatches and each head's distance to the optimum
+(Newton-CG to a 1e-12 relative gradient).
 
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py                  # about 8 minutes on 2 CPU cores
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output s.json
