@@ -241,19 +241,22 @@ def fitted_heads(
             f"`fitted_heads` got {len(embeddings)} embeddings, {len(labels)} labels, {len(num_classes)} class "
             f"counts and {len(names)} name embeddings; give one of each per task."
         )
-    tasks = list(zip(embeddings, labels, num_classes, names))
-    heads: list[torch.Tensor | None] = [None] * len(tasks)
+    heads: list[torch.Tensor | None] = [None] * len(embeddings)
     # Tasks with class ids and multi-hot tasks (a micro-batch may mix them) are different losses: one solve each.
     for multi_hot in (False, True):
-        group = [i for i, (_, y, _, _) in enumerate(tasks) if is_multi_hot(y) == multi_hot]
-        if not group:
-            continue
-        if len(group) == 1 or not all(_fits_by_newton(*tasks[i][:3], config, tasks[i][3]) for i in group):
+        group = [i for i, y in enumerate(labels) if is_multi_hot(y) == multi_hot]
+        batched = len(group) > 1 and all(
+            _fits_by_newton(embeddings[i], num_classes[i], config, names[i]) for i in group
+        )
+        if not batched:
             for i in group:
-                heads[i] = fitted_head(*tasks[i][:3], config, tasks[i][3])
+                heads[i] = fitted_head(embeddings[i], labels[i], num_classes[i], config, names[i])
             continue
-        problems = [_with_name_examples(*tasks[i][:3], config, tasks[i][3]) for i in group]
-        priors = [initial_head(*tasks[i][:3], config.head_init, bias=config.head_bias) for i in group]
+        problems = [_with_name_examples(embeddings[i], labels[i], num_classes[i], config, names[i]) for i in group]
+        priors = [
+            initial_head(embeddings[i], labels[i], num_classes[i], config.head_init, bias=config.head_bias)
+            for i in group
+        ]
         fitted = fit_separate_heads(
             [x for x, _, _ in problems],
             [y for _, y, _ in problems],
@@ -270,11 +273,7 @@ def fitted_heads(
 
 
 def _fits_by_newton(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    config: AdaptationConfig,
-    name_embeddings: torch.Tensor | None,
+    embeddings: torch.Tensor, num_classes: int, config: AdaptationConfig, name_embeddings: torch.Tensor | None
 ) -> bool:
     """Whether [`fitted_head`] fits this task's head by Newton-CG (its examples counting the class names)."""
     examples = len(embeddings) + (0 if name_embeddings is None else len(name_embeddings))

@@ -186,7 +186,7 @@ def head_fit_times(args, episodes) -> dict:
                 head = fit_head(embeddings, labels, prior, steps=config.head_fit_steps, solver=solver, **fit)
                 seconds[solver].append(time.process_time() - start)
                 distances[solver].append(distance(head, optimum))
-                with OperationCount() as counted:
+                with OperationCount() as counted:  # a second fit: counting slows the dispatch it would time
                     fit_head(embeddings, labels, prior, steps=config.head_fit_steps, solver=solver, **fit)
                 ops[solver].append(counted.operations)
                 syncs[solver].append(counted.host_syncs)
