@@ -23,8 +23,10 @@ Parts (`--parts`):
   embeddings' nearest class name; at 1 shot, `fit` against frozen LR + names.
 - `calibration`: expected calibration error of `predict_proba` on each target's test texts at 1 and 5 shots
   (CLINC150 also 10), with the fitted temperature and without it (`calibrate=False`: the same head, temperature 1),
-  and `ece_floor_after`: the error that perfectly calibrated probabilities with the same confidences would show
-  on as many texts (simulated), the floor a finite test set puts under the measured one.
+  `ece_floor_after`: the error that perfectly calibrated probabilities with the same confidences would show
+  on as many texts (simulated), the floor a finite test set puts under the measured one, and
+  `ece_best_temperature`: the lowest error any one temperature reaches, searched on the test texts themselves. It
+  is a bound on what temperature fitting can do, never a setting: no rule may see the test texts.
 
 Paired differences (hf_meta minus baseline, per draw) come with their 95% CI over the draws.
 
@@ -406,6 +408,15 @@ def calibrated_ece_floor(probabilities: np.ndarray, simulations: int = 200, seed
     return float(np.mean(errors))
 
 
+def lowest_ece_temperature(logits: torch.Tensor, label_ids: np.ndarray, points: int = 241) -> tuple[float, float]:
+    """`(temperature, error)`: the temperature in [0.25, 4] (a log-spaced grid; the binned error is not smooth
+    in it) whose probabilities have the lowest calibration error on these texts, and that error."""
+    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), points))
+    errors = [expected_calibration_error((logits / t).softmax(-1).numpy(), label_ids) for t in grid]
+    best = int(np.argmin(errors))
+    return float(grid[best]), float(errors[best])
+
+
 def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: dict) -> dict:
     rows = []
     for target in args.targets:
@@ -422,7 +433,9 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
                     cached = (clf.temperature_, logits_of(clf, adapted_embeddings(clf, texts)))
                 temperature, logits = cached
                 after = logits.softmax(-1).numpy()
-                before = (logits * (temperature or 1.0)).softmax(-1).numpy()  # the head before the temperature
+                raw = logits * (temperature or 1.0)  # the head before the temperature
+                before = raw.softmax(-1).numpy()
+                best_temperature, best_ece = lowest_ece_temperature(raw, label_ids)
                 rows.append(
                     {
                         "target": target,
@@ -432,6 +445,8 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
                         "ece_before": expected_calibration_error(before, label_ids),
                         "ece_after": expected_calibration_error(after, label_ids),
                         "ece_floor_after": calibrated_ece_floor(after),
+                        "best_temperature": best_temperature,
+                        "ece_best_temperature": best_ece,
                         "accuracy": float((after.argmax(1) == label_ids).mean()),
                     }
                 )
@@ -441,7 +456,8 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
         for shots in sorted({r["shots"] for r in rows if r["target"] == target}):
             mine = [r for r in rows if r["target"] == target and r["shots"] == shots]
             entry = {"target": target, "shots": shots}
-            for key in ("accuracy", "temperature", "ece_before", "ece_after", "ece_floor_after"):
+            keys = ("accuracy", "temperature", "ece_before", "ece_after", "ece_floor_after", "best_temperature")
+            for key in (*keys, "ece_best_temperature"):
                 values = [r[key] for r in mine if r[key] is not None]
                 entry[key] = statistics.mean(values) if values else None
             entry["ece_change"], entry["ece_change_ci95"] = mean_ci95([r["ece_after"] - r["ece_before"] for r in mine])
@@ -454,6 +470,8 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
         "ece_before",
         "ece_after",
         "ece_floor_after",
+        "best_temperature",
+        "ece_best_temperature",
         "ece_change",
         "ece_change_ci95",
     ]
