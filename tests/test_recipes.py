@@ -72,7 +72,8 @@ def test_sentiment_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
 @pytest.mark.slow
 def test_universal_recipe_runs_end_to_end(tmp_path, data_dir, minilm_path):
     results = run_recipe(
-        "fewshot_universal.py", tmp_path, data_dir, "--plot_shots", "1", "--eval_steps", "1", "--save_steps", "1",
+        "fewshot_universal.py", tmp_path, data_dir, "--objective", "meta", "--plot_shots", "1", "--eval_steps", "1",
+        "--save_steps", "1",
         "--validation_episodes", "6",
     )  # fmt: skip
     check_outputs(tmp_path, results, {1, 5}, combinations=12)
