@@ -16,7 +16,9 @@ per validation episode, and the evaluation is timed (the first arm one episode p
 `MetaTrainer.evaluate` runs them). The head fit is timed apart for each solver (CPU time of one thread, on the support
 embeddings of the same episodes), Newton-CG both one episode at a time and 4 episodes in one solve (as a meta-step
 fits them), with the tensor operations and host syncs it dispatches and each head's distance to the optimum
-(Newton-CG to a 1e-12 relative gradient).
+(Newton-CG to a 1e-12 relative gradient). Each arm's whole meta-step (encoder passes, head fits, backward, AdamW) is
+counted the same way on a separate run of `--count_steps` meta-steps: on a GPU every operation is at least one kernel
+launch, and with episodes this small those launches and syncs, not the FLOPs, bound the meta-steps per second.
 
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py                  # about 8 minutes on 2 CPU cores
     HF_HUB_OFFLINE=1 python benchmarks/speed/meta_step_speed.py --meta_steps 4 --eval_episodes 4 --output s.json
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from _common import machine
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 from transformers.utils import logging
 
 from hf_meta import MetaTrainer, MetaTrainingArguments, meta_trainer
@@ -64,13 +66,14 @@ ARMS = {
 DEFAULT_ARMS = ["accumulated", "batched", "batched, Newton"]
 
 
-def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
+def build_trainer(arm: str, args, train_episodes, max_steps: int, callbacks=None) -> MetaTrainer:
+    """The arm's trainer, from the same initial adapter (seed 0) on the same episodes in the same order."""
     batch_size, accumulation, solver, bf16 = ARMS[arm]
     set_seed(0)
     model, tokenizer = load_encoder(args.model)
     training_args = MetaTrainingArguments(
         output_dir=str(Path(args.work_dir) / arm),
-        max_steps=args.meta_steps,
+        max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
         inner_steps=0,
@@ -82,13 +85,19 @@ def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
         logging_steps=10_000,
         seed=0,
     )
-    trainer = MetaTrainer(
+    return MetaTrainer(
         model=model,
         args=training_args,
         peft_config=lora_config(model, 3),
         train_dataset=train_episodes,
         processing_class=tokenizer,
+        callbacks=callbacks,
     )
+
+
+def meta_train(arm: str, args, train_episodes, validation_episodes) -> dict:
+    batch_size, accumulation, solver, bf16 = ARMS[arm]
+    trainer = build_trainer(arm, args, train_episodes, args.meta_steps)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -139,6 +148,38 @@ class OperationCount(TorchDispatchMode):
         self.operations += 1
         self.host_syncs += func is torch.ops.aten._local_scalar_dense.default
         return func(*args, **(kwargs or {}))
+
+
+class CountedSteps(TrainerCallback):
+    """Counts the tensor operations and host syncs of every meta-step after the first `skip` (a whole optimizer
+    step: the episodes' encoder passes, head fits, backward and the AdamW update; data loading is outside it)."""
+
+    def __init__(self, skip: int):
+        self.skip, self.counts, self._mode = skip, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step >= self.skip:
+            self._mode = OperationCount()
+            self._mode.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.counts.append((self._mode.operations, self._mode.host_syncs))
+            self._mode = None
+
+
+def operations_per_meta_step(arm: str, args, train_episodes) -> dict:
+    """Tensor operations and host syncs per meta-step of `arm`, counted on a separate short run (counting slows the
+    dispatch the timed run measures). On a GPU each operation is at least one kernel launch, so with small episodes
+    these counts, not the FLOPs, bound the meta-steps per second."""
+    counter = CountedSteps(skip=1)  # the first step also warms up what runs once
+    build_trainer(arm, args, train_episodes, args.count_steps + 1, callbacks=[counter]).train()
+    operations, syncs = np.asarray(counter.counts, dtype=float).T
+    return {
+        "ops_per_meta_step": round(float(operations.mean())),
+        "host_syncs_per_meta_step": round(float(syncs.mean())),
+    }
 
 
 def head_fit_times(args, episodes) -> dict:
@@ -228,6 +269,9 @@ def main() -> None:
     parser.add_argument("--meta_steps", type=int, default=60)
     parser.add_argument("--eval_episodes", type=int, default=40)
     parser.add_argument("--head_fit_episodes", type=int, default=40, help="0: no head-fit timing.")
+    parser.add_argument(
+        "--count_steps", type=int, default=4, help="Meta-steps whose operations are counted per arm (0: none)."
+    )
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS), help="Paired with the first.")
     parser.add_argument("--work_dir", default="outputs/meta_step_speed")
     parser.add_argument("--output", default=str(RESULTS / "meta_step_speed.json"))
@@ -243,6 +287,9 @@ def main() -> None:
 
     heads = head_fit_times(args, train_episodes) if args.head_fit_episodes else {}
     arms = [meta_train(arm, args, train_episodes, validation_episodes) for arm in args.arms]
+    if args.count_steps:
+        for arm in arms:
+            arm |= operations_per_meta_step(arm["arm"], args, train_episodes)
     before = arms[0]
     paired = {}
     for arm in arms[1:]:
@@ -270,6 +317,12 @@ def main() -> None:
             f"{arm['arm']:<18}{arm['episodes_per_second']:>12.2f}{speedup:>9.2f}x{arm['train_cpu_seconds']:>8.0f}"
             f"{100 * arm['val_accuracy']:>9.2f}{versus:>18}{arm['eval_seconds']:>8.1f}"
         )
+    for arm in arms:
+        if "ops_per_meta_step" in arm:
+            print(
+                f"{arm['arm']}: {arm['ops_per_meta_step']} tensor operations and {arm['host_syncs_per_meta_step']} "
+                "host syncs per meta-step"
+            )
     for solver, fits in heads.items():
         if solver == "examples_per_fit":
             continue
