@@ -1,4 +1,4 @@
-"""One adapter for any task: meta-train a LoRA init on every collection but the target's, then adapt to the target.
+"""One adapter for any task: train a LoRA init on every collection but the target's, then adapt to the target.
 
 The pool is every single-label collection the data folder holds (`--sources all`, the default; any list works) but the
 relabelled views of another (SST-5 without neutral), of every family (intent, sentiment, topic, question type,
@@ -7,9 +7,10 @@ with every text of the target (any split) removed from every source. Each collec
 Episodes are shared among the collections in proportion to their size to the power `1 / --pool_temperature` (default 2:
 the square root, so a 100k-text collection does not crowd out a 600-text one); episodes are capped at each collection's
 class count (a 2-class collection gives 2-way episodes). A share of the source *collections* (`--validation_share`, at
-least one) is held out of meta-training: a new domain, as the target is. Their episodes are evaluated every
-`--eval_steps` meta-steps, the best step is the adapter kept, and they then choose the adaptation settings saved with
-it. At `fit`, each task chooses how much of the adapter to use on its own labels (`adapter_strength="auto"`).
+least one) is held out of training: a new domain, as the target is. With `--objective meta` their episodes are
+evaluated every `--eval_steps` meta-steps and the best step is the adapter kept; with either objective they then
+choose the adaptation settings saved with it. At `fit`, each task chooses how much of the adapter to use on its own
+labels (`adapter_strength="auto"`).
 By default (`--objective multitask`) the LoRA is trained on the pool, with those shares, by supervised cross-entropy
 over each collection's classes (`MetaTrainer.train_multitask`, `--multitask_sentences` labelled sentences): on the
 protocol's leave-the-target-out runs it was level with meta-training or ahead of it (docs/results.md).
