@@ -417,6 +417,18 @@ def lowest_ece_temperature(logits: torch.Tensor, label_ids: np.ndarray, points: 
     return float(grid[best]), float(errors[best])
 
 
+# the per-draw values of the calibration part averaged over the draws
+CALIBRATION_MEANS = (
+    "accuracy",
+    "temperature",
+    "ece_before",
+    "ece_after",
+    "ece_floor_after",
+    "best_temperature",
+    "ece_best_temperature",
+)
+
+
 def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: dict) -> dict:
     rows = []
     for target in args.targets:
@@ -456,8 +468,7 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
         for shots in sorted({r["shots"] for r in rows if r["target"] == target}):
             mine = [r for r in rows if r["target"] == target and r["shots"] == shots]
             entry = {"target": target, "shots": shots}
-            keys = ("accuracy", "temperature", "ece_before", "ece_after", "ece_floor_after", "best_temperature")
-            for key in (*keys, "ece_best_temperature"):
+            for key in CALIBRATION_MEANS:
                 values = [r[key] for r in mine if r[key] is not None]
                 entry[key] = statistics.mean(values) if values else None
             entry["ece_change"], entry["ece_change_ci95"] = mean_ci95([r["ece_after"] - r["ece_before"] for r in mine])
