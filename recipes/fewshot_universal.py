@@ -41,9 +41,9 @@ from hf_meta.bench.protocols import (
     ag_news_tasks,
     broad_pools,
     broad_sources,
-    episode_shares,
     hold_out_sources,
     intent_tasks,
+    pool_shares,
     shared_episodes,
     sst2_tasks,
 )
@@ -124,7 +124,7 @@ def main() -> None:
             seed=training_args.seed + 1,
         )
     pools = broad_pools(sources, script_args.target, data_dir)
-    shares = episode_shares([len(pool) for pool in pools], script_args.pool_temperature)
+    shares = pool_shares(pools, script_args.pool_share_by, script_args.pool_temperature)
     train_episodes = None
     if script_args.objective == "meta":
         train_episodes = shared_episodes(
@@ -164,8 +164,8 @@ def main() -> None:
     description = (
         f"{script_args.target} left out: the LoRA initialisation trained {training} on {len(sources)} "
         f"collections of every family, none the target's, every text of the target removed{held_out}. Shares "
-        f"(size^(1/{script_args.pool_temperature:g}), normalised): {mixture}. Baselines use the same encoder "
-        "and the same shots."
+        f"({script_args.pool_share_by}^(1/{script_args.pool_temperature:g}), normalised): {mixture}. Baselines "
+        "use the same encoder and the same shots."
     )
     summary, plot_file = report(
         rows,

@@ -9,6 +9,7 @@ from hf_meta.bench.protocols import (
     broad_pools,
     broad_sources,
     episode_shares,
+    pool_shares,
     shared_episodes,
 )
 from hf_meta.data import MULTI_LABEL_COLLECTIONS, list_collections, load_collection
@@ -62,6 +63,17 @@ def test_episode_shares_follow_size_to_the_power_one_over_the_temperature():
     assert flat.max() - flat.min() < 0.01  # a large temperature evens the collections out
     with pytest.raises(ValueError, match="must be > 0"):
         episode_shares([1, 2], temperature=0)
+
+
+def test_pool_shares_weigh_each_pool_by_its_size_or_by_its_class_count():
+    many_texts = _pool({"negative": 300, "positive": 300})  # 600 texts, 2 classes
+    many_classes = _pool({f"intent_{c}": 10 for c in range(6)})  # 60 texts, 6 classes
+    pools = [many_texts, many_classes]
+    np.testing.assert_allclose(pool_shares(pools, "size", temperature=1.0), [10 / 11, 1 / 11])
+    np.testing.assert_allclose(pool_shares(pools, "classes", temperature=1.0), [0.25, 0.75])  # each class alike
+    np.testing.assert_allclose(pool_shares(pools, "classes", temperature=2.0), episode_shares([2, 6], 2.0))
+    with pytest.raises(ValueError, match=r"`share_by` must be one of \('size', 'classes'\), got 'labels'"):
+        pool_shares(pools, "labels")
 
 
 def test_shared_episodes_split_by_share_cap_the_ways_and_keep_each_collections_names():

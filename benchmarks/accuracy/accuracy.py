@@ -88,16 +88,17 @@ from hf_meta.bench.comparison import FewShotTask, FitWith, compare_methods, pair
 from hf_meta.bench.protocols import (
     INTENT_COLLECTIONS,
     SENTIMENT_SOURCES,
+    SHARE_RULES,
     TOPIC_SOURCES,
     ag_news_tasks,
     broad_episodes,
     broad_pools,
     broad_sources,
-    episode_shares,
     intent_draw_tasks,
     intent_episodes,
     intent_pools,
     load_class_split,
+    pool_shares,
     sentiment_episodes,
     sentiment_pools,
     sentiment_tasks,
@@ -208,7 +209,7 @@ FAMILY_SETTINGS = {
     ),
     "heldout_classes": {**INTENT_SETTINGS, "n_way": (5, 10)},
     # One adapter from every collection but the target's: the intent recipe's settings, episodes capped at each
-    # collection's class count and shared by size to the power 1/2 (`episode_shares`).
+    # collection's class count and shared by size (or `--pool_share_by`) to the power 1/2 (`pool_shares`).
     "universal": {**INTENT_SETTINGS, "temperature": 2.0},
 }
 UNIVERSAL_TARGETS = ("banking77", "clinc150", "hwu64", "ag_news")
@@ -261,6 +262,7 @@ def parts(args, budget: Budget) -> list[Part]:
                 target,
                 args.data_dir,
                 sources=sources,  # listed once: listing `all` reads every collection of the data folder
+                share_by=args.pool_share_by,
                 temperature=settings["temperature"],
                 **_shape("universal"),
             )
@@ -352,9 +354,9 @@ def multitask_classifier(args, budget: Budget, part: Part, steps: int, seed: int
     fresh = fresh_classifier(args, budget, part)
     pools, shares, max_length = part.pools(), None, args.multitask_max_length
     if part.family == "universal":
-        # As its episodes are drawn: pools shared by size^(1/temperature), texts cut at the training max_length
-        # (the pool's reviews and newsgroup posts would otherwise cost most of the run).
-        shares = episode_shares([len(pool) for pool in pools], FAMILY_SETTINGS["universal"]["temperature"])
+        # As its episodes are drawn: pools shared by `pool_shares`, texts cut at the training max_length (the
+        # pool's reviews and newsgroup posts would otherwise cost most of the run).
+        shares = pool_shares(pools, args.pool_share_by, FAMILY_SETTINGS["universal"]["temperature"])
         max_length = fresh.meta_config.max_length
     model = train_multitask_lora(
         fresh.model,
@@ -378,6 +380,13 @@ def run_multitask(args, budget: Budget, part: Part, stored: dict | None) -> dict
             f"`--multitask` adds a column to a stored part, and {part.family}/{part.name} is not in `--output`: run "
             f"`python benchmarks/accuracy/accuracy.py --families {part.family} --targets {part.name.split('+')[0]}` "
             "first."
+        )
+    stored_rule = stored.get("pool_share_by", "size")  # parts measured before the option shared by size
+    if part.family == "universal" and stored_rule != args.pool_share_by:
+        raise SystemExit(
+            f"{part.family}/{part.name} in `--output` was meta-trained on the pool shared by {stored_rule!r}, and "
+            f"`--pool_share_by` is {args.pool_share_by!r}; pass `--pool_share_by {stored_rule}` so both columns "
+            "see the same shares, or write the other rule's parts to another `--output`."
         )
     start = time.time()
     steps = budget.meta_steps[part.family] if args.meta_steps is None else args.meta_steps
@@ -458,10 +467,12 @@ def run_part(args, budget: Budget, part: Part) -> dict:
         f"budget: {part.family}/{part.name}: meta-training {meta_seconds:.0f} s, evaluation "
         f"{seconds - meta_seconds:.0f} s"
     )
+    shared = {"pool_share_by": args.pool_share_by} if part.family == "universal" else {}
     return {
         "family": part.family,
         "command": _command(),
         "sources": part.sources,
+        **shared,
         "rows": part_rows(part, rows),
         "meta_training_seconds": round(meta_seconds, 1),
         "evaluation_seconds": round(seconds - meta_seconds, 1),
@@ -585,6 +596,12 @@ def main(argv=None) -> None:
         default=0,
         help="Intent episodes get this many query texts of other classes, scored as out of scope (outlier "
         "exposure; `build_episodes(num_out_of_scope=...)`). Adapters go to `outputs/accuracy_oos<N>/`.",
+    )
+    parser.add_argument(
+        "--pool_share_by",
+        default="size",
+        choices=SHARE_RULES,
+        help="The universal family: what a source collection's share of the training grows with (`pool_shares`).",
     )
     parser.add_argument(
         "--multitask",

@@ -251,10 +251,14 @@ def broad_pools(sources: Sequence[str], target: str, data_dir: str | os.PathLike
     return [deduplicated(pool) for pool in pools]
 
 
+SHARE_RULES = ("size", "classes")  # what a pool's episode share grows with (`pool_shares`)
+
+
 def episode_shares(sizes: Sequence[int], temperature: float = 2.0) -> np.ndarray:
-    """Each pool's share of the episodes, proportional to its size to the power `1 / temperature`: 1 follows the
-    sizes, a larger temperature flattens them towards one share per pool (the rule of multilingual and multitask
-    pre-training mixtures), so a 100k-text collection does not crowd out a 600-text one.
+    """Each pool's share of the episodes, proportional to its size (or any other weight: `pool_shares` passes class
+    counts too) to the power `1 / temperature`: 1 follows the sizes, a larger temperature flattens them towards
+    one share per pool (the rule of multilingual and multitask pre-training mixtures), so a 100k-text collection
+    does not crowd out a 600-text one.
 
     Example:
         ```python
@@ -266,6 +270,23 @@ def episode_shares(sizes: Sequence[int], temperature: float = 2.0) -> np.ndarray
         raise ValueError(f"`temperature` must be > 0, got {temperature}; 1 samples in proportion to the sizes.")
     weights = np.asarray(sizes, dtype=float) ** (1.0 / temperature)
     return weights / weights.sum()
+
+
+def pool_shares(pools: Sequence[datasets.Dataset], share_by: str = "size", temperature: float = 2.0) -> np.ndarray:
+    """Each pool's share of the episodes by `episode_shares` of its weight: `"size"`, its number of texts, or
+    `"classes"`, its number of classes (so that with `temperature=1` every class of the pool is equally likely to
+    be drawn, and a 150-intent collection is not outweighed by the many 2-class review and tweet collections).
+
+    Example:
+        ```python
+        >>> pool_shares(pools, "classes", temperature=1.0)   # a 2-class and a 6-class pool
+        array([0.25, 0.75])
+        ```
+    """
+    if share_by not in SHARE_RULES:
+        raise ValueError(f"`share_by` must be one of {SHARE_RULES}, got {share_by!r}.")
+    weights = [len(pool) if share_by == "size" else pool.features["label"].num_classes for pool in pools]
+    return episode_shares(weights, temperature)
 
 
 def shared_episodes(
@@ -325,12 +346,13 @@ def broad_episodes(
     seed: int,
     sources: Sequence[str] = ("all",),
     temperature: float = 2.0,
+    share_by: str = "size",
 ) -> datasets.Dataset:
     """Meta-training episodes for `target` from a broad pool (`broad_sources`, `broad_pools`), shared among the
-    collections by `episode_shares` of their sizes (see `shared_episodes`)."""
+    collections by `pool_shares` (see `shared_episodes`)."""
     names = broad_sources(target, data_dir, sources)
     pools = broad_pools(names, target, data_dir)
-    shares = episode_shares([len(pool) for pool in pools], temperature)
+    shares = pool_shares(pools, share_by, temperature)
     logger.info("Episode shares: " + ", ".join(f"{n} {100 * p:.1f}%" for n, p in zip(names, shares)))
     return shared_episodes(pools, num_episodes, shares, n_way=n_way, k_shot=k_shot, num_query=num_query, seed=seed)
 

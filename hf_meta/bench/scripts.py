@@ -57,11 +57,19 @@ class ScriptArguments:
             "collection of the data folder but the target's and the relabelled views of another."
         },
     )
+    pool_share_by: str = field(
+        default="size",
+        metadata={
+            "help": "recipes/fewshot_universal.py: what a source collection's share of the training grows with: "
+            "`size` (its number of texts) or `classes` (its number of classes).",
+            "choices": ["size", "classes"],
+        },
+    )
     pool_temperature: float = field(
         default=2.0,
         metadata={
-            "help": "recipes/fewshot_universal.py: episodes are shared among the source collections in proportion "
-            "to size^(1/T); 1 follows the sizes, larger values even them out."
+            "help": "recipes/fewshot_universal.py: the training is shared among the source collections in "
+            "proportion to w^(1/T), w their `--pool_share_by`; 1 follows w, larger values even them out."
         },
     )
     unlabeled_sources: list[str] = field(
