@@ -5,9 +5,10 @@ relabelled views of another (SST-5 without neutral), of every family (intent, se
 subjectivity, the tweet tasks, product reviews), never the target's collection nor one cut from the same sentences, and
 with every text of the target (any split) removed from every source. Each collection keeps its own class names.
 Episodes are shared among the collections in proportion to their size to the power `1 / --pool_temperature` (default 2:
-the square root, so a 100k-text collection does not crowd out a 600-text one); episodes are capped at each collection's
-class count (a 2-class collection gives 2-way episodes). A share of the source *collections* (`--validation_share`, at
-least one) is held out of training: a new domain, as the target is. With `--objective meta` their episodes are
+the square root, so a 100k-text collection does not crowd out a 600-text one; `--pool_share_by classes` weighs each
+collection by its class count instead, which cost new domains in benchmarks/ablations/share_rule.py); episodes are
+capped at each collection's class count (a 2-class collection gives 2-way episodes). A share of the source
+*collections* (`--validation_share`, at least one) is held out of training: a new domain, as the target is. With `--objective meta` their episodes are
 evaluated every `--eval_steps` meta-steps and the best step is the adapter kept; with either objective they then
 choose the adaptation settings saved with it. At `fit`, each task chooses how much of the adapter to use on its own
 labels (`adapter_strength="auto"`).

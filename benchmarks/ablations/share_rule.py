@@ -16,6 +16,9 @@ the size rule's episodes hold and texts cut at the training `max_length`, exactl
 - `classes^0.5`: by the square root of the class count;
 - `classes^1`: by the class count, so every class of the pool is equally likely to be seen.
 
+A rule may end in `xN` to train on N times the sentences (`size^0.5x4`): the pool's larger budget, the other
+lever for a target its small share serves poorly.
+
 Every adapter, and the fresh one, is fitted with `FewShotClassifier.fit` on the support sets of the held-out
 episodes (up to 10-way, 5 shots, class names on) and scored on their query texts, at the strength each task
 chooses (`auto`) and at full strength. Reports per rule: mean episode accuracy, the paired difference with the
@@ -55,16 +58,21 @@ RESULTS = Path(__file__).resolve().parent / "results"  # this folder's results f
 BASELINE = "size^0.5"
 
 
-def parse_rule(rule: str) -> tuple[str, float]:
-    """`"classes^0.5"` -> `("classes", 2.0)`: the weight and the `temperature` (the inverse of the power)."""
-    share_by, _, power = rule.partition("^")
+def parse_rule(rule: str) -> tuple[str, float, int]:
+    """`"classes^0.5x4"` -> `("classes", 2.0, 4)`: the weight, the `temperature` (the inverse of the power) and
+    the multiple of the sentence budget (1 without `xN`)."""
+    share_by, _, rest = rule.partition("^")
+    power, _, multiple = rest.partition("x")
     try:
-        value = float(power)
+        value, times = float(power), int(multiple or 1)
     except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise ValueError(f"`--rules` takes `<share_by>^<power>` with a power > 0, e.g. `classes^0.5`; got {rule!r}.")
-    return share_by, 1.0 / value
+        value, times = float("nan"), 0
+    if not value > 0 or times < 1:
+        raise ValueError(
+            f"`--rules` takes `<share_by>^<power>[x<N>]` with a power > 0 and N >= 1, e.g. `classes^0.5` or "
+            f"`size^0.5x4`; got {rule!r}."
+        )
+    return share_by, 1.0 / value, times
 
 
 def fresh_classifier(model_name: str) -> FewShotClassifier:
@@ -112,7 +120,7 @@ def main(argv=None) -> None:
     scores = {"fresh": {"auto": accuracies, "full": accuracies}}  # a zero delta makes the strength moot
     facts: dict[str, dict] = {"fresh": {"training_seconds": 0.0}}
     with tempfile.TemporaryDirectory() as folder:
-        for rule, (share_by, temperature) in rules.items():
+        for rule, (share_by, temperature, times) in rules.items():
             shares = pool_shares(pools, share_by, temperature)
             clf = fresh_classifier(args.model)
             start = time.perf_counter()
@@ -120,11 +128,11 @@ def main(argv=None) -> None:
                 clf.model,
                 clf.tokenizer,
                 pools,
-                sentences,
+                sentences * times,
                 clf.meta_config,
                 learning_rate=MetaTrainingArguments.learning_rate,
                 shares=shares,
-                output_dir=f"{folder}/{share_by}",
+                output_dir=f"{folder}/{rule}",
                 max_length=clf.meta_config.max_length,
             )
             seconds = time.perf_counter() - start
@@ -134,6 +142,7 @@ def main(argv=None) -> None:
             facts[rule] = {
                 "share_by": share_by,
                 "temperature": temperature,
+                "sentences": sentences * times,
                 "shares": {name: round(float(share), 4) for name, share in zip(sources, shares)},
                 "training_seconds": round(seconds, 1),
             }
