@@ -8,10 +8,10 @@ Episodes are shared among the collections in proportion to their size to the pow
 the square root, so a 100k-text collection does not crowd out a 600-text one; `--pool_share_by classes` weighs each
 collection by its class count instead, which cost new domains in benchmarks/ablations/share_rule.py); episodes are
 capped at each collection's class count (a 2-class collection gives 2-way episodes). A share of the source
-*collections* (`--validation_share`, at least one) is held out of training: a new domain, as the target is. With `--objective meta` their episodes are
-evaluated every `--eval_steps` meta-steps and the best step is the adapter kept; with either objective they then
-choose the adaptation settings saved with it. At `fit`, each task chooses how much of the adapter to use on its own
-labels (`adapter_strength="auto"`).
+*collections* (`--validation_share`, at least one) is held out of training: a new domain, as the target is. With
+`--objective meta` their episodes are evaluated every `--eval_steps` meta-steps and the best step is the adapter kept;
+with either objective they then choose the adaptation settings saved with it. At `fit`, each task chooses how much of
+the adapter to use on its own labels (`adapter_strength="auto"`).
 By default (`--objective multitask`) the LoRA is trained on the pool, with those shares, by supervised cross-entropy
 over each collection's classes (`MetaTrainer.train_multitask`, `--multitask_sentences` labelled sentences): on the
 protocol's leave-the-target-out runs it was level with meta-training or ahead of it (docs/results.md).
