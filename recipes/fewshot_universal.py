@@ -13,9 +13,9 @@ capped at each collection's class count (a 2-class collection gives 2-way episod
 with either objective they then choose the adaptation settings saved with it. At `fit`, each task chooses how much of
 the adapter to use on its own labels (`adapter_strength="auto"`).
 By default (`--objective multitask`) the LoRA is trained on the pool, with those shares, by supervised cross-entropy
-over each collection's classes (`MetaTrainer.train_multitask`, `--multitask_sentences` labelled sentences): on the
-protocol's leave-the-target-out runs it was level with meta-training or ahead of it (docs/results.md).
-`--objective meta` meta-trains on the pool's episodes instead.
+over each collection's classes (`MetaTrainer.train_multitask`, `--multitask_sentences` labelled sentences, 90,000 by
+default): on the protocol's leave-the-target-out runs it was level with meta-training or ahead of it
+(docs/results.md). `--objective meta` meta-trains on the pool's episodes instead.
 
 The target (default BANKING77; any intent collection, `sst2` or `ag_news`) is scored as the family's recipe scores
 it, beside frozen encoder + logistic regression (with and without class names), frozen prototypes and a fresh LoRA
@@ -90,8 +90,11 @@ def main() -> None:
         per_device_train_batch_size=4,
         gradient_accumulation_steps=1,
         adaptation_grid=["head_init=zero,prototypes", "head_l2=0.1,0.03,0.3", "use_label_names=true,false"],
-        # Multitask transfer: on the protocol's universal runs level with meta-training or ahead of it, never behind.
+        # Multitask transfer: on the protocol's universal runs level with meta-training or ahead of it, never behind;
+        # on 4 times the sentences of 150 meta-steps' episodes, which beat 1x on the pool's held-out domains
+        # (benchmarks/ablations/share_rule.py --rules size^0.5x4).
         objective="multitask",
+        multitask_sentences=90_000,
         output_dir="outputs/fewshot_universal",
         max_steps=400,
         logging_steps=25,
