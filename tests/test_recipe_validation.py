@@ -186,6 +186,15 @@ def test_a_bad_grid_fails_when_the_arguments_are_parsed(argv, message, monkeypat
         parse_script_arguments()
 
 
+def test_an_unknown_pool_share_rule_is_refused_with_the_choices(monkeypatch, tmp_path, capsys):
+    argv = ["recipe.py", "--output_dir", str(tmp_path / "out"), "--pool_share_by", "labels"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        parse_script_arguments()
+    assert "invalid choice: 'labels' (choose from 'size', 'classes')" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_trained_adapter_is_saved_before_a_failing_selection(tmp_path, toy_dataset, tokenizer):
     train, validation = (
         build_episodes(toy_dataset, n_way=3, k_shot=1, num_query=3, num_episodes=2, seed=seed) for seed in (0, 1)

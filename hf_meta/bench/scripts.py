@@ -22,6 +22,7 @@ from ..meta_trainer import MetaTrainer
 from ..meta_training_args import MetaTrainingArguments
 from ..modeling import default_lora_config, resolve_model_path
 from ..selection import check_grid
+from .protocols import SHARE_RULES
 
 logger = logging.get_logger(__name__)
 
@@ -62,7 +63,7 @@ class ScriptArguments:
         metadata={
             "help": "recipes/fewshot_universal.py: what a source collection's share of the training grows with: "
             "`size` (its number of texts) or `classes` (its number of classes).",
-            "choices": ["size", "classes"],
+            "choices": list(SHARE_RULES),
         },
     )
     pool_temperature: float = field(
