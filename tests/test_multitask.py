@@ -41,7 +41,7 @@ def pools():
     return [_pool(WORDS[:3], 0), _pool(WORDS[3:], 0)]
 
 
-def test_training_moves_only_the_lora_and_separates_the_source_classes(tokenizer, pools):
+def test_training_moves_only_the_lora_and_separates_the_source_classes(tokenizer, pools, tmp_path):
     model = top_layer_lora(tiny_encoder(), layers=[0, 1])
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     lora = {n: p.detach().clone() for n, p in meta_parameters(model).items()}
@@ -50,7 +50,7 @@ def test_training_moves_only_the_lora_and_separates_the_source_classes(tokenizer
 
     trained = train_multitask_lora(
         model, tokenizer, pools, num_sentences=960, config=AdaptationConfig(), batch_size=16, learning_rate=1e-2,
-        output_dir="unused",
+        output_dir=str(tmp_path / "multitask"),
     )  # fmt: skip
 
     assert trained is model and not model.training

@@ -53,15 +53,20 @@ EPISODE_SHAPE = dict(n_way=(10, 20), k_shot=(1, 5), num_query=3)  # the universa
 EVAL_SHAPE = dict(n_way=10, k_shot=5, num_query=10)  # capped at each held-out collection's class count
 
 
-def held_out_domains(root, train_episodes: int, eval_episodes: int):
-    """`(sources, held_out, training episodes, evaluation episodes)`: BANKING77's universal pool split by
-    `hold_out_sources` (seed 0), the meta-training episodes shared by size^(1/2) among the sources, and the
-    evaluation episodes shared evenly among the held-out collections."""
+def held_out_split(root):
+    """`(sources, held_out, their pools, the held-out pools)`: BANKING77's universal pool split by
+    `hold_out_sources` (seed 0)."""
     sources, held_out = hold_out_sources(broad_sources(TARGET, root), HELD_OUT_SHARE, seed=0)
-    pools = broad_pools(sources, TARGET, root)
+    return sources, held_out, broad_pools(sources, TARGET, root), broad_pools(held_out, TARGET, root)
+
+
+def held_out_domains(root, train_episodes: int, eval_episodes: int, split=None):
+    """`(sources, held_out, training episodes, evaluation episodes)` of `held_out_split` (or `split`, its result
+    read once by the caller): the meta-training episodes shared by size^(1/2) among the sources, and the
+    evaluation episodes shared evenly among the held-out collections."""
+    sources, held_out, pools, held_out_pools = split or held_out_split(root)
     shares = episode_shares([len(pool) for pool in pools], 2.0)
     training = shared_episodes(pools, train_episodes, shares, seed=0, **EPISODE_SHAPE)
-    held_out_pools = broad_pools(held_out, TARGET, root)
     even = [1 / len(held_out_pools)] * len(held_out_pools)
     evaluation = shared_episodes(held_out_pools, eval_episodes, even, seed=1, **EVAL_SHAPE)
     return sources, held_out, training, evaluation

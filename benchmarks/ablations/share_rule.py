@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 import numpy as np
 import transformers
 from _common import data_dir, make_parser, parse, print_table, write_json
-from geometry_levers import TARGET, episode_accuracies, held_out_domains
+from geometry_levers import TARGET, episode_accuracies, held_out_domains, held_out_split
 from transformers import set_seed
 
 from hf_meta import FewShotClassifier, MetaTrainingArguments
-from hf_meta.bench.protocols import broad_pools, pool_shares
+from hf_meta.bench.protocols import pool_shares
 from hf_meta.bench.scripts import load_encoder, lora_config
 from hf_meta.metrics import mean_ci95
 from hf_meta.modeling import with_lora
@@ -75,11 +75,12 @@ def parse_rule(rule: str) -> tuple[str, float, int]:
     return share_by, 1.0 / value, times
 
 
-def fresh_classifier(model_name: str) -> FewShotClassifier:
+def fresh_classifier(model_name: str, output_dir: str) -> FewShotClassifier:
     """The seed-0 LoRA init in the top 3 layers, with the universal family's adaptation settings."""
     set_seed(0)
     model, tokenizer = load_encoder(model_name)
-    config = MetaTrainingArguments(output_dir="unused", report_to="none", inner_steps=0).adaptation_config(model_name)
+    settings = MetaTrainingArguments(output_dir=output_dir, report_to="none", inner_steps=0)
+    config = settings.adaptation_config(model_name)
     return FewShotClassifier(with_lora(model, lora_config(model, 3)), tokenizer, config)
 
 
@@ -110,19 +111,21 @@ def main(argv=None) -> None:
     transformers.utils.logging.set_verbosity_error()  # tokenizers warn of every review longer than 512 tokens
     root = data_dir(args)
 
-    sources, held_out, train_episodes, eval_episodes = held_out_domains(root, args.meta_steps * 4, args.eval_episodes)
+    split = held_out_split(root)  # the collections are read once, for the episodes and the training
+    sources, held_out, train_episodes, eval_episodes = held_out_domains(
+        root, args.meta_steps * 4, args.eval_episodes, split
+    )
+    pools, held_out_pools = split[2:]
     sentences = sum(len(row["support_text"]) + len(row["query_text"]) for row in train_episodes)
-    pools = broad_pools(sources, TARGET, root)
     print(f"training on {len(sources)} collections, {sentences} sentences per rule; scored on the held-out {held_out}")
 
-    fresh = fresh_classifier(args.model)
-    accuracies = episode_accuracies(fresh, eval_episodes, 1.0)
-    scores = {"fresh": {"auto": accuracies, "full": accuracies}}  # a zero delta makes the strength moot
     facts: dict[str, dict] = {"fresh": {"training_seconds": 0.0}}
     with tempfile.TemporaryDirectory() as folder:
+        accuracies = episode_accuracies(fresh_classifier(args.model, f"{folder}/fresh"), eval_episodes, 1.0)
+        scores = {"fresh": {"auto": accuracies, "full": accuracies}}  # a zero delta makes the strength moot
         for rule, (share_by, temperature, times) in rules.items():
             shares = pool_shares(pools, share_by, temperature)
-            clf = fresh_classifier(args.model)
+            clf = fresh_classifier(args.model, f"{folder}/{rule}")
             start = time.perf_counter()
             model = train_multitask_lora(
                 clf.model,
@@ -148,7 +151,7 @@ def main(argv=None) -> None:
             }
             print(f"{rule}: {seconds:.0f} s, auto {100 * np.mean(scores[rule]['auto']):.1f}")
 
-    collections = episode_collections(eval_episodes, held_out, broad_pools(held_out, TARGET, root))
+    collections = episode_collections(eval_episodes, held_out, held_out_pools)
     rows = []
     for rule, by_strength in scores.items():
         row = {"rule": rule}

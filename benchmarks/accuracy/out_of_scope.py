@@ -473,19 +473,7 @@ def calibration(args, clf: FewShotClassifier, frozen: FewShotClassifier, state: 
                 entry[key] = statistics.mean(values) if values else None
             entry["ece_change"], entry["ece_change_ci95"] = mean_ci95([r["ece_after"] - r["ece_before"] for r in mine])
             summary.append(entry)
-    columns = [
-        "target",
-        "shots",
-        "accuracy",
-        "temperature",
-        "ece_before",
-        "ece_after",
-        "ece_floor_after",
-        "best_temperature",
-        "ece_best_temperature",
-        "ece_change",
-        "ece_change_ci95",
-    ]
+    columns = ["target", "shots", *CALIBRATION_MEANS, "ece_change", "ece_change_ci95"]
     title = f"Expected calibration error of predict_proba on the test texts (15 bins), mean over draws {args.draws}"
     print_table(summary, columns, title)
     return {"rows": rows, "summary": summary}
