@@ -118,13 +118,21 @@ def newton_heads(
         targets = torch.where(in_scope[..., None], F.one_hot(labels.clamp_min(0), num_classes).double(), uniform)
     norm = weights.sum(1, keepdim=True).clamp_min(1e-12) if normalizer == "mean" else weights.new_ones(count, 1)
     cw = (weights / norm)[..., None]  # heads x examples x 1
+    # One parameter tensor per head, `[B | b]`, over the features `[s U S | 1]`: every product, dot and update of
+    # the solve below is then one operation, where separate B and b took two (on a GPU each is a kernel launch).
+    rank = features.shape[-1]
+    if has_bias:
+        features = torch.cat([scale * features, features.new_ones(*features.shape[:-1], 1)], -1)
+    else:
+        features = scale * features
+    pulled = features.new_ones(features.shape[-1])  # l2 pulls B towards the prior, never the bias
+    if has_bias:
+        pulled[rank] = 0.0
+    pull = 2 * l2 * pulled
     sq_features = features * features
 
-    def logits_of(B: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return base + scale * features @ B.mT + b[:, None, :]
-
-    def value_gradient(B: torch.Tensor, b: torch.Tensor):
-        z = logits_of(B, b)
+    def value_gradient(theta: torch.Tensor):
+        z = base + features @ theta.mT
         if multi:
             p = torch.sigmoid(z)
             losses = (F.softplus(z) - targets * z).sum(-1)
@@ -132,89 +140,84 @@ def newton_heads(
             lse = torch.logsumexp(z, -1, keepdim=True)
             p = (z - lse).exp()
             losses = lse[..., 0] - (targets * z).sum(-1)
-        value = (cw[..., 0] * losses).sum(1) + l2 * B.pow(2).sum((1, 2))
-        residual = cw * (p - targets)
-        grad_B = scale * residual.mT @ features + 2 * l2 * B
-        grad_b = residual.sum(1) if has_bias else torch.zeros_like(b)
-        return value, grad_B, grad_b, p
+        value = (cw[..., 0] * losses).sum(1) + l2 * (theta[..., :rank] ** 2).sum((1, 2))
+        grad = (cw * (p - targets)).mT @ features + pull * theta
+        return value, grad, p
 
-    def hessian_product(p: torch.Tensor, dB: torch.Tensor, db: torch.Tensor):
-        dz = scale * features @ dB.mT + db[:, None, :]
+    def hessian_product(p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        dz = features @ d.mT
         if multi:
             hz = cw * p * (1 - p) * dz
         else:
             hz = cw * p * (dz - (p * dz).sum(-1, keepdim=True))
-        h_B = scale * hz.mT @ features + 2 * l2 * dB
-        h_b = hz.sum(1) if has_bias else torch.zeros_like(db)
-        return h_B, h_b
+        return hz.mT @ features + pull * d
 
-    def dot(aB, ab, bB, bb):
-        return (aB * bB).sum((1, 2)) + (ab * bb).sum(1)
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum((1, 2))
 
-    B = X.new_zeros(count, num_classes, features.shape[-1])
-    b = X.new_zeros(count, num_classes)
-    value, grad_B, grad_b, p = value_gradient(B, b)
-    first_norm = dot(grad_B, grad_b, grad_B, grad_b).sqrt()  # at the prior, whatever the start
+    theta = X.new_zeros(count, num_classes, features.shape[-1])
+    value, grad, p = value_gradient(theta)
+    first_norm = dot(grad, grad).sqrt()  # at the prior, whatever the start
     if starts is not None:  # the start's part in the examples' span (the rest would only be pulled back)
         offset = starts.detach().double().expand_as(priors) - priors
-        B = offset[..., :hidden] @ basis
+        theta = offset[..., :hidden] @ basis
         if has_bias:
-            b = offset[..., hidden]
-        value, grad_B, grad_b, p = value_gradient(B, b)
+            theta = torch.cat([theta, offset[..., hidden:]], -1)
+        value, grad, p = value_gradient(theta)
+    if has_bias and not multi:  # a common bias shift changes no probability: steps keep the mean bias
+        own = torch.ones(count, num_classes, dtype=X.dtype, device=X.device) if mask is None else mask
+        own_share = own / own.sum(1, keepdim=True)
     for _ in range(max_steps):
-        grad_norm = dot(grad_B, grad_b, grad_B, grad_b).sqrt()
+        grad_norm = dot(grad, grad).sqrt()
         active = grad_norm > tolerance * first_norm.clamp_min(1e-30)
         if not bool(active.any()):
             break
         # Jacobi preconditioner of the Hessian in the span coordinates (nearly diagonal there)
         curvature = cw * p * (1 - p)  # heads x examples x classes
-        diag_B = scale**2 * curvature.mT @ sq_features + 2 * l2 + 1e-12
-        diag_b = curvature.sum(1) + 1e-12
+        diagonal = curvature.mT @ sq_features + pull + 1e-12
         # Truncated CG on H d = -g, to the forcing tolerance min(0.5, sqrt|g|) |g| (superlinear near the optimum)
-        step_B, step_b = torch.zeros_like(B), torch.zeros_like(b)
-        r_B, r_b = -grad_B * active[:, None, None], -grad_b * active[:, None]
-        z_B, z_b = r_B / diag_B, r_b / diag_b
-        d_B, d_b = z_B.clone(), z_b.clone()
-        rz = dot(r_B, r_b, z_B, z_b)
+        step = torch.zeros_like(theta)
+        r = -grad * active[:, None, None]
+        z = r / diagonal
+        d = z.clone()
+        rz = dot(r, z)
         forcing = torch.minimum(grad_norm.sqrt(), grad_norm.new_tensor(0.5)) * grad_norm
         for _ in range(MAX_CG_STEPS):
-            h_B, h_b = hessian_product(p, d_B, d_b)
-            curvature_along = dot(d_B, d_b, h_B, h_b)
+            h = hessian_product(p, d)
+            curvature_along = dot(d, h)
             alpha = torch.where(curvature_along > 0, rz / curvature_along.clamp_min(1e-300), torch.zeros_like(rz))
-            step_B, step_b = step_B + alpha[:, None, None] * d_B, step_b + alpha[:, None] * d_b
-            r_B, r_b = r_B - alpha[:, None, None] * h_B, r_b - alpha[:, None] * h_b
-            if bool((dot(r_B, r_b, r_B, r_b).sqrt() <= forcing).all()):
+            step = step + alpha[:, None, None] * d
+            r = r - alpha[:, None, None] * h
+            if bool((dot(r, r).sqrt() <= forcing).all()):
                 break
-            z_B, z_b = r_B / diag_B, r_b / diag_b
-            rz_next = dot(r_B, r_b, z_B, z_b)
+            z = r / diagonal
+            rz_next = dot(r, z)
             beta = rz_next / rz.clamp_min(1e-300)
             rz = rz_next
-            d_B, d_b = z_B + beta[:, None, None] * d_B, z_b + beta[:, None] * d_b
-        if has_bias and not multi:  # a common bias shift changes no probability
-            if mask is None:
-                step_b = step_b - step_b.mean(1, keepdim=True)
-            else:
-                step_b = (step_b - (step_b * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)) * mask
+            d = z + beta[:, None, None] * d
+        if has_bias and not multi:
+            bias_step = step[..., rank]
+            step[..., rank] = (bias_step - (bias_step * own_share).sum(1, keepdim=True)) * own
         # Backtracking (Armijo) line search from the full Newton step, per head
-        slope = dot(grad_B, grad_b, step_B, step_b)
+        slope = dot(grad, step)
         length = torch.ones_like(value)
         for _ in range(30):
-            trial_B, trial_b = B + length[:, None, None] * step_B, b + length[:, None] * step_b
-            trial = value_gradient(trial_B, trial_b)
+            trial_theta = theta + length[:, None, None] * step
+            trial = value_gradient(trial_theta)
             accepted = trial[0] <= value + 1e-4 * length * slope
             if bool(accepted.all()):
                 break
             length = torch.where(accepted, length, length / 2)
         else:  # some head found no decrease along its step (rounding at the optimum): it keeps its last trial
-            trial_B, trial_b = B + length[:, None, None] * step_B, b + length[:, None] * step_b
-            trial = value_gradient(trial_B, trial_b)
-        B, b = trial_B, trial_b
-        value, grad_B, grad_b, p = trial
+            trial_theta = theta + length[:, None, None] * step
+            trial = value_gradient(trial_theta)
+        theta = trial_theta
+        value, grad, p = trial
 
     heads = priors.clone()
-    heads[..., :hidden] = priors[..., :hidden] + B @ basis.mT
+    heads[..., :hidden] = priors[..., :hidden] + theta[..., :rank] @ basis.mT
     if has_bias:
-        heads[..., hidden] = priors[..., hidden] + b
+        heads[..., hidden] = priors[..., hidden] + theta[..., rank]
     return heads
 
 
