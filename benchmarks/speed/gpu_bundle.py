@@ -105,7 +105,8 @@ def main(argv=None) -> None:
         print(f"wrote {args.restore[1]}")
         return
     output = Path(args.output)
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.is_dir() else None) as tmp:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:  # beside the output: the rename stays on one disk
         partial = Path(tmp) / "bundle"
         pack_model(Path(resolve_model_path(DEFAULT_MODEL)), partial / "model")
         pack_data(Path(resolve_data_dir(args.data_dir)), partial / "data")
@@ -114,7 +115,6 @@ def main(argv=None) -> None:
         if size > CARRY_LIMIT - 8 * 2**20:  # the checkout itself travels too
             raise SystemExit(f"the bundle is {size / 2**20:.1f} MiB: with the checkout it would pass 64 MiB.")
         shutil.rmtree(output, ignore_errors=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
         partial.rename(output)
     print(f"wrote {output} ({size / 2**20:.1f} MiB)")
 
