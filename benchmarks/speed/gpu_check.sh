@@ -14,6 +14,7 @@ BUNDLE=${BUNDLE:-outputs/gpu_bundle}
 META_STEPS=${META_STEPS:-200}
 [ -d "$BUNDLE/model" ] || { echo "no $BUNDLE: run 'python benchmarks/speed/gpu_bundle.py' and carry it" >&2; exit 2; }
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT  # the float32 model and the runs of meta_step_speed.py
 if ! python3 -c "import datasets, evaluate" 2>/dev/null; then  # the device image lacks them; a dev machine has them
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$BUNDLE"/wheels/*.whl
 fi
