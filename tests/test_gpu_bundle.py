@@ -28,12 +28,12 @@ def test_model_travels_in_float16_and_comes_back_float32(tmp_path):
     weights = {"layer.weight": torch.randn(8, 4), "position_ids": torch.arange(4)}
     save_file(weights, model / "model.safetensors")
     (model / "config.json").write_text('{"model_type": "bert"}')
-    bundle.pack_model(model, tmp_path / "packed")
+    bundle.copy_model(model, tmp_path / "packed", torch.float16)
     packed = load_file(tmp_path / "packed" / "model.safetensors")
     assert packed["layer.weight"].dtype == torch.float16
     assert packed["position_ids"].dtype == torch.int64  # integer buffers are left as they are
 
-    bundle.restore_model(tmp_path / "packed", tmp_path / "restored")
+    bundle.copy_model(tmp_path / "packed", tmp_path / "restored", torch.float32)
     restored = load_file(tmp_path / "restored" / "model.safetensors")
     assert restored["layer.weight"].dtype == torch.float32
     torch.testing.assert_close(restored["layer.weight"], weights["layer.weight"], rtol=1e-3, atol=1e-3)

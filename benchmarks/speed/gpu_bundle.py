@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from hf_meta.bench.scripts import DEFAULT_MODEL  # noqa: E402
 from hf_meta.data import resolve_data_dir  # noqa: E402
+from hf_meta.data.collections import MANIFEST_NAME, _manifest  # noqa: E402
 from hf_meta.modeling import resolve_model_path  # noqa: E402
 
 SOURCES = ("clinc150", "hwu64")
@@ -44,42 +46,34 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 CARRY_LIMIT = 64 * 2**20
 
 
-def pack_model(source: Path, target: Path) -> None:
-    """Every file of the model folder, the safetensors weights in float16."""
-    target.mkdir(parents=True)
-    for path in source.iterdir():
-        if path.name == "model.safetensors":
-            weights = load_file(path)
-            save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, target / path.name)
-        elif path.is_file():
-            shutil.copy2(path, target / path.name)
-
-
-def restore_model(source: Path, target: Path) -> None:
-    """The packed model with its weights back in float32 (written beside, then renamed: never half a folder)."""
+def copy_model(source: Path, target: Path, dtype: torch.dtype) -> None:
+    """Every file of the model folder, the floating-point safetensors weights cast to `dtype` (float16 to travel,
+    float32 back); written beside `target`, then renamed, so a failed copy never leaves half a folder."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for path in source.iterdir():
         if path.name == "model.safetensors":
-            weights = load_file(path)
-            save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, partial / path.name)
-        else:
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()}
+            save_file(weights, partial / path.name)
+        elif path.is_file():
             shutil.copy2(path, partial / path.name)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
 
 
 def pack_data(data_dir: Path, target: Path) -> None:
-    """The source collections and the manifest lines of the files copied."""
-    manifest = data_dir / "MANIFEST.sha256"
-    lines = manifest.read_text().splitlines() if manifest.is_file() else []
+    """The source collections and the manifest lines of the files copied (read by the loader's own parser)."""
     for source in SOURCES:
         shutil.copytree(data_dir / source, target / source, ignore=shutil.ignore_patterns(*UNREAD))
-    kept = [line for line in lines if line.split(maxsplit=1)[-1].lstrip("*./").split("/")[0] in SOURCES]
-    kept = [line for line in kept if Path(line.split(maxsplit=1)[-1].lstrip("*")).name not in UNREAD]
+    manifest = _manifest(data_dir) or {}
+    kept = [
+        f"{digest}  ./{name}"
+        for name, digest in manifest.items()
+        if Path(name).parts[0] in SOURCES and Path(name).name not in UNREAD
+    ]
     if kept:
-        (target / "MANIFEST.sha256").write_text("\n".join(kept) + "\n")
+        (target / MANIFEST_NAME).write_text("\n".join(kept) + "\n")
 
 
 def pack_wheels(target: Path) -> None:
@@ -101,14 +95,14 @@ def main(argv=None) -> None:
     parser.add_argument("--restore", nargs=2, metavar=("MODEL_DIR", "OUT_DIR"), help="Write the float32 model.")
     args = parser.parse_args(argv)
     if args.restore:
-        restore_model(Path(args.restore[0]), Path(args.restore[1]))
+        copy_model(Path(args.restore[0]), Path(args.restore[1]), torch.float32)
         print(f"wrote {args.restore[1]}")
         return
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:  # beside the output: the rename stays on one disk
         partial = Path(tmp) / "bundle"
-        pack_model(Path(resolve_model_path(DEFAULT_MODEL)), partial / "model")
+        copy_model(Path(resolve_model_path(DEFAULT_MODEL)), partial / "model", torch.float16)
         pack_data(Path(resolve_data_dir(args.data_dir)), partial / "data")
         pack_wheels(partial / "wheels")
         size = folder_bytes(partial)
